@@ -1,0 +1,64 @@
+//! Condition types and reasons of Gateway API and the Inference Extension,
+//! and the one place that builds a condition.
+
+use infergate_model::{Condition, ConditionStatus};
+
+pub const ACCEPTED: &str = "Accepted";
+pub const PROGRAMMED: &str = "Programmed";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+pub const CONFLICTED: &str = "Conflicted";
+pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+
+pub mod reason {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+    pub const INVALID: &str = "Invalid";
+    // Gateway
+    pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
+    pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
+    // Listener
+    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
+    pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
+    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    // Route
+    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub const INVALID_KIND: &str = "InvalidKind";
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+}
+
+/// A condition that is True with `reason`.
+pub fn ok(
+    condition_type: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: i64,
+) -> Condition {
+    Condition::new(condition_type, true, reason, message, generation)
+}
+
+/// A condition that is False with `reason`.
+pub fn fail(
+    condition_type: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: i64,
+) -> Condition {
+    Condition::new(condition_type, false, reason, message, generation)
+}
+
+/// The status of `condition_type` in `conditions`, if present.
+pub fn status_of(conditions: &[Condition], condition_type: &str) -> Option<ConditionStatus> {
+    conditions
+        .iter()
+        .find(|c| c.condition_type == condition_type)
+        .map(|c| c.status)
+}

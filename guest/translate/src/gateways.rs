@@ -1,0 +1,353 @@
+//! Which GatewayClasses and Gateways are ours, and the state of each listener.
+
+use infergate_model::{
+    Condition, FromNamespaces, Gateway, GatewayClassStatus, GatewayStatus, GroupKind, Listener,
+    ListenerStatus,
+};
+
+use crate::conditions::{self as c, fail, ok, reason};
+use crate::index::{GATEWAY_GROUP, Index};
+use crate::{hostname, selector};
+
+/// The GatewayClasses and Gateways this controller owns, evaluated.
+pub struct Evaluated<'a> {
+    pub class_statuses: Vec<GatewayClassStatus>,
+    pub gateways: Vec<GatewayState<'a>>,
+}
+
+pub struct GatewayState<'a> {
+    pub gateway: &'a Gateway,
+    /// The addresses Envoy binds; empty when the Gateway is not accepted.
+    pub addresses: Vec<String>,
+    /// Why the Gateway as a whole is not accepted, if it is not.
+    pub rejection: Option<(&'static str, String)>,
+    pub listeners: Vec<ListenerState<'a>>,
+}
+
+pub struct ListenerState<'a> {
+    pub listener: &'a Listener,
+    pub supported_kinds: Vec<GroupKind>,
+    pub conditions: Vec<Condition>,
+    /// Accepted and not conflicted: routes may attach.
+    pub usable: bool,
+    pub attachments: Vec<Attachment>,
+}
+
+/// A route attached to a listener, with the hostnames it serves there.
+pub struct Attachment {
+    /// Index into [`crate::routes::RouteTable::routes`].
+    pub route: usize,
+    pub hostnames: Vec<String>,
+}
+
+pub fn evaluate<'a>(index: &Index<'a>) -> Evaluated<'a> {
+    let snapshot = index.snapshot;
+    let ours: Vec<_> = snapshot
+        .gateway_classes
+        .iter()
+        .filter(|gc| gc.controller_name == snapshot.settings.controller_name)
+        .collect();
+    let class_statuses = ours
+        .iter()
+        .map(|gc| GatewayClassStatus {
+            name: gc.name.clone(),
+            conditions: vec![ok(
+                c::ACCEPTED,
+                reason::ACCEPTED,
+                "accepted by infergate",
+                gc.generation,
+            )],
+        })
+        .collect();
+    let mut gateways: Vec<GatewayState<'a>> = snapshot
+        .gateways
+        .iter()
+        .filter(|gw| ours.iter().any(|gc| gc.name == gw.gateway_class_name))
+        .map(|gw| evaluate_gateway(gw, &snapshot.settings.default_address))
+        .collect();
+    gateways.sort_by(|a, b| {
+        (&a.gateway.meta.namespace, &a.gateway.meta.name)
+            .cmp(&(&b.gateway.meta.namespace, &b.gateway.meta.name))
+    });
+    Evaluated {
+        class_statuses,
+        gateways,
+    }
+}
+
+fn evaluate_gateway<'a>(gateway: &'a Gateway, default_address: &str) -> GatewayState<'a> {
+    let generation = gateway.meta.generation;
+    let mut rejection = None;
+    let addresses = if gateway.addresses.is_empty() {
+        vec![default_address.to_string()]
+    } else {
+        gateway.addresses.clone()
+    };
+    if let Some(bad) = addresses
+        .iter()
+        .find(|a| a.parse::<std::net::IpAddr>().is_err())
+    {
+        rejection = Some((
+            reason::UNSUPPORTED_ADDRESS,
+            format!(
+                "spec.addresses: {bad:?} is not an IP address; infergate binds listeners to IP addresses only"
+            ),
+        ));
+    }
+
+    let mut listeners: Vec<ListenerState<'a>> = gateway
+        .listeners
+        .iter()
+        .map(|l| evaluate_listener(l, generation))
+        .collect();
+    mark_conflicts(&mut listeners, generation);
+
+    GatewayState {
+        gateway,
+        addresses: if rejection.is_some() {
+            vec![]
+        } else {
+            addresses
+        },
+        rejection,
+        listeners,
+    }
+}
+
+fn evaluate_listener(listener: &Listener, generation: i64) -> ListenerState<'_> {
+    let mut conditions = Vec::new();
+    let mut accepted = true;
+    if listener.protocol != "HTTP" {
+        accepted = false;
+        conditions.push(fail(
+            c::ACCEPTED,
+            reason::UNSUPPORTED_PROTOCOL,
+            format!(
+                "listener {:?}: protocol {:?} is not supported; use HTTP",
+                listener.name, listener.protocol
+            ),
+            generation,
+        ));
+    } else if !(1..=65535).contains(&listener.port) {
+        accepted = false;
+        conditions.push(fail(
+            c::ACCEPTED,
+            reason::PORT_UNAVAILABLE,
+            format!(
+                "listener {:?}: port {} is out of range 1-65535",
+                listener.name, listener.port
+            ),
+            generation,
+        ));
+    } else {
+        conditions.push(ok(
+            c::ACCEPTED,
+            reason::ACCEPTED,
+            "listener accepted",
+            generation,
+        ));
+    }
+
+    let http_route = GroupKind {
+        group: GATEWAY_GROUP.into(),
+        kind: "HTTPRoute".into(),
+    };
+    let requested = &listener.allowed_routes.kinds;
+    let (supported_kinds, invalid): (Vec<_>, Vec<_>) = if requested.is_empty() {
+        (vec![http_route], vec![])
+    } else {
+        requested.iter().cloned().partition(|k| *k == http_route)
+    };
+    if invalid.is_empty() {
+        conditions.push(ok(
+            c::RESOLVED_REFS,
+            reason::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        ));
+    } else {
+        let names: Vec<String> = invalid
+            .iter()
+            .map(|k| format!("{}/{}", k.group, k.kind))
+            .collect();
+        conditions.push(fail(
+            c::RESOLVED_REFS,
+            reason::INVALID_ROUTE_KINDS,
+            format!(
+                "listener {:?}: allowedRoutes.kinds {} not supported; infergate serves gateway.networking.k8s.io/HTTPRoute",
+                listener.name,
+                names.join(", ")
+            ),
+            generation,
+        ));
+    }
+    ListenerState {
+        listener,
+        supported_kinds,
+        conditions,
+        usable: accepted,
+        attachments: vec![],
+    }
+}
+
+/// Listeners on one port with the same hostname cannot be told apart.
+fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
+    let keys: Vec<_> = listeners
+        .iter()
+        .map(|l| {
+            (
+                l.usable,
+                l.listener.port,
+                l.listener.hostname.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for (i, state) in listeners.iter_mut().enumerate() {
+        let (usable, port, host) = &keys[i];
+        let clash = *usable
+            && keys
+                .iter()
+                .enumerate()
+                .any(|(j, (u, p, h))| j != i && *u && p == port && h == host);
+        if clash {
+            state.usable = false;
+            state.conditions.push(Condition::new(
+                c::CONFLICTED,
+                true,
+                reason::HOSTNAME_CONFLICT,
+                format!("another listener on port {port} has the same hostname {host:?}"),
+                generation,
+            ));
+        } else {
+            state.conditions.push(fail(
+                c::CONFLICTED,
+                reason::NO_CONFLICTS,
+                "no conflicts",
+                generation,
+            ));
+        }
+        let programmed = if state.usable {
+            ok(
+                c::PROGRAMMED,
+                reason::PROGRAMMED,
+                "listener programmed",
+                generation,
+            )
+        } else {
+            fail(
+                c::PROGRAMMED,
+                reason::INVALID,
+                "listener is not accepted or conflicts with another",
+                generation,
+            )
+        };
+        state.conditions.push(programmed);
+    }
+}
+
+impl GatewayState<'_> {
+    pub fn accepted(&self) -> bool {
+        self.rejection.is_none()
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.gateway.meta.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.gateway.meta.name
+    }
+
+    /// Whether a route in `route_namespace` may attach to listener `l`.
+    pub fn allows_namespace(
+        &self,
+        index: &Index,
+        l: &ListenerState,
+        route_namespace: &str,
+    ) -> bool {
+        match &l.listener.allowed_routes.namespaces {
+            FromNamespaces::All => true,
+            FromNamespaces::Same => route_namespace == self.namespace(),
+            FromNamespaces::Selector(sel) => {
+                selector::matches(sel, index.namespace_labels(route_namespace))
+            }
+        }
+    }
+
+    /// The hostnames a route with `hostnames` serves on listener `l`.
+    pub fn effective_hostnames(l: &ListenerState, hostnames: &[String]) -> Vec<String> {
+        hostname::effective(l.listener.hostname.as_deref(), hostnames)
+    }
+
+    pub fn status(&self) -> GatewayStatus {
+        let generation = self.gateway.meta.generation;
+        let usable = self.listeners.iter().filter(|l| l.usable).count();
+        let conditions = match &self.rejection {
+            Some((why, message)) => vec![
+                fail(c::ACCEPTED, why, message.clone(), generation),
+                fail(
+                    c::PROGRAMMED,
+                    reason::INVALID,
+                    "gateway is not accepted",
+                    generation,
+                ),
+            ],
+            None if usable == self.listeners.len() => vec![
+                ok(
+                    c::ACCEPTED,
+                    reason::ACCEPTED,
+                    "gateway accepted",
+                    generation,
+                ),
+                ok(
+                    c::PROGRAMMED,
+                    reason::PROGRAMMED,
+                    "gateway programmed",
+                    generation,
+                ),
+            ],
+            None => {
+                let message = format!(
+                    "{} of {} listeners are not valid",
+                    self.listeners.len() - usable,
+                    self.listeners.len()
+                );
+                vec![
+                    Condition::new(
+                        c::ACCEPTED,
+                        usable > 0,
+                        reason::LISTENERS_NOT_VALID,
+                        message.clone(),
+                        generation,
+                    ),
+                    Condition::new(
+                        c::PROGRAMMED,
+                        usable > 0,
+                        if usable > 0 {
+                            reason::PROGRAMMED
+                        } else {
+                            reason::INVALID
+                        },
+                        message,
+                        generation,
+                    ),
+                ]
+            }
+        };
+        GatewayStatus {
+            gateway: self.gateway.meta.object_ref(),
+            addresses: self.addresses.clone(),
+            conditions,
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.listener.name.clone(),
+                    supported_kinds: l.supported_kinds.clone(),
+                    attached_routes: l.attachments.len() as u32,
+                    conditions: l.conditions.clone(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! HTTPRoutes: rules compiled once, then attached to the listeners of the
+//! Gateways they name, with the per-parent status that Gateway API defines.
+
+use infergate_model::{
+    ClusterIr, Condition, DirectResponse, ForwardAction, HeaderModifier, HttpRoute,
+    HttpRouteStatus, ParentRef, PathMatch, RouteAction, RouteFilter, RouteMatch, RouteParentStatus,
+    RouteRule, UrlRewrite, WeightedCluster,
+};
+
+use crate::backends::{self, BackendKind, Problem};
+use crate::conditions::{self as c, fail, ok, reason};
+use crate::gateways::{Attachment, Evaluated, GatewayState};
+use crate::index::{GATEWAY_GROUP, Index};
+
+/// Every HTTPRoute, compiled, and their statuses.
+pub struct RouteTable<'a> {
+    pub routes: Vec<CompiledRoute<'a>>,
+    pub statuses: Vec<HttpRouteStatus>,
+}
+
+pub struct CompiledRoute<'a> {
+    pub route: &'a HttpRoute,
+    pub rules: Vec<CompiledRule>,
+}
+
+/// One rule of a route, ready to become Envoy routes (one per match).
+pub struct CompiledRule {
+    pub index: usize,
+    pub matches: Vec<RouteMatch>,
+    pub action: RouteAction,
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
+    /// Clusters the action sends to (the pool and picker clusters included).
+    pub clusters: Vec<ClusterIr>,
+    /// Why the rule is not valid; such a rule answers 500.
+    pub invalid: Option<String>,
+}
+
+/// The response for traffic that matches a rule which cannot be served.
+fn internal_error() -> RouteAction {
+    RouteAction::DirectResponse(DirectResponse {
+        status: 500,
+        body: String::new(),
+    })
+}
+
+pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteTable<'a> {
+    let kinds = backends::kinds(index);
+    let mut routes = Vec::new();
+    let mut statuses = Vec::new();
+    let mut sorted: Vec<&HttpRoute> = index.snapshot.http_routes.iter().collect();
+    sorted
+        .sort_by(|a, b| (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name)));
+    for route in sorted {
+        let (compiled, problem) = compile(index, &kinds, route);
+        let position = routes.len();
+        let parents: Vec<RouteParentStatus> = route
+            .parent_refs
+            .iter()
+            .filter_map(|parent| {
+                attach(
+                    index,
+                    gateways,
+                    route,
+                    &compiled,
+                    problem.as_ref(),
+                    parent,
+                    position,
+                )
+            })
+            .collect();
+        routes.push(compiled);
+        if !parents.is_empty() {
+            statuses.push(HttpRouteStatus {
+                route: route.meta.object_ref(),
+                parents,
+            });
+        }
+    }
+    RouteTable { routes, statuses }
+}
+
+/// Compile every rule of `route`; the first backend problem is returned for
+/// the ResolvedRefs condition.
+fn compile<'a>(
+    index: &Index,
+    kinds: &[Box<dyn BackendKind>],
+    route: &'a HttpRoute,
+) -> (CompiledRoute<'a>, Option<Problem>) {
+    let mut first_problem = None;
+    let rules = route
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| compile_rule(index, kinds, route, i, rule, &mut first_problem))
+        .collect();
+    (CompiledRoute { route, rules }, first_problem)
+}
+
+fn compile_rule(
+    index: &Index,
+    kinds: &[Box<dyn BackendKind>],
+    route: &HttpRoute,
+    position: usize,
+    rule: &RouteRule,
+    first_problem: &mut Option<Problem>,
+) -> CompiledRule {
+    let label = rule
+        .name
+        .clone()
+        .map(|n| format!("rule {n:?}"))
+        .unwrap_or_else(|| format!("rules[{position}]"));
+    let mut request_headers = HeaderModifier::default();
+    let mut response_headers = HeaderModifier::default();
+    let mut redirect = None;
+    let mut rewrite: Option<UrlRewrite> = None;
+    let mut invalid = None;
+    for filter in &rule.filters {
+        match filter {
+            RouteFilter::RequestHeaderModifier(m) => merge(&mut request_headers, m),
+            RouteFilter::ResponseHeaderModifier(m) => merge(&mut response_headers, m),
+            RouteFilter::RequestRedirect(r) => redirect = Some(r.clone()),
+            RouteFilter::UrlRewrite(r) => rewrite = Some(r.clone()),
+            RouteFilter::Unsupported(kind) => {
+                invalid.get_or_insert_with(|| {
+                    format!("{label}: filter type {kind:?} is not supported")
+                });
+            }
+        }
+    }
+    for m in &rule.matches {
+        if let Some(PathMatch::Prefix(p) | PathMatch::Exact(p)) = &m.path
+            && !p.starts_with('/')
+        {
+            invalid.get_or_insert_with(|| format!("{label}: path {p:?} must start with \"/\""));
+        }
+    }
+    if rewrite
+        .as_ref()
+        .and_then(|r| r.path.as_ref())
+        .is_some_and(|p| matches!(p, infergate_model::PathModifier::ReplacePrefixMatch(_)))
+        && rule
+            .matches
+            .iter()
+            .any(|m| !matches!(m.path, None | Some(PathMatch::Prefix(_))))
+    {
+        invalid.get_or_insert_with(|| {
+            format!("{label}: URLRewrite ReplacePrefixMatch needs PathPrefix matches only")
+        });
+    }
+
+    let matches = if rule.matches.is_empty() {
+        vec![RouteMatch {
+            path: None,
+            headers: vec![],
+            query_params: vec![],
+            method: None,
+        }]
+    } else {
+        rule.matches.clone()
+    };
+
+    let mut clusters = Vec::new();
+    let mut weighted = Vec::new();
+    for backend in &rule.backend_refs {
+        match backends::resolve(kinds, index, route, backend) {
+            Ok(resolved) => {
+                let picker = resolved.endpoint_picker.map(|(picker, cluster)| {
+                    clusters.push(cluster);
+                    picker
+                });
+                if backend.weight > 0 {
+                    weighted.push(WeightedCluster {
+                        cluster: Some(resolved.cluster.name.clone()),
+                        weight: backend.weight,
+                        endpoint_picker: picker,
+                    });
+                }
+                clusters.push(resolved.cluster);
+            }
+            Err(problem) => {
+                if backend.weight > 0 {
+                    weighted.push(WeightedCluster {
+                        cluster: None,
+                        weight: backend.weight,
+                        endpoint_picker: None,
+                    });
+                }
+                first_problem.get_or_insert(problem);
+            }
+        }
+    }
+
+    let action = if invalid.is_some() {
+        clusters.clear();
+        internal_error()
+    } else if let Some(r) = redirect {
+        clusters.clear();
+        RouteAction::Redirect(r)
+    } else if weighted.is_empty() {
+        // No backends, or every weight is 0: Gateway API asks for a 500.
+        internal_error()
+    } else {
+        RouteAction::Forward(ForwardAction {
+            clusters: weighted,
+            rewrite,
+        })
+    };
+    CompiledRule {
+        index: position,
+        matches,
+        action,
+        request_headers,
+        response_headers,
+        clusters,
+        invalid,
+    }
+}
+
+fn merge(into: &mut HeaderModifier, from: &HeaderModifier) {
+    into.set.extend(from.set.iter().cloned());
+    into.add.extend(from.add.iter().cloned());
+    into.remove.extend(from.remove.iter().cloned());
+}
+
+/// Attach `route` through `parent`. Returns None when the parent is not a
+/// Gateway of ours: its status belongs to another controller.
+#[allow(clippy::too_many_arguments)]
+fn attach(
+    index: &Index,
+    gateways: &mut Evaluated,
+    route: &HttpRoute,
+    compiled: &CompiledRoute,
+    problem: Option<&Problem>,
+    parent: &ParentRef,
+    position: usize,
+) -> Option<RouteParentStatus> {
+    if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
+        return None;
+    }
+    let namespace = parent.namespace.as_deref().unwrap_or(&route.meta.namespace);
+    let gateway = gateways
+        .gateways
+        .iter_mut()
+        .find(|g| g.namespace() == namespace && g.name() == parent.name)?;
+    let generation = route.meta.generation;
+    let accepted = accept(index, gateway, route, compiled, parent, position);
+    let mut conditions: Vec<Condition> = vec![match accepted {
+        Ok(()) => ok(c::ACCEPTED, reason::ACCEPTED, "route accepted", generation),
+        Err((why, message)) => fail(c::ACCEPTED, why, message, generation),
+    }];
+    conditions.push(match problem {
+        None => ok(
+            c::RESOLVED_REFS,
+            reason::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        ),
+        Some(p) => fail(c::RESOLVED_REFS, p.reason, p.message.clone(), generation),
+    });
+    let invalid: Vec<&str> = compiled
+        .rules
+        .iter()
+        .filter_map(|r| r.invalid.as_deref())
+        .collect();
+    if !invalid.is_empty() && invalid.len() < compiled.rules.len() {
+        conditions.push(Condition::new(
+            c::PARTIALLY_INVALID,
+            true,
+            reason::UNSUPPORTED_VALUE,
+            format!("{}; such rules answer 500", invalid.join("; ")),
+            generation,
+        ));
+    }
+    Some(RouteParentStatus {
+        parent_ref: parent.clone(),
+        conditions,
+    })
+}
+
+fn accept(
+    index: &Index,
+    gateway: &mut GatewayState,
+    route: &HttpRoute,
+    compiled: &CompiledRoute,
+    parent: &ParentRef,
+    position: usize,
+) -> Result<(), (&'static str, String)> {
+    if !gateway.accepted() {
+        return Err((
+            reason::NO_MATCHING_PARENT,
+            format!(
+                "Gateway {}/{} is not accepted",
+                gateway.namespace(),
+                gateway.name()
+            ),
+        ));
+    }
+    let candidates: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            parent
+                .section_name
+                .as_deref()
+                .is_none_or(|s| s == l.listener.name)
+        })
+        .filter(|(_, l)| parent.port.is_none_or(|p| p == l.listener.port))
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        let mut what = Vec::new();
+        if let Some(s) = &parent.section_name {
+            what.push(format!("named {s:?}"));
+        }
+        if let Some(p) = parent.port {
+            what.push(format!("on port {p}"));
+        }
+        return Err((
+            reason::NO_MATCHING_PARENT,
+            format!(
+                "Gateway {}/{} has no listener {}",
+                gateway.namespace(),
+                gateway.name(),
+                what.join(" ")
+            ),
+        ));
+    }
+    let allowed: Vec<usize> = candidates
+        .into_iter()
+        .filter(|&i| {
+            let l = &gateway.listeners[i];
+            l.usable
+                && l.supported_kinds
+                    .iter()
+                    .any(|k| k.group == GATEWAY_GROUP && k.kind == "HTTPRoute")
+                && gateway.allows_namespace(index, l, &route.meta.namespace)
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "no listener of Gateway {}/{} that this parentRef selects allows HTTPRoutes from namespace {:?}",
+                gateway.namespace(),
+                gateway.name(),
+                route.meta.namespace
+            ),
+        ));
+    }
+    let with_hosts: Vec<(usize, Vec<String>)> = allowed
+        .into_iter()
+        .map(|i| {
+            (
+                i,
+                GatewayState::effective_hostnames(&gateway.listeners[i], &route.hostnames),
+            )
+        })
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    if with_hosts.is_empty() {
+        return Err((
+            reason::NO_MATCHING_LISTENER_HOSTNAME,
+            format!(
+                "none of the route's hostnames {:?} matches a listener hostname of Gateway {}/{}",
+                route.hostnames,
+                gateway.namespace(),
+                gateway.name()
+            ),
+        ));
+    }
+    if !compiled.rules.is_empty() && compiled.rules.iter().all(|r| r.invalid.is_some()) {
+        let messages: Vec<&str> = compiled
+            .rules
+            .iter()
+            .filter_map(|r| r.invalid.as_deref())
+            .collect();
+        return Err((reason::UNSUPPORTED_VALUE, messages.join("; ")));
+    }
+    for (i, hostnames) in with_hosts {
+        gateway.listeners[i].attachments.push(Attachment {
+            route: position,
+            hostnames,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Kubernetes resources to infergate's translation [`Snapshot`].
+//!
+//! Both providers go through here: the standalone provider hands in YAML
+//! documents ([`Resources::add_yaml`]), the Kubernetes provider typed API
+//! objects. Errors name the file, the document, the object and the field, so
+//! that an operator can find the mistake without reading our code.
+
+mod convert;
+mod errors;
+mod inference_pool;
+
+pub use errors::{ResourceError, Source};
+pub use inference_pool::{
+    EndpointPickerRef, InferencePool, InferencePoolSpec, LabelSelector as PoolSelector, PickerPort,
+    TargetPort,
+};
+
+use gateway_api::apis::standard::{
+    gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
+    referencegrants::ReferenceGrant,
+};
+use infergate_model::{Settings, Snapshot};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+
+/// Every object a snapshot is built from, as Kubernetes types.
+#[derive(Default, Clone, Debug)]
+pub struct Resources {
+    pub namespaces: Vec<Namespace>,
+    pub gateway_classes: Vec<GatewayClass>,
+    pub gateways: Vec<Gateway>,
+    pub http_routes: Vec<HttpRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub pods: Vec<Pod>,
+    pub inference_pools: Vec<InferencePool>,
+    /// Documents that were skipped, with why (kinds infergate does not read).
+    pub skipped: Vec<String>,
+    /// Where each object was read from, by (kind, namespace, name).
+    pub origins: std::collections::HashMap<(String, String, String), Source>,
+}
+
+/// The kinds infergate reads, with the apiVersions it accepts.
+const KINDS: &[(&str, &[&str])] = &[
+    ("Namespace", &["v1"]),
+    ("GatewayClass", &["gateway.networking.k8s.io/v1"]),
+    ("Gateway", &["gateway.networking.k8s.io/v1"]),
+    ("HTTPRoute", &["gateway.networking.k8s.io/v1"]),
+    (
+        "ReferenceGrant",
+        &[
+            "gateway.networking.k8s.io/v1beta1",
+            "gateway.networking.k8s.io/v1",
+        ],
+    ),
+    ("Service", &["v1"]),
+    ("EndpointSlice", &["discovery.k8s.io/v1"]),
+    ("Pod", &["v1"]),
+    ("InferencePool", &["inference.networking.k8s.io/v1"]),
+];
+
+impl Resources {
+    /// Parse a multi-document YAML text. On any error nothing from this text
+    /// is kept: the caller's resources are left as they were.
+    pub fn add_yaml(&mut self, file: &str, text: &str) -> Result<(), Vec<ResourceError>> {
+        let mut staged = Resources::default();
+        let mut errors = Vec::new();
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let source = Source::document(file, index);
+            let value = match <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(ResourceError::new(source, None, None, e.to_string()));
+                    // A syntax error ends the stream: later documents cannot be located.
+                    break;
+                }
+            };
+            if let Err(e) = staged.add_value(source, value) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            self.extend(staged);
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn add_value(
+        &mut self,
+        source: Source,
+        value: serde_yaml_ng::Value,
+    ) -> Result<(), ResourceError> {
+        if value.is_null() {
+            return Ok(()); // an empty document, e.g. a trailing `---`
+        }
+        let str_at = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let kind = str_at("kind");
+        let api_version = str_at("apiVersion");
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let err = |field: Option<&str>, message: String| {
+            ResourceError::new(
+                source.clone(),
+                kind.clone().map(|k| (k, name.clone())),
+                field.map(str::to_string),
+                message,
+            )
+        };
+        let (Some(kind_name), Some(api_version)) = (kind.as_deref(), api_version.as_deref()) else {
+            return Err(err(
+                None,
+                "not a Kubernetes object: `apiVersion` and `kind` are required".into(),
+            ));
+        };
+        let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind_name) else {
+            self.skipped.push(format!(
+                "{source}: kind {kind_name} is not read by infergate"
+            ));
+            return Ok(());
+        };
+        if !versions.contains(&api_version) {
+            let hint = if api_version.starts_with("inference.networking.x-k8s.io") {
+                "; the v1alpha2 InferencePool was removed upstream in GIE v1.5.0"
+            } else {
+                ""
+            };
+            return Err(err(
+                Some("apiVersion"),
+                format!(
+                    "{api_version:?} is not supported for {kind_name}; use {}{hint}",
+                    versions.join(" or ")
+                ),
+            ));
+        }
+        if name.as_deref().is_none_or(str::is_empty) {
+            return Err(err(Some("metadata.name"), "is required".into()));
+        }
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|v| v.as_str())
+            .unwrap_or(if kind_name == "Namespace" || kind_name == "GatewayClass" {
+                ""
+            } else {
+                "default"
+            });
+        let key = (
+            kind_name.to_string(),
+            namespace.to_string(),
+            name.clone().unwrap_or_default(),
+        );
+        if let Some(first) = self.origins.get(&key) {
+            return Err(err(
+                None,
+                format!("defined twice; first defined at {first}"),
+            ));
+        }
+        self.origins.insert(key, source.clone());
+        let located = |(field, message): (String, String)| err(Some(&field), message);
+        match kind_name {
+            "Namespace" => self.namespaces.push(decode(value).map_err(located)?),
+            "GatewayClass" => self.gateway_classes.push(decode(value).map_err(located)?),
+            "Gateway" => self.gateways.push(decode(value).map_err(located)?),
+            "HTTPRoute" => self.http_routes.push(decode(value).map_err(located)?),
+            "ReferenceGrant" => self.reference_grants.push(decode(value).map_err(located)?),
+            "Service" => self.services.push(decode(value).map_err(located)?),
+            "EndpointSlice" => self.endpoint_slices.push(decode(value).map_err(located)?),
+            "Pod" => self.pods.push(decode(value).map_err(located)?),
+            "InferencePool" => self.inference_pools.push(decode(value).map_err(located)?),
+            _ => unreachable!("KINDS lists only the kinds matched here"),
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self, other: Resources) {
+        self.namespaces.extend(other.namespaces);
+        self.gateway_classes.extend(other.gateway_classes);
+        self.gateways.extend(other.gateways);
+        self.http_routes.extend(other.http_routes);
+        self.reference_grants.extend(other.reference_grants);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.pods.extend(other.pods);
+        self.inference_pools.extend(other.inference_pools);
+        self.skipped.extend(other.skipped);
+        self.origins.extend(other.origins);
+    }
+
+    /// Where an object was read from, if known.
+    pub fn origin(&self, kind: &str, namespace: &str, name: &str) -> Source {
+        self.origins
+            .get(&(kind.to_string(), namespace.to_string(), name.to_string()))
+            .cloned()
+            .unwrap_or(Source::Api)
+    }
+
+    /// Build the snapshot. Values that the CRD schemas would have refused
+    /// (a negative port, say) are errors naming the object and field.
+    pub fn to_snapshot(&self, settings: Settings) -> Result<Snapshot, Vec<ResourceError>> {
+        convert::snapshot(self, settings)
+    }
+}
+
+/// Deserialize with the path of the offending field on error.
+fn decode<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        (
+            if path == "." { String::new() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
+}
