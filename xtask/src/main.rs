@@ -1,1 +1,77 @@
-fn main() {}
+//! Project tasks that cargo alone does not do.
+//!
+//! - `cargo xtask component [--out PATH]` builds the translation guest for
+//!   `wasm32-unknown-unknown` and encodes it as a WebAssembly component
+//!   (wit-component), written to `<target>/infergate-translator.wasm` unless
+//!   `--out` says otherwise.
+//! - `cargo xtask test-components` builds the components that tests swap in
+//!   (`guest/testing/`) into `<target>/test-components/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("component") => {
+            let out = match args.iter().position(|a| a == "--out") {
+                Some(i) => Some(PathBuf::from(args.get(i + 1).context("--out needs a path")?)),
+                None => None,
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("infergate-translator.wasm"));
+            build_component("infergate-guest", &out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Some("test-components") => {
+            for package in ["infergate-test-misbehaving", "infergate-test-other-version"] {
+                let out = target_dir().join("test-components").join(format!("{package}.wasm"));
+                build_component(package, &out)?;
+                println!("{}", out.display());
+            }
+            Ok(())
+        }
+        _ => {
+            eprintln!(
+                "usage: cargo xtask component [--out PATH] | cargo xtask test-components\n\n  component        build the translation component (wasm32-unknown-unknown + wit-component)\n  test-components  build the components that tests swap in"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn build_component(package: &str, out: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--package", package, "--target", "wasm32-unknown-unknown", "--profile", "component"])
+        .status()
+        .context("running cargo build for the guest")?;
+    if !status.success() {
+        bail!("building {package} failed (is the target installed? `rustup target add wasm32-unknown-unknown`)");
+    }
+    let module_path =
+        target_dir().join("wasm32-unknown-unknown/component").join(format!("{}.wasm", package.replace('-', "_")));
+    let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&module)
+        .context("the guest module carries no component type information")?
+        .validate(true)
+        .encode()
+        .context("encoding the component")?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, &component).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

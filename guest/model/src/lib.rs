@@ -20,8 +20,7 @@ wit_bindgen::generate!({
 /// The WIT package this crate was generated from, `name@version`.
 pub const WIT_PACKAGE: &str = "infergate:translator@0.1.0";
 
-pub use exports::infergate::translator::translate::Guest;
-pub use infergate::translator::types::*;
+pub use exports::infergate::translator::translate::*;
 
 impl Condition {
     pub fn new(

@@ -1,1 +1,234 @@
+//! Runs translation components under wasmtime.
+//!
+//! One [`Runtime`] (one wasmtime `Engine`) per process. A component is
+//! checked when it is loaded ([`Runtime::load`]): it must be a component, it
+//! must import nothing, and it must export `infergate:translator/translate`
+//! at the version this host was built for. Each translation gets a fresh
+//! `Store` with a memory limit and an epoch deadline, so a guest that loops or
+//! allocates without end is stopped with an error naming the limit.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "translator",
+        additional_derives: [serde::Serialize, serde::Deserialize],
+    });
+}
+
+pub use infergate_model::WIT_PACKAGE;
+
+/// The name of the interface a translation component must export.
+pub fn expected_export() -> String {
+    let (package, version) = WIT_PACKAGE.split_once('@').expect("WIT_PACKAGE is name@version");
+    format!("{package}/translate@{version}")
+}
+
+/// Bounds on one translation.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Linear memory a guest may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one translation.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 512 << 20, deadline: Duration::from_secs(5) }
+    }
+}
+
+/// Why a component was refused at load time.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic number)")]
+    NotWasm,
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Invalid(wasmtime::Error),
+    #[error(
+        "the component imports {0:?}; a translation component must import nothing (build it for wasm32-unknown-unknown and encode it with `cargo xtask component`)"
+    )]
+    Imports(Vec<String>),
+    #[error("the component was built for {found}, this host speaks {expected}; rebuild it against this host's wit/ directory")]
+    WitVersion { found: String, expected: String },
+    #[error("the component does not export {expected}; it exports {found:?}")]
+    MissingExport { expected: String, found: Vec<String> },
+    #[error("the component's types do not match {expected}: {source:#}")]
+    TypeMismatch { expected: String, source: wasmtime::Error },
+}
+
+/// Why one translation failed. The caller keeps serving what it had.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateFailure {
+    #[error("the translation ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    #[error("the translation tried to use more than its memory limit of {0} MiB and was stopped")]
+    Memory(usize),
+    #[error("the translation component trapped: {0}")]
+    Trap(String),
+    #[error("the translation component reported an error: {0}")]
+    Guest(String),
+    #[error("could not pass data across the component boundary: {0}")]
+    Boundary(String),
+}
+
+/// One wasmtime engine and the limits every translation runs under.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+}
+
+/// Epoch ticks happen this often; deadlines are counted in them.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+impl Runtime {
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Runtime { engine, limits })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compile and check a component. Nothing runs yet.
+    pub fn load(&self, bytes: &[u8]) -> Result<Translator, LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if !imports.is_empty() {
+            return Err(LoadError::Imports(imports));
+        }
+        let expected = expected_export();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if !exports.contains(&expected) {
+            let package = WIT_PACKAGE.split_once('@').map(|(p, _)| p).unwrap_or(WIT_PACKAGE);
+            if let Some(other) = exports.iter().find(|e| e.starts_with(&format!("{package}/translate@"))) {
+                let version = other.rsplit_once('@').map(|(_, v)| v).unwrap_or("?");
+                return Err(LoadError::WitVersion {
+                    found: format!("{package}@{version}"),
+                    expected: WIT_PACKAGE.to_string(),
+                });
+            }
+            return Err(LoadError::MissingExport { expected, found: exports });
+        }
+        let linker: Linker<StoreState> = Linker::new(&self.engine);
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::TranslatorPre::new)
+            .map_err(|source| LoadError::TypeMismatch { expected: expected.clone(), source })?;
+        Ok(Translator {
+            pre,
+            info: Arc::new(ComponentInfo {
+                digest: sha256_hex(bytes),
+                size: bytes.len(),
+                wit_package: WIT_PACKAGE.to_string(),
+                compile_time: started.elapsed(),
+            }),
+        })
+    }
+
+    /// Translate `snapshot` with `translator`, in a fresh store under this
+    /// runtime's limits.
+    pub fn translate(
+        &self,
+        translator: &Translator,
+        snapshot: &infergate_model::Snapshot,
+    ) -> Result<infergate_model::Output, TranslateFailure> {
+        let input: bindings::exports::infergate::translator::translate::Snapshot = transcode(snapshot)?;
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            },
+        );
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline((self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+        let outcome = translator
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.infergate_translator_translate().call_translate(&mut store, &input));
+        match outcome {
+            Ok(Ok(output)) => transcode(&output),
+            Ok(Err(error)) => Err(TranslateFailure::Guest(error.message)),
+            Err(error) => Err(self.classify(error)),
+        }
+    }
+
+    fn classify(&self, error: wasmtime::Error) -> TranslateFailure {
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => TranslateFailure::Deadline(self.limits.deadline),
+            _ if format!("{error:#}").contains("forcing trap when growing memory")
+                || format!("{error:#}").contains("memory minimum size") =>
+            {
+                TranslateFailure::Memory(self.limits.memory_bytes >> 20)
+            }
+            _ => TranslateFailure::Trap(format!("{error:#}")),
+        }
+    }
+}
+
+struct StoreState {
+    limits: StoreLimits,
+}
+
+/// A loaded, checked component, ready to instantiate.
+#[derive(Clone)]
+pub struct Translator {
+    pre: bindings::TranslatorPre<StoreState>,
+    info: Arc<ComponentInfo>,
+}
+
+impl Translator {
+    pub fn info(&self) -> &ComponentInfo {
+        &self.info
+    }
+}
+
+/// What the host knows about a loaded component.
+#[derive(Debug, Clone)]
+pub struct ComponentInfo {
+    /// sha256 of the component file, hex.
+    pub digest: String,
+    pub size: usize,
+    pub wit_package: String,
+    pub compile_time: Duration,
+}
+
+/// The host and guest sides have the same types, generated twice from the
+/// same WIT (wit-bindgen and wasmtime's bindgen); they cross over through a
+/// compact serde encoding.
+fn transcode<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: &A) -> Result<B, TranslateFailure> {
+    let bytes = postcard::to_allocvec(value).map_err(|e| TranslateFailure::Boundary(e.to_string()))?;
+    postcard::from_bytes(&bytes).map_err(|e| TranslateFailure::Boundary(e.to_string()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,1 +1,4 @@
+//! xDS for infergate: the IR as Envoy resources ([`encode`]), a snapshot per
+//! Envoy node ([`cache`]) and a state-of-the-world ADS server ([`server`]).
 
+pub mod encode;

@@ -1,0 +1,52 @@
+//! A test component. The snapshot's controller name selects a misbehaviour:
+//! `test:loop` spins forever, `test:alloc` allocates without end,
+//! `test:trap` panics, `test:error` returns an error. Any other name
+//! translates as the real component does and adds the response header
+//! `x-infergate-component: test` to every route, so a swap is visible on
+//! the wire.
+
+use infergate_model::{Guest, HeaderValue, Output, RouteAction, Snapshot, TranslateError};
+
+struct Misbehaving;
+
+impl Guest for Misbehaving {
+    fn translate(input: Snapshot) -> Result<Output, TranslateError> {
+        match input.settings.controller_name.as_str() {
+            "test:loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "test:alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "test:trap" => panic!("deliberate trap"),
+            "test:error" => Err(TranslateError { message: "deliberate error".into() }),
+            _ => {
+                let mut output = infergate_translate::translate(&input)?;
+                for gateway in &mut output.gateways {
+                    for listener in &mut gateway.listeners {
+                        for host in &mut listener.virtual_hosts {
+                            for route in &mut host.routes {
+                                if !matches!(route.action, RouteAction::Redirect(_)) {
+                                    route.response_headers.set.push(HeaderValue {
+                                        name: "x-infergate-component".into(),
+                                        value: "test".into(),
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(output)
+            }
+        }
+    }
+}
+
+infergate_model::export_translator!(Misbehaving with_types_in infergate_model);

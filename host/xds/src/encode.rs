@@ -1,0 +1,422 @@
+//! The IR as Envoy resources: the one place that knows Envoy's protobufs.
+//! Clusters use EDS (endpoint changes do not re-create clusters), listeners
+//! use RDS, all over the same ADS stream.
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
+    SocketAddress, TransportSocket, address, config_source, data_source, header_value_option, socket_address,
+    transport_socket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    self as route, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RouteConfiguration,
+    VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher, redirect_action, route_action,
+    route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext, common_tls_context,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use infergate_model as ir;
+
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// xDS types in the order Envoy should receive them: what a resource uses
+/// before the resource that uses it.
+pub const TYPE_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+
+/// The cluster name a route uses for a backend that did not resolve. It is
+/// never defined, so Envoy answers with the route's
+/// cluster_not_found_response_code, 500, as Gateway API asks.
+pub const INVALID_BACKEND_CLUSTER: &str = "infergate/invalid-backend";
+
+/// Every resource of one Gateway's Envoy, typed.
+#[derive(Default, Clone, Debug)]
+pub struct Resources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+impl Resources {
+    /// (type URL, [(name, packed)]) in [`TYPE_ORDER`].
+    pub fn packed(&self) -> Vec<(&'static str, Vec<(String, Any)>)> {
+        vec![
+            (CLUSTER_TYPE, self.clusters.iter().map(|c| (c.name.clone(), pack_any(c.clone()))).collect()),
+            (ENDPOINT_TYPE, self.endpoints.iter().map(|e| (e.cluster_name.clone(), pack_any(e.clone()))).collect()),
+            (LISTENER_TYPE, self.listeners.iter().map(|l| (l.name.clone(), pack_any(l.clone()))).collect()),
+            (ROUTE_TYPE, self.routes.iter().map(|r| (r.name.clone(), pack_any(r.clone()))).collect()),
+        ]
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn seconds(s: i64) -> Duration {
+    Duration { seconds: s, nanos: 0 }
+}
+
+pub fn gateway(gateway: &ir::GatewayIr) -> Resources {
+    Resources {
+        clusters: gateway.clusters.iter().map(cluster).collect(),
+        endpoints: gateway.clusters.iter().map(load_assignment).collect(),
+        listeners: gateway.listeners.iter().map(listener).collect(),
+        routes: gateway.listeners.iter().map(route_configuration).collect(),
+    }
+}
+
+fn cluster(c: &ir::ClusterIr) -> Cluster {
+    let mut out = Cluster {
+        name: c.name.clone(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
+        connect_timeout: Some(seconds(5)),
+        ..Default::default()
+    };
+    if matches!(c.protocol, ir::UpstreamProtocol::H2c | ir::UpstreamProtocol::H2Tls) {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        out.typed_extension_protocol_options
+            .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
+    }
+    if let Some(tls) = &c.tls {
+        out.transport_socket = Some(upstream_tls(tls, c.protocol));
+    }
+    out
+}
+
+fn upstream_tls(tls: &ir::UpstreamTls, protocol: ir::UpstreamProtocol) -> TransportSocket {
+    let validation = tls.ca_pem.as_ref().map(|pem| {
+        common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(pem.clone())), ..Default::default() }),
+            ..Default::default()
+        })
+    });
+    let context = UpstreamTlsContext {
+        sni: tls.sni.clone().unwrap_or_default(),
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: if protocol == ir::UpstreamProtocol::H2Tls { vec!["h2".into()] } else { vec![] },
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    }
+}
+
+fn load_assignment(c: &ir::ClusterIr) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: c
+                .endpoints
+                .iter()
+                .map(|e| LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket(&e.address, e.port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn socket(address: &str, port: u32) -> envoy_types::pb::envoy::config::core::v3::Address {
+    envoy_types::pb::envoy::config::core::v3::Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn listener(l: &ir::ListenerIr) -> Listener {
+    let manager = HttpConnectionManager {
+        stat_prefix: l.name.replace([':', '/'], "_"),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: l.name.clone(),
+        })),
+        // Gateway API matches hostnames without the port.
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: l.name.clone(),
+        address: Some(socket(&l.address, l.port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_configuration(l: &ir::ListenerIr) -> RouteConfiguration {
+    RouteConfiguration {
+        name: l.name.clone(),
+        virtual_hosts: l
+            .virtual_hosts
+            .iter()
+            .map(|vh| VirtualHost {
+                name: vh.name.clone(),
+                domains: vh.domains.clone(),
+                routes: vh.routes.iter().map(route).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn string_matcher(match_type: ir::StringMatchType, value: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(match match_type {
+            ir::StringMatchType::Exact => string_matcher::MatchPattern::Exact(value.to_string()),
+            ir::StringMatchType::RegularExpression => string_matcher::MatchPattern::SafeRegex(regex(value)),
+        }),
+        ignore_case: false,
+    }
+}
+
+fn regex(value: &str) -> RegexMatcher {
+    RegexMatcher { regex: value.to_string(), ..Default::default() }
+}
+
+fn route_match(m: &ir::RouteMatch) -> route::RouteMatch {
+    let path = match &m.path {
+        Some(ir::PathMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
+        Some(ir::PathMatch::RegularExpression(p)) => route_match::PathSpecifier::SafeRegex(regex(p)),
+        Some(ir::PathMatch::Prefix(p)) => prefix(p),
+        None => prefix("/"),
+    };
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|h| HeaderMatcher {
+            name: h.name.clone(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(
+                h.match_type,
+                &h.value,
+            ))),
+            ..Default::default()
+        })
+        .collect();
+    if let Some(method) = &m.method {
+        headers.push(HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(
+                ir::StringMatchType::Exact,
+                method,
+            ))),
+            ..Default::default()
+        });
+    }
+    route::RouteMatch {
+        path_specifier: Some(path),
+        headers,
+        query_parameters: m
+            .query_params
+            .iter()
+            .map(|q| QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: Some(
+                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(string_matcher(
+                        q.match_type,
+                        &q.value,
+                    )),
+                ),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Gateway API prefixes match whole path segments: `/api` matches `/api` and
+/// `/api/x`, never `/apix`. A trailing slash in the prefix is ignored.
+fn prefix(p: &str) -> route_match::PathSpecifier {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.is_empty() {
+        route_match::PathSpecifier::Prefix("/".into())
+    } else {
+        route_match::PathSpecifier::PathSeparatedPrefix(trimmed.to_string())
+    }
+}
+
+fn header_options(m: &ir::HeaderModifier) -> Vec<HeaderValueOption> {
+    let option = |h: &ir::HeaderValue, action: header_value_option::HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue { key: h.name.clone(), value: h.value.clone(), ..Default::default() }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    m.set
+        .iter()
+        .map(|h| option(h, header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .chain(m.add.iter().map(|h| option(h, header_value_option::HeaderAppendAction::AppendIfExistsOrAdd)))
+        .collect()
+}
+
+fn route(r: &ir::RouteIr) -> route::Route {
+    let action = match &r.action {
+        ir::RouteAction::Forward(forward) => route::route::Action::Route(forward_action(forward, &r.matches)),
+        ir::RouteAction::Redirect(redirect) => route::route::Action::Redirect(redirect_action(redirect, &r.matches)),
+        ir::RouteAction::DirectResponse(d) => route::route::Action::DirectResponse(DirectResponseAction {
+            status: d.status,
+            body: (!d.body.is_empty()).then(|| DataSource {
+                specifier: Some(data_source::Specifier::InlineString(d.body.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    route::Route {
+        name: r.name.clone(),
+        r#match: Some(route_match(&r.matches)),
+        action: Some(action),
+        request_headers_to_add: header_options(&r.request_headers),
+        request_headers_to_remove: r.request_headers.remove.clone(),
+        response_headers_to_add: header_options(&r.response_headers),
+        response_headers_to_remove: r.response_headers.remove.clone(),
+        ..Default::default()
+    }
+}
+
+fn cluster_name(w: &ir::WeightedCluster) -> String {
+    w.cluster.clone().unwrap_or_else(|| INVALID_BACKEND_CLUSTER.to_string())
+}
+
+fn forward_action(forward: &ir::ForwardAction, m: &ir::RouteMatch) -> route::RouteAction {
+    let specifier = if forward.clusters.len() == 1 {
+        route_action::ClusterSpecifier::Cluster(cluster_name(&forward.clusters[0]))
+    } else {
+        route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: forward
+                .clusters
+                .iter()
+                .map(|w| weighted_cluster::ClusterWeight {
+                    name: cluster_name(w),
+                    weight: Some(UInt32Value { value: w.weight }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    };
+    let mut action = route::RouteAction {
+        cluster_specifier: Some(specifier),
+        cluster_not_found_response_code: route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
+        // Completions stream for minutes: no route timeout by default.
+        timeout: Some(seconds(0)),
+        ..Default::default()
+    };
+    if let Some(rewrite) = &forward.rewrite {
+        if let Some(host) = &rewrite.hostname {
+            action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+        }
+        match &rewrite.path {
+            Some(ir::PathModifier::ReplaceFullPath(path)) => {
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex("^/.*$")),
+                    substitution: path.clone(),
+                });
+            }
+            Some(ir::PathModifier::ReplacePrefixMatch(replacement)) => {
+                let (pattern, substitution) = prefix_rewrite(m, replacement);
+                action.regex_rewrite = Some(RegexMatchAndSubstitute { pattern: Some(regex(&pattern)), substitution });
+            }
+            None => {}
+        }
+    }
+    action
+}
+
+/// Gateway API ReplacePrefixMatch as an RE2 rewrite: the matched prefix
+/// (whole segments) is replaced, the rest of the path kept, without doubling
+/// or dropping the slash between them.
+fn prefix_rewrite(m: &ir::RouteMatch, replacement: &str) -> (String, String) {
+    let matched = match &m.path {
+        Some(ir::PathMatch::Prefix(p)) => p.trim_end_matches('/').to_string(),
+        _ => String::new(),
+    };
+    let replacement = replacement.trim_end_matches('/');
+    let escaped: String = matched
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '/' { c.to_string() } else { format!("\\{c}") })
+        .collect();
+    let pattern = format!("^{escaped}(/.*)?$");
+    let substitution = if replacement.is_empty() { "/\\1".to_string() } else { format!("{replacement}\\1") };
+    (pattern, substitution)
+}
+
+fn redirect_action(r: &ir::RequestRedirect, m: &ir::RouteMatch) -> RedirectAction {
+    use redirect_action::RedirectResponseCode as Code;
+    let response_code = match r.status_code {
+        Some(301) => Code::MovedPermanently,
+        Some(303) => Code::SeeOther,
+        Some(307) => Code::TemporaryRedirect,
+        Some(308) => Code::PermanentRedirect,
+        _ => Code::Found,
+    };
+    let path_rewrite_specifier = match &r.path {
+        Some(ir::PathModifier::ReplaceFullPath(p)) => Some(redirect_action::PathRewriteSpecifier::PathRedirect(p.clone())),
+        Some(ir::PathModifier::ReplacePrefixMatch(replacement)) => {
+            let (pattern, substitution) = prefix_rewrite(m, replacement);
+            Some(redirect_action::PathRewriteSpecifier::RegexRewrite(RegexMatchAndSubstitute {
+                pattern: Some(regex(&pattern)),
+                substitution,
+            }))
+        }
+        None => None,
+    };
+    RedirectAction {
+        scheme_rewrite_specifier: r.scheme.clone().map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+        host_redirect: r.hostname.clone().unwrap_or_default(),
+        port_redirect: r.port.unwrap_or(0),
+        path_rewrite_specifier,
+        response_code: response_code as i32,
+        ..Default::default()
+    }
+}

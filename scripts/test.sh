@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: setup, the workspace's tests natively (translation, runtime,
+# xDS, end to end with the real Envoy), then the translation library's tests
+# again compiled to WebAssembly under the wasmtime CLI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+# shellcheck source=env.sh
+source scripts/env.sh
+
+echo "== native tests"
+cargo test --workspace --exclude infergate-guest --exclude infergate-test-misbehaving --exclude infergate-test-other-version
+
+echo "== translation tests inside WebAssembly (wasm32-wasip1, wasmtime CLI as the runner)"
+CARGO_TARGET_WASM32_WASIP1_RUNNER="$WASMTIME_BIN run --" \
+  cargo test --package infergate-translate --target wasm32-wasip1
