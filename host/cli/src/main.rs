@@ -1,1 +1,158 @@
-fn main() {}
+//! `infergate`: a Gateway API implementation for inference traffic.
+
+mod envoy;
+mod pipeline;
+mod standalone;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "infergate",
+    version,
+    about = "Gateway API (and Inference Extension) for Envoy, with a hot-swappable WebAssembly translation core",
+    long_about = "infergate turns Gateway, HTTPRoute and InferencePool resources into configuration for a real \
+Envoy proxy, served over xDS. The translation runs in a WebAssembly component (see `--component`)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a directory of Gateway API YAML to a local Envoy, without Kubernetes.
+    ///
+    /// Every *.yaml / *.yml file in the directory (not its subdirectories) is read; the directory is watched
+    /// and changes are applied without restarting Envoy. A file with an error is reported with its document,
+    /// object and field, and nothing that is served changes until it is fixed.
+    Standalone(StandaloneArgs),
+    /// Translate YAML offline and print the Envoy-shaped IR and every status; runs nothing.
+    Translate(TranslateArgs),
+    /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct TranslationArgs {
+    /// The translation component (.wasm). Default: $INFERGATE_COMPONENT, else infergate-translator.wasm
+    /// next to this binary or in its parent directory (where `cargo xtask component` puts it).
+    #[arg(long, env = "INFERGATE_COMPONENT")]
+    component: Option<PathBuf>,
+    /// GatewayClasses whose spec.controllerName is this are ours; others are ignored.
+    #[arg(long, default_value = "infergate.dev/gateway-controller")]
+    controller_name: String,
+    /// Route to InferencePool backends (Gateway API Inference Extension). Off by default.
+    #[arg(long)]
+    enable_inference_extension: bool,
+    /// Memory limit of one translation, in MiB.
+    #[arg(long, default_value_t = 512)]
+    translation_memory_mib: usize,
+    /// Time limit of one translation, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    translation_timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct StandaloneArgs {
+    /// Directory of Kubernetes-style YAML (GatewayClass, Gateway, HTTPRoute, Service, EndpointSlice, ...).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    #[command(flatten)]
+    translation: TranslationArgs,
+    /// Address the xDS (ADS) server listens on.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_address: std::net::SocketAddr,
+    /// The Envoy binary. Default: $INFERGATE_ENVOY, else the one in this project's .venv (scripts/setup.sh).
+    #[arg(long, env = "INFERGATE_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Serve xDS only; start no Envoy (run your own with `infergate bootstrap`).
+    #[arg(long)]
+    no_envoy: bool,
+    /// Write every status here (YAML) whenever it changes.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Directory for Envoy bootstraps, logs and admin addresses. Default: a temporary directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Wait this long after a file change for more changes before translating.
+    #[arg(long, default_value_t = 150)]
+    debounce_ms: u64,
+}
+
+#[derive(Copy, Clone, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Args)]
+struct TranslateArgs {
+    /// A YAML file or a directory of them.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    output: Format,
+    /// Translate with the native library instead of the component (for comparison and debugging).
+    #[arg(long)]
+    native: bool,
+    #[command(flatten)]
+    translation: TranslationArgs,
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    /// Envoy node id: the Gateway's "namespace/name".
+    #[arg(long)]
+    node: String,
+    /// The infergate xDS server.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_address: std::net::SocketAddr,
+    /// Envoy admin port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Standalone(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(standalone::run(args))
+        }
+        Command::Translate(args) => translate(args),
+        Command::Bootstrap(args) => {
+            print!("{}", envoy::bootstrap(&args.node, args.xds_address, args.admin_port));
+            Ok(())
+        }
+    }
+}
+
+fn translate(args: TranslateArgs) -> anyhow::Result<()> {
+    let resources = standalone::read_resources(&args.file).map_err(|errors| {
+        anyhow::anyhow!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    })?;
+    let snapshot = pipeline::snapshot(&resources, &args.translation)?;
+    let output = if args.native {
+        infergate_translate::translate(&snapshot).map_err(|e| anyhow::anyhow!("translation failed: {}", e.message))?
+    } else {
+        let translator = pipeline::Translation::load(&args.translation)?;
+        translator.translate(&snapshot)?
+    };
+    let text = match args.output {
+        Format::Yaml => serde_yaml_ng::to_string(&output)?,
+        Format::Json => serde_json::to_string_pretty(&output)? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}

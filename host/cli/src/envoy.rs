@@ -1,0 +1,193 @@
+//! Local Envoy processes for standalone mode: one per Gateway (its xDS node),
+//! bootstrapped to our ADS server, restarted if they exit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// An Envoy bootstrap that takes everything from ADS at `xds`.
+pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
+    format!(
+        r#"node:
+  id: "{node}"
+  cluster: infergate
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: infergate-xds }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: infergate-xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: infergate-xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: "{ip}", port_value: {port} }}
+"#,
+        ip = xds.ip(),
+        port = xds.port()
+    )
+}
+
+/// The Envoy binary: the flag or $INFERGATE_ENVOY, else this project's
+/// virtual environment (scripts/setup.sh), else `envoy` on PATH.
+pub fn find_binary(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(path) = flag {
+        return path;
+    }
+    let venv = Path::new(".venv/lib");
+    if let Ok(entries) = std::fs::read_dir(venv) {
+        for entry in entries.flatten() {
+            let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("envoy")
+}
+
+struct Supervised {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// The set of Envoys, one per node id.
+pub struct Fleet {
+    binary: PathBuf,
+    xds: SocketAddr,
+    work_dir: PathBuf,
+    running: HashMap<String, Supervised>,
+}
+
+impl Fleet {
+    pub fn new(binary: PathBuf, xds: SocketAddr, work_dir: PathBuf) -> Self {
+        Fleet { binary, xds, work_dir, running: HashMap::new() }
+    }
+
+    /// Start an Envoy for each new node, stop those whose Gateway is gone.
+    pub async fn reconcile(&mut self, nodes: &[String]) {
+        let gone: Vec<String> = self.running.keys().filter(|n| !nodes.contains(n)).cloned().collect();
+        for node in gone {
+            if let Some(envoy) = self.running.remove(&node) {
+                tracing::info!(node = %node, "stopping Envoy: its Gateway is gone");
+                let _ = envoy.stop.send(());
+                let _ = envoy.task.await;
+            }
+        }
+        for node in nodes {
+            if self.running.contains_key(node) {
+                continue;
+            }
+            let file_name = node.replace('/', "_");
+            let bootstrap_path = self.work_dir.join(format!("{file_name}.bootstrap.yaml"));
+            if let Err(e) = std::fs::write(&bootstrap_path, bootstrap(node, self.xds, 0)) {
+                tracing::error!(node = %node, "cannot write the Envoy bootstrap {}: {e}", bootstrap_path.display());
+                continue;
+            }
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(supervise(
+                self.binary.clone(),
+                node.clone(),
+                bootstrap_path,
+                self.work_dir.join(format!("{file_name}.admin")),
+                self.work_dir.join(format!("{file_name}.log")),
+                stopped,
+            ));
+            self.running.insert(node.clone(), Supervised { stop, task });
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let all: Vec<String> = self.running.keys().cloned().collect();
+        for node in all {
+            if let Some(envoy) = self.running.remove(&node) {
+                let _ = envoy.stop.send(());
+                let _ = envoy.task.await;
+            }
+        }
+    }
+}
+
+async fn supervise(
+    binary: PathBuf,
+    node: String,
+    bootstrap: PathBuf,
+    admin_path: PathBuf,
+    log_path: PathBuf,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(node = %node, "cannot open {}: {e}", log_path.display());
+                return;
+            }
+        };
+        let stderr = log.try_clone().expect("log file handle clones");
+        let child = Command::new(&binary)
+            .arg("--config-path")
+            .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--log-level", "warn"])
+            .stdout(log)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(
+                    node = %node,
+                    "cannot start Envoy {}: {e} (install it with scripts/setup.sh or pass --envoy)",
+                    binary.display()
+                );
+                return;
+            }
+        };
+        tracing::info!(node = %node, pid = child.id().unwrap_or(0), log = %log_path.display(), "Envoy started");
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(node = %node, "Envoy exited ({}); restarting in 1s; see {}",
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()), log_path.display());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stop => return,
+                }
+            }
+            _ = &mut stop => {
+                if let Some(pid) = child.id() {
+                    // SIGTERM lets Envoy close its listeners cleanly.
+                    let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+                }
+                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+                return;
+            }
+        }
+    }
+}

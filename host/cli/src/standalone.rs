@@ -1,0 +1,235 @@
+//! Standalone mode: a directory of YAML, watched, served to local Envoys.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use infergate_model::{Condition, ConditionStatus, Output, Statuses};
+use infergate_resources::{ResourceError, Resources};
+use infergate_xds::{AdsServer, SnapshotCache, encode};
+use notify::Watcher;
+use tokio::sync::mpsc;
+
+use crate::StandaloneArgs;
+use crate::envoy::{Fleet, find_binary};
+use crate::pipeline::{self, Translation};
+
+/// Read one YAML file, or every *.yaml / *.yml file of a directory (sorted,
+/// not recursive). All errors of all files are returned together.
+pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        match std::fs::read_dir(path) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect(),
+            Err(e) => return Err(vec![io_error(path, e)]),
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut resources = Resources::default();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                if let Err(e) = resources.add_yaml(&file.display().to_string(), &text) {
+                    errors.extend(e);
+                }
+            }
+            Err(e) => errors.push(io_error(&file, e)),
+        }
+    }
+    if errors.is_empty() { Ok(resources) } else { Err(errors) }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
+    ResourceError::new(infergate_resources::Source::document(&path.display().to_string(), 0), None, None, e.to_string())
+}
+
+pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
+    if !args.config.is_dir() {
+        anyhow::bail!("--config {}: not a directory", args.config.display());
+    }
+    let translation = Arc::new(Translation::load(&args.translation)?);
+    let cache = SnapshotCache::new();
+
+    let listener = tokio::net::TcpListener::bind(args.xds_address)
+        .await
+        .with_context(|| format!("binding the xDS server to {} (--xds-address)", args.xds_address))?;
+    tracing::info!(address = %args.xds_address, "xDS server listening");
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdsServer::new(cache.clone()).into_service())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = server_stopped.await;
+            }),
+    );
+
+    let (changed_tx, mut changed) = mpsc::channel::<()>(64);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files ourselves raises access events: only changes count.
+        if let Ok(event) = event
+            && matches!(event.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_))
+        {
+            let _ = changed_tx.try_send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&args.config, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", args.config.display()))?;
+
+    let temp_dir;
+    let work_dir = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temp_dir = std::env::temp_dir().join(format!("infergate-{}", std::process::id()));
+            std::fs::create_dir_all(&temp_dir)?;
+            temp_dir.clone()
+        }
+    };
+    let mut fleet =
+        (!args.no_envoy).then(|| Fleet::new(find_binary(args.envoy.clone()), args.xds_address, work_dir.clone()));
+
+    let mut state = State { last: None };
+    state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(()) = changed.recv() => {
+                // Debounce: editors write files in several steps.
+                tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
+                while changed.try_recv().is_ok() {}
+                state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.shutdown().await;
+    }
+    let _ = stop_server.send(());
+    let _ = server.await;
+    Ok(())
+}
+
+struct State {
+    /// The last output that was served.
+    last: Option<Output>,
+}
+
+impl State {
+    async fn apply(
+        &mut self,
+        args: &StandaloneArgs,
+        translation: &Arc<Translation>,
+        cache: &Arc<SnapshotCache>,
+        fleet: Option<&mut Fleet>,
+    ) {
+        let keeping = if self.last.is_some() { "still serving the last good configuration" } else { "nothing served yet" };
+        let resources = match read_resources(&args.config) {
+            Ok(r) => r,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!("configuration not applied ({} errors); {keeping}", errors.len());
+                return;
+            }
+        };
+        for skipped in &resources.skipped {
+            tracing::debug!("{skipped}");
+        }
+        let snapshot = match pipeline::snapshot(&resources, &args.translation) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                tracing::error!("configuration not applied; {keeping}");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let component = translation.clone();
+        let output = match tokio::task::spawn_blocking(move || component.translate(&snapshot)).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                tracing::error!("translation failed: {e:#}; {keeping}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("translation task failed: {e}; {keeping}");
+                return;
+            }
+        };
+        let nodes: Vec<(String, encode::Resources)> =
+            output.gateways.iter().map(|g| (g.node_id.clone(), encode::gateway(g))).collect();
+        let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+        cache.replace_all(nodes);
+        tracing::info!(
+            gateways = node_ids.len(),
+            routes = resources.http_routes.len(),
+            translate_ms = started.elapsed().as_millis() as u64,
+            "configuration applied"
+        );
+        if let Some(fleet) = fleet {
+            fleet.reconcile(&node_ids).await;
+        }
+        let changed = self.last.as_ref().is_none_or(|last| last.statuses != output.statuses);
+        if changed {
+            report_problems(&output.statuses);
+            if let Some(path) = &args.status_file {
+                match serde_yaml_ng::to_string(&output.statuses) {
+                    Ok(text) => {
+                        let tmp = path.with_extension("tmp");
+                        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+                            tracing::error!("writing {}: {e}", path.display());
+                        }
+                    }
+                    Err(e) => tracing::error!("serializing statuses: {e}"),
+                }
+            }
+        }
+        self.last = Some(output);
+    }
+}
+
+/// Log each condition that says something is wrong, once per change.
+fn report_problems(statuses: &Statuses) {
+    let bad = |c: &Condition| {
+        (c.status == ConditionStatus::False && c.condition_type != "Conflicted")
+            || (c.status == ConditionStatus::True && matches!(c.condition_type.as_str(), "Conflicted" | "PartiallyInvalid"))
+    };
+    for gw in &statuses.gateways {
+        for c in gw.conditions.iter().filter(|c| bad(c)) {
+            tracing::warn!("Gateway {}: {}={:?} {}: {}", gw.gateway, c.condition_type, c.status, c.reason, c.message);
+        }
+        for l in &gw.listeners {
+            for c in l.conditions.iter().filter(|c| bad(c)) {
+                tracing::warn!(
+                    "Gateway {} listener {}: {}={:?} {}: {}",
+                    gw.gateway, l.name, c.condition_type, c.status, c.reason, c.message
+                );
+            }
+        }
+    }
+    for route in &statuses.http_routes {
+        for parent in &route.parents {
+            for c in parent.conditions.iter().filter(|c| bad(c)) {
+                tracing::warn!(
+                    "HTTPRoute {} (parent {}): {}={:?} {}: {}",
+                    route.route, parent.parent_ref.name, c.condition_type, c.status, c.reason, c.message
+                );
+            }
+        }
+    }
+}

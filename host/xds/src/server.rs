@@ -1,0 +1,153 @@
+//! A state-of-the-world ADS server.
+//!
+//! Per stream and per type it remembers what it sent (version and nonce) and
+//! what Envoy asked for. An ACK changes nothing; a NACK is logged with
+//! Envoy's error detail and the rejected version is not sent again (it would
+//! only be rejected again) until the configuration changes. Types are always
+//! pushed in [`TYPE_ORDER`], clusters and endpoints before the listeners and
+//! routes that use them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::SnapshotCache;
+use crate::encode::TYPE_ORDER;
+
+#[derive(Clone)]
+pub struct AdsServer {
+    cache: Arc<SnapshotCache>,
+}
+
+impl AdsServer {
+    pub fn new(cache: Arc<SnapshotCache>) -> Self {
+        AdsServer { cache }
+    }
+
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(serve_stream(self.cache.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented("infergate serves state-of-the-world ADS; configure Envoy with api_type GRPC"))
+    }
+}
+
+/// What one stream knows about one resource type.
+#[derive(Default)]
+struct Subscription {
+    /// Resource names Envoy asked for; empty means all (wildcard).
+    names: Vec<String>,
+    /// The version last sent on this stream, if any.
+    sent_version: Option<String>,
+    nonce: String,
+}
+
+async fn serve_stream(
+    cache: Arc<SnapshotCache>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut changes = cache.subscribe();
+    let mut node = String::new();
+    let mut subscriptions: HashMap<String, Subscription> = HashMap::new();
+    let mut nonces: u64 = 0;
+    loop {
+        tokio::select! {
+            request = requests.next() => {
+                let Some(Ok(request)) = request else { break };
+                if node.is_empty() {
+                    node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                    tracing::info!(node = %node, "Envoy connected");
+                }
+                let subscription = subscriptions.entry(request.type_url.clone()).or_default();
+                if !request.response_nonce.is_empty() && request.response_nonce != subscription.nonce {
+                    continue; // answers an older response; a newer one is on its way
+                }
+                if let Some(error) = &request.error_detail {
+                    tracing::warn!(
+                        node = %node,
+                        type_url = %request.type_url,
+                        rejected_version = %subscription.sent_version.clone().unwrap_or_default(),
+                        "Envoy rejected the configuration (NACK): {}",
+                        error.message
+                    );
+                    subscription.names = request.resource_names;
+                    continue;
+                }
+                if request.response_nonce.is_empty() || subscription.names != request.resource_names {
+                    subscription.sent_version = None; // a new or changed subscription gets the current state
+                }
+                subscription.names = request.resource_names;
+            }
+            changed = changes.changed() => {
+                if changed.is_err() { break }
+            }
+        }
+        if node.is_empty() {
+            continue;
+        }
+        let Some(snapshot) = cache.get(&node) else { continue };
+        for type_url in TYPE_ORDER {
+            let Some(subscription) = subscriptions.get_mut(type_url) else { continue };
+            let current = snapshot.types.get(type_url).cloned().unwrap_or_default();
+            if subscription.sent_version.as_deref() == Some(current.version.as_str()) {
+                continue;
+            }
+            nonces += 1;
+            let resources = current
+                .resources
+                .into_iter()
+                .filter(|(name, _)| subscription.names.is_empty() || subscription.names.contains(name))
+                .map(|(_, any)| any)
+                .collect();
+            let response = DiscoveryResponse {
+                version_info: current.version.clone(),
+                resources,
+                type_url: type_url.to_string(),
+                nonce: nonces.to_string(),
+                ..Default::default()
+            };
+            subscription.sent_version = Some(current.version);
+            subscription.nonce = nonces.to_string();
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !node.is_empty() {
+        tracing::info!(node = %node, "Envoy disconnected");
+    }
+}
