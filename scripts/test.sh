@@ -8,6 +8,8 @@ scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
 
+cargo build --quiet --package infergate
+
 echo "== native tests"
 cargo test --workspace --exclude infergate-guest --exclude infergate-test-misbehaving --exclude infergate-test-other-version
 
