@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test: setup, the workspace's tests natively (translation, runtime,
-# xDS, end to end with the real Envoy), then the translation library's tests
-# again compiled to WebAssembly under the wasmtime CLI.
+# end to end with the real Envoy), then the translation library's tests again
+# compiled to WebAssembly under the wasmtime CLI. Ends with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
-
 cargo build --quiet --package infergate
 
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
 echo "== native tests"
-cargo test --workspace --exclude infergate-guest --exclude infergate-test-misbehaving --exclude infergate-test-other-version
+cargo test --workspace --exclude infergate-guest --exclude infergate-test-misbehaving \
+  --exclude infergate-test-other-version 2>&1 | tee -a "$log"
 
 echo "== translation tests inside WebAssembly (wasm32-wasip1, wasmtime CLI as the runner)"
 CARGO_TARGET_WASM32_WASIP1_RUNNER="$WASMTIME_BIN run --" \
-  cargo test --package infergate-translate --target wasm32-wasip1
+  cargo test --package infergate-translate --target wasm32-wasip1 --tests 2>&1 | tee -a "$log"
+
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -41,7 +41,18 @@ const PATH_AND_HEADER: &str = "  - matches: [{path: {type: PathPrefix, value: /b
   - backendRefs: [{name: blue, port: 80}]
 ";
 
-fn start(tag: &str, rules: &str, extra: &[&str]) -> Setup {
+/// A config directory with a Gateway, the blue and green Services and a
+/// route with `rules`, and the servers behind them.
+struct Layout {
+    dir: TempDir,
+    config: std::path::PathBuf,
+    work: std::path::PathBuf,
+    listener: u16,
+    blue: NamedServer,
+    green: NamedServer,
+}
+
+fn layout(tag: &str, rules: &str) -> Layout {
     let dir = TempDir::new(tag);
     let config = dir.0.join("config");
     let work = dir.0.join("work");
@@ -51,16 +62,17 @@ fn start(tag: &str, rules: &str, extra: &[&str]) -> Setup {
     let blue = NamedServer::start("blue");
     let green = NamedServer::start("green");
     write(&config, "gateway.yaml", &gateway_yaml(listener));
-    write(
-        &config,
-        "services.yaml",
-        &(service_yaml("blue", blue.port) + &service_yaml("green", green.port)),
-    );
+    write(&config, "services.yaml", &(service_yaml("blue", blue.port) + &service_yaml("green", green.port)));
     write(&config, "routes.yaml", &route(rules));
-    let infergate = Standalone::start(&config, &work, free_port(), extra);
-    let ready = wait_until(Duration::from_secs(30), || get(listener, "/", &[]).is_some_and(|r| r.0 == 200));
-    assert!(ready, "Envoy never served on {listener}; infergate log:\n{}", infergate.log_text());
-    Setup { _dir: dir, listener, blue, green, infergate }
+    Layout { dir, config, work, listener, blue, green }
+}
+
+fn start(tag: &str, rules: &str, extra: &[&str]) -> Setup {
+    let l = layout(tag, rules);
+    let infergate = Standalone::start(&l.config, &l.work, free_port(), extra);
+    let ready = wait_until(Duration::from_secs(30), || get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200));
+    assert!(ready, "Envoy never served on {}; infergate log:\n{}", l.listener, infergate.log_text());
+    Setup { _dir: l.dir, listener: l.listener, blue: l.blue, green: l.green, infergate }
 }
 
 fn served_by(s: &Setup, path: &str, headers: &[(&str, &str)]) -> String {
@@ -144,17 +156,8 @@ fn an_envoy_that_dies_is_restarted_and_gets_its_configuration_again() {
 fn traffic_keeps_flowing_while_the_controller_restarts() {
     // infergate serves xDS only; this test runs its own Envoy, as an operator
     // with an existing Envoy would.
-    let dir = TempDir::new("controller-restart");
-    let config = dir.0.join("config");
-    let work = dir.0.join("work");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    let listener = free_port();
-    let blue = NamedServer::start("blue");
-    let green = NamedServer::start("green");
-    write(&config, "gateway.yaml", &gateway_yaml(listener));
-    write(&config, "services.yaml", &(service_yaml("blue", blue.port) + &service_yaml("green", green.port)));
-    write(&config, "routes.yaml", &route("  - backendRefs: [{name: blue, port: 80}]\n"));
+    let Layout { dir: _dir, config, work, listener, blue: _blue, green: _green } =
+        layout("controller-restart", "  - backendRefs: [{name: blue, port: 80}]\n");
     let xds_port = free_port();
     let mut controller = Standalone::start(&config, &work, xds_port, &["--no-envoy"]);
 

@@ -482,6 +482,18 @@ fn header_values<T>(
         .collect()
 }
 
+/// The request and response header modifiers are distinct generated types
+/// with the same fields.
+macro_rules! header_modifier {
+    ($h:expr) => {
+        m::HeaderModifier {
+            set: header_values($h.set.as_ref(), |v| (v.name.clone(), v.value.clone())),
+            add: header_values($h.add.as_ref(), |v| (v.name.clone(), v.value.clone())),
+            remove: $h.remove.clone().unwrap_or_default(),
+        }
+    };
+}
+
 fn path_modifier(full: &Option<String>, prefix: &Option<String>) -> Option<m::PathModifier> {
     match (full, prefix) {
         (Some(full), _) => Some(m::PathModifier::ReplaceFullPath(full.clone())),
@@ -501,19 +513,11 @@ fn filter(cx: &mut Ctx, i: usize, j: usize, f: &HttpRouteRulesFilters) -> m::Rou
     };
     match f.r#type {
         FilterType::RequestHeaderModifier => match &f.request_header_modifier {
-            Some(h) => m::RouteFilter::RequestHeaderModifier(m::HeaderModifier {
-                set: header_values(h.set.as_ref(), |v| (v.name.clone(), v.value.clone())),
-                add: header_values(h.add.as_ref(), |v| (v.name.clone(), v.value.clone())),
-                remove: h.remove.clone().unwrap_or_default(),
-            }),
+            Some(h) => m::RouteFilter::RequestHeaderModifier(header_modifier!(h)),
             None => missing("RequestHeaderModifier"),
         },
         FilterType::ResponseHeaderModifier => match &f.response_header_modifier {
-            Some(h) => m::RouteFilter::ResponseHeaderModifier(m::HeaderModifier {
-                set: header_values(h.set.as_ref(), |v| (v.name.clone(), v.value.clone())),
-                add: header_values(h.add.as_ref(), |v| (v.name.clone(), v.value.clone())),
-                remove: h.remove.clone().unwrap_or_default(),
-            }),
+            Some(h) => m::RouteFilter::ResponseHeaderModifier(header_modifier!(h)),
             None => missing("ResponseHeaderModifier"),
         },
         FilterType::RequestRedirect => match &f.request_redirect {
