@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
-cargo build --quiet --package infergate
 
 work="$(mktemp -d)"
 pids=()

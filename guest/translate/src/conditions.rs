@@ -1,7 +1,7 @@
 //! Condition types and reasons of Gateway API and the Inference Extension,
 //! and the one place that builds a condition.
 
-use infergate_model::{Condition, ConditionStatus};
+use infergate_model::Condition;
 
 pub const ACCEPTED: &str = "Accepted";
 pub const PROGRAMMED: &str = "Programmed";
@@ -18,12 +18,10 @@ pub mod reason {
     // Gateway
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
-    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     // Listener
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
-    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     // Route
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
@@ -55,10 +53,3 @@ pub fn fail(
     Condition::new(condition_type, false, reason, message, generation)
 }
 
-/// The status of `condition_type` in `conditions`, if present.
-pub fn status_of(conditions: &[Condition], condition_type: &str) -> Option<ConditionStatus> {
-    conditions
-        .iter()
-        .find(|c| c.condition_type == condition_type)
-        .map(|c| c.status)
-}

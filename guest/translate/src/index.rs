@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 
 use infergate_model::{
-    EndpointSlice, InferencePool, Label, Namespace, Pod, ReferenceGrant, Service, ServicePort,
-    Snapshot, SocketAddress,
+    EndpointSlice, Label, Namespace, ReferenceGrant, Service, ServicePort, Snapshot, SocketAddress,
 };
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -18,8 +17,6 @@ pub struct Index<'a> {
     services: HashMap<Key<'a>, &'a Service>,
     slices: HashMap<Key<'a>, Vec<&'a EndpointSlice>>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
-    pools: HashMap<Key<'a>, &'a InferencePool>,
-    pods: HashMap<&'a str, Vec<&'a Pod>>,
 }
 
 /// One side of a cross-namespace reference, for ReferenceGrant checks.
@@ -47,12 +44,6 @@ impl<'a> Index<'a> {
                 .collect(),
             slices: HashMap::new(),
             grants: HashMap::new(),
-            pools: snapshot
-                .inference_pools
-                .iter()
-                .map(|p| ((p.meta.namespace.as_str(), p.meta.name.as_str()), p))
-                .collect(),
-            pods: HashMap::new(),
         };
         for slice in &snapshot.endpoint_slices {
             index
@@ -67,13 +58,6 @@ impl<'a> Index<'a> {
                 .entry(grant.meta.namespace.as_str())
                 .or_default()
                 .push(grant);
-        }
-        for pod in &snapshot.pods {
-            index
-                .pods
-                .entry(pod.meta.namespace.as_str())
-                .or_default()
-                .push(pod);
         }
         index
     }
@@ -91,13 +75,6 @@ impl<'a> Index<'a> {
         self.services.get(&(namespace, name)).copied()
     }
 
-    pub fn inference_pool(&self, namespace: &str, name: &str) -> Option<&'a InferencePool> {
-        self.pools.get(&(namespace, name)).copied()
-    }
-
-    pub fn pods(&self, namespace: &str) -> &[&'a Pod] {
-        self.pods.get(namespace).map(Vec::as_slice).unwrap_or(&[])
-    }
 
     /// Ready endpoint addresses of a Service port, from its EndpointSlices,
     /// sorted and without duplicates (stable output for stable input).

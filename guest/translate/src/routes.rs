@@ -23,6 +23,13 @@ pub struct CompiledRoute<'a> {
     pub rules: Vec<CompiledRule>,
 }
 
+impl CompiledRoute<'_> {
+    /// Why each invalid rule is invalid, in rule order.
+    pub fn invalid_rules(&self) -> Vec<&str> {
+        self.rules.iter().filter_map(|r| r.invalid.as_deref()).collect()
+    }
+}
+
 /// One rule of a route, ready to become Envoy routes (one per match).
 pub struct CompiledRule {
     pub index: usize,
@@ -258,11 +265,7 @@ fn attach(
         ),
         Some(p) => fail(c::RESOLVED_REFS, p.reason, p.message.clone(), generation),
     });
-    let invalid: Vec<&str> = compiled
-        .rules
-        .iter()
-        .filter_map(|r| r.invalid.as_deref())
-        .collect();
+    let invalid = compiled.invalid_rules();
     if !invalid.is_empty() && invalid.len() < compiled.rules.len() {
         conditions.push(Condition::new(
             c::PARTIALLY_INVALID,
@@ -370,13 +373,9 @@ fn accept(
             ),
         ));
     }
-    if !compiled.rules.is_empty() && compiled.rules.iter().all(|r| r.invalid.is_some()) {
-        let messages: Vec<&str> = compiled
-            .rules
-            .iter()
-            .filter_map(|r| r.invalid.as_deref())
-            .collect();
-        return Err((reason::UNSUPPORTED_VALUE, messages.join("; ")));
+    let invalid = compiled.invalid_rules();
+    if !compiled.rules.is_empty() && invalid.len() == compiled.rules.len() {
+        return Err((reason::UNSUPPORTED_VALUE, invalid.join("; ")));
     }
     for (i, hostnames) in with_hosts {
         gateway.listeners[i].attachments.push(Attachment {

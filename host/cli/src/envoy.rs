@@ -73,6 +73,14 @@ struct Supervised {
     task: JoinHandle<()>,
 }
 
+impl Supervised {
+    /// Ask the supervisor to stop its Envoy, and wait until it has.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// The set of Envoys, one per node id.
 pub struct Fleet {
     binary: PathBuf,
@@ -92,8 +100,7 @@ impl Fleet {
         for node in gone {
             if let Some(envoy) = self.running.remove(&node) {
                 tracing::info!(node = %node, "stopping Envoy: its Gateway is gone");
-                let _ = envoy.stop.send(());
-                let _ = envoy.task.await;
+                envoy.stop().await;
             }
         }
         for node in nodes {
@@ -120,12 +127,8 @@ impl Fleet {
     }
 
     pub async fn shutdown(&mut self) {
-        let all: Vec<String> = self.running.keys().cloned().collect();
-        for node in all {
-            if let Some(envoy) = self.running.remove(&node) {
-                let _ = envoy.stop.send(());
-                let _ = envoy.task.await;
-            }
+        for (_, envoy) in self.running.drain() {
+            envoy.stop().await;
         }
     }
 }

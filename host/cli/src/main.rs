@@ -140,9 +140,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let resources = standalone::read_resources(&args.file).map_err(|errors| {
-        anyhow::anyhow!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
-    })?;
+    let resources = standalone::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
     let snapshot = pipeline::snapshot(&resources, &args.translation)?;
     let output = if args.native {
         infergate_translate::translate(&snapshot).map_err(|e| anyhow::anyhow!("translation failed: {}", e.message))?

@@ -19,9 +19,12 @@ pub fn settings(args: &TranslationArgs) -> Settings {
 }
 
 pub fn snapshot(resources: &Resources, args: &TranslationArgs) -> anyhow::Result<Snapshot> {
-    resources.to_snapshot(settings(args)).map_err(|errors| {
-        anyhow::anyhow!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
-    })
+    resources.to_snapshot(settings(args)).map_err(|errors| all_errors(&errors))
+}
+
+/// Every resource error, one per line, as one error.
+pub fn all_errors(errors: &[infergate_resources::ResourceError]) -> anyhow::Error {
+    anyhow::anyhow!("{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
 /// Where the component is when `--component` is not given.

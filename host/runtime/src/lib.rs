@@ -105,10 +105,6 @@ impl Runtime {
         Ok(Runtime { engine, limits })
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Compile and check a component. Nothing runs yet.
     pub fn load(&self, bytes: &[u8]) -> Result<Translator, LoadError> {
         if !bytes.starts_with(b"\0asm") {
@@ -143,7 +139,6 @@ impl Runtime {
             pre,
             info: Arc::new(ComponentInfo {
                 digest: sha256_hex(bytes),
-                size: bytes.len(),
                 wit_package: WIT_PACKAGE.to_string(),
                 compile_time: started.elapsed(),
             }),
@@ -181,14 +176,16 @@ impl Runtime {
     }
 
     fn classify(&self, error: wasmtime::Error) -> TranslateFailure {
-        match error.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => TranslateFailure::Deadline(self.limits.deadline),
-            _ if format!("{error:#}").contains("forcing trap when growing memory")
-                || format!("{error:#}").contains("memory minimum size") =>
-            {
-                TranslateFailure::Memory(self.limits.memory_bytes >> 20)
-            }
-            _ => TranslateFailure::Trap(format!("{error:#}")),
+        if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
+            return TranslateFailure::Deadline(self.limits.deadline);
+        }
+        // The store limiter refuses the growth and, with trap_on_grow_failure,
+        // traps with this message.
+        let message = format!("{error:#}");
+        if message.contains("forcing trap when growing memory") {
+            TranslateFailure::Memory(self.limits.memory_bytes >> 20)
+        } else {
+            TranslateFailure::Trap(message)
         }
     }
 }
@@ -215,7 +212,6 @@ impl Translator {
 pub struct ComponentInfo {
     /// sha256 of the component file, hex.
     pub digest: String,
-    pub size: usize,
     pub wit_package: String,
     pub compile_time: Duration,
 }

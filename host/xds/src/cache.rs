@@ -38,9 +38,9 @@ impl SnapshotCache {
     pub fn replace_all(&self, nodes: Vec<(String, Resources)>) {
         let mut current = self.nodes.lock().expect("snapshot cache lock");
         let mut next: HashMap<String, NodeSnapshot> =
-            current.keys().map(|k| (k.clone(), snapshot(&Resources::default()))).collect();
+            current.keys().map(|k| (k.clone(), snapshot(Resources::default()))).collect();
         for (node, resources) in nodes {
-            next.insert(node, snapshot(&resources));
+            next.insert(node, snapshot(resources));
         }
         *current = next;
         drop(current);
@@ -51,19 +51,15 @@ impl SnapshotCache {
         self.nodes.lock().expect("snapshot cache lock").get(node).cloned()
     }
 
-    pub fn nodes(&self) -> Vec<String> {
-        self.nodes.lock().expect("snapshot cache lock").keys().cloned().collect()
-    }
-
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 }
 
-fn snapshot(resources: &Resources) -> NodeSnapshot {
+fn snapshot(resources: Resources) -> NodeSnapshot {
     NodeSnapshot {
         types: resources
-            .packed()
+            .into_packed()
             .into_iter()
             .map(|(type_url, resources)| {
                 let mut hasher = DefaultHasher::new();

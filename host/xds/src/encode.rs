@@ -53,12 +53,12 @@ pub struct Resources {
 
 impl Resources {
     /// (type URL, [(name, packed)]) in [`TYPE_ORDER`].
-    pub fn packed(&self) -> Vec<(&'static str, Vec<(String, Any)>)> {
+    pub fn into_packed(self) -> Vec<(&'static str, Vec<(String, Any)>)> {
         vec![
-            (CLUSTER_TYPE, self.clusters.iter().map(|c| (c.name.clone(), pack_any(c.clone()))).collect()),
-            (ENDPOINT_TYPE, self.endpoints.iter().map(|e| (e.cluster_name.clone(), pack_any(e.clone()))).collect()),
-            (LISTENER_TYPE, self.listeners.iter().map(|l| (l.name.clone(), pack_any(l.clone()))).collect()),
-            (ROUTE_TYPE, self.routes.iter().map(|r| (r.name.clone(), pack_any(r.clone()))).collect()),
+            (CLUSTER_TYPE, self.clusters.into_iter().map(|c| (c.name.clone(), pack_any(c))).collect()),
+            (ENDPOINT_TYPE, self.endpoints.into_iter().map(|e| (e.cluster_name.clone(), pack_any(e))).collect()),
+            (LISTENER_TYPE, self.listeners.into_iter().map(|l| (l.name.clone(), pack_any(l))).collect()),
+            (ROUTE_TYPE, self.routes.into_iter().map(|r| (r.name.clone(), pack_any(r))).collect()),
         ]
     }
 }
