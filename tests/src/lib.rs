@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// An HTTP server on 127.0.0.1 that answers every request with its name
@@ -27,39 +30,52 @@ impl NamedServer {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let name = name.to_string();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 loop {
                     if stopped.try_recv().is_ok() {
                         return;
                     }
-                    let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+                    let Ok(Ok((stream, _))) =
+                        tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
                     else {
                         continue;
                     };
                     let name = name.clone();
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let body = format!("{name} {}\n", req.uri().path());
-                            let name = name.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    hyper::Response::builder()
-                                        .header("x-served-by", name)
-                                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                                        .expect("response"),
-                                )
-                            }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
+                        let service = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let body = format!("{name} {}\n", req.uri().path());
+                                let name = name.clone();
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(
+                                        hyper::Response::builder()
+                                            .header("x-served-by", name)
+                                            .body(http_body_util::Full::new(bytes::Bytes::from(
+                                                body,
+                                            )))
+                                            .expect("response"),
+                                    )
+                                }
+                            },
+                        );
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
                     });
                 }
             });
         });
-        NamedServer { port, stop: Some(stop) }
+        NamedServer {
+            port,
+            stop: Some(stop),
+        }
     }
 }
 
@@ -78,21 +94,33 @@ fn target_dir() -> PathBuf {
 }
 
 pub fn infergate_binary() -> PathBuf {
-    let path = std::env::var_os("INFERGATE_BIN").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug/infergate"));
-    assert!(path.exists(), "{} is missing: run `cargo build -p infergate` (scripts/setup.sh does)", path.display());
+    let path = std::env::var_os("INFERGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/infergate"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p infergate` (scripts/setup.sh does)",
+        path.display()
+    );
     path
 }
 
 pub fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("INFERGATE_ENVOY").map(PathBuf::from).unwrap_or_else(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-        std::fs::read_dir(&venv)
-            .ok()
-            .and_then(|mut entries| entries.find_map(|e| e.ok()))
-            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-            .unwrap_or_default()
-    });
-    assert!(path.exists(), "Envoy not found at {:?}: run scripts/setup.sh", path);
+    let path = std::env::var_os("INFERGATE_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+            std::fs::read_dir(&venv)
+                .ok()
+                .and_then(|mut entries| entries.find_map(|e| e.ok()))
+                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+                .unwrap_or_default()
+        });
+    assert!(
+        path.exists(),
+        "Envoy not found at {:?}: run scripts/setup.sh",
+        path
+    );
     path
 }
 
@@ -101,7 +129,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("infergate-e2e-{tag}-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "infergate-e2e-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         TempDir(dir)
     }
@@ -143,7 +175,13 @@ impl Standalone {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("infergate starts");
-        Standalone { child, config: config.to_path_buf(), work: work.to_path_buf(), log, xds }
+        Standalone {
+            child,
+            config: config.to_path_buf(),
+            work: work.to_path_buf(),
+            log,
+            xds,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -152,7 +190,9 @@ impl Standalone {
 
     /// Stop gracefully (SIGTERM) and wait.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -188,7 +228,11 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, Stri
     let (head, body) = response.split_once("\r\n\r\n")?;
     let served_by = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-served-by: ").map(str::to_string))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-served-by: ")
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     Some((status, served_by, body.to_string()))
 }

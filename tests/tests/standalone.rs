@@ -62,17 +62,41 @@ fn layout(tag: &str, rules: &str) -> Layout {
     let blue = NamedServer::start("blue");
     let green = NamedServer::start("green");
     write(&config, "gateway.yaml", &gateway_yaml(listener));
-    write(&config, "services.yaml", &(service_yaml("blue", blue.port) + &service_yaml("green", green.port)));
+    write(
+        &config,
+        "services.yaml",
+        &(service_yaml("blue", blue.port) + &service_yaml("green", green.port)),
+    );
     write(&config, "routes.yaml", &route(rules));
-    Layout { dir, config, work, listener, blue, green }
+    Layout {
+        dir,
+        config,
+        work,
+        listener,
+        blue,
+        green,
+    }
 }
 
 fn start(tag: &str, rules: &str, extra: &[&str]) -> Setup {
     let l = layout(tag, rules);
     let infergate = Standalone::start(&l.config, &l.work, free_port(), extra);
-    let ready = wait_until(Duration::from_secs(30), || get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200));
-    assert!(ready, "Envoy never served on {}; infergate log:\n{}", l.listener, infergate.log_text());
-    Setup { _dir: l.dir, listener: l.listener, blue: l.blue, green: l.green, infergate }
+    let ready = wait_until(Duration::from_secs(30), || {
+        get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200)
+    });
+    assert!(
+        ready,
+        "Envoy never served on {}; infergate log:\n{}",
+        l.listener,
+        infergate.log_text()
+    );
+    Setup {
+        _dir: l.dir,
+        listener: l.listener,
+        blue: l.blue,
+        green: l.green,
+        infergate,
+    }
 }
 
 fn served_by(s: &Setup, path: &str, headers: &[(&str, &str)]) -> String {
@@ -84,7 +108,11 @@ fn served_by(s: &Setup, path: &str, headers: &[(&str, &str)]) -> String {
 #[test]
 fn path_and_header_matches_route_to_the_right_server() {
     let s = start("matches", PATH_AND_HEADER, &[]);
-    assert_eq!(served_by(&s, "/blue/x", &[("x-pick", "green")]), "blue", "the path rule wins over the header rule");
+    assert_eq!(
+        served_by(&s, "/blue/x", &[("x-pick", "green")]),
+        "blue",
+        "the path rule wins over the header rule"
+    );
     assert_eq!(served_by(&s, "/other", &[("x-pick", "green")]), "green");
     assert_eq!(served_by(&s, "/other", &[]), "blue");
     // PathPrefix matches whole segments: /bluex is not under /blue.
@@ -104,65 +132,134 @@ fn a_weighted_split_lands_within_statistical_bounds() {
     // Binomial(400, 0.8): mean 320, sigma 8; accept 4.5 sigma either way.
     let sigma = (n as f64 * 0.8 * 0.2).sqrt();
     let off = (blue as f64 - n as f64 * 0.8).abs();
-    assert!(off <= 4.5 * sigma, "{blue} of {n} requests went to blue; expected about 320");
+    assert!(
+        off <= 4.5 * sigma,
+        "{blue} of {n} requests went to blue; expected about 320"
+    );
 }
 
 #[test]
 fn editing_a_file_changes_routing_without_restarting_envoy() {
     let s = start("edit", PATH_AND_HEADER, &[]);
     assert_eq!(served_by(&s, "/other", &[]), "blue");
-    write(&s.infergate.config, "routes.yaml", &route("  - backendRefs: [{name: green, port: 80}]\n"));
-    let switched = wait_until(Duration::from_secs(10), || served_by(&s, "/other", &[]) == "green");
-    assert!(switched, "routing did not change; log:\n{}", s.infergate.log_text());
-    assert_eq!(s.infergate.log_text().matches("Envoy started").count(), 1, "Envoy was not restarted");
+    write(
+        &s.infergate.config,
+        "routes.yaml",
+        &route("  - backendRefs: [{name: green, port: 80}]\n"),
+    );
+    let switched = wait_until(Duration::from_secs(10), || {
+        served_by(&s, "/other", &[]) == "green"
+    });
+    assert!(
+        switched,
+        "routing did not change; log:\n{}",
+        s.infergate.log_text()
+    );
+    assert_eq!(
+        s.infergate.log_text().matches("Envoy started").count(),
+        1,
+        "Envoy was not restarted"
+    );
 }
 
 #[test]
 fn a_broken_file_leaves_routing_as_it_was_and_the_error_names_file_and_field() {
     let s = start("broken", PATH_AND_HEADER, &[]);
-    let broken = route("  - backendRefs: [{name: green, port: 80}]\n").replace("port: 80", "port: eighty");
+    let broken =
+        route("  - backendRefs: [{name: green, port: 80}]\n").replace("port: 80", "port: eighty");
     write(&s.infergate.config, "routes.yaml", &broken);
-    let reported = wait_until(Duration::from_secs(10), || s.infergate.log_text().contains("configuration not applied"));
+    let reported = wait_until(Duration::from_secs(10), || {
+        s.infergate.log_text().contains("configuration not applied")
+    });
     let log = s.infergate.log_text();
     assert!(reported, "the error was not reported; log:\n{log}");
-    assert!(log.contains("routes.yaml: document 1 (HTTPRoute r)"), "names file, document and object:\n{log}");
-    assert!(log.contains("spec.rules[0].backendRefs[0].port"), "names the field:\n{log}");
+    assert!(
+        log.contains("routes.yaml: document 1 (HTTPRoute r)"),
+        "names file, document and object:\n{log}"
+    );
+    assert!(
+        log.contains("spec.rules[0].backendRefs[0].port"),
+        "names the field:\n{log}"
+    );
     for _ in 0..20 {
-        assert_eq!(served_by(&s, "/other", &[]), "blue", "routing must not change");
+        assert_eq!(
+            served_by(&s, "/other", &[]),
+            "blue",
+            "routing must not change"
+        );
     }
     // Fixing the file applies it.
-    write(&s.infergate.config, "routes.yaml", &route("  - backendRefs: [{name: green, port: 80}]\n"));
-    assert!(wait_until(Duration::from_secs(10), || served_by(&s, "/other", &[]) == "green"));
+    write(
+        &s.infergate.config,
+        "routes.yaml",
+        &route("  - backendRefs: [{name: green, port: 80}]\n"),
+    );
+    assert!(wait_until(Duration::from_secs(10), || served_by(
+        &s,
+        "/other",
+        &[]
+    ) == "green"));
 }
 
 fn envoy_pid(work: &std::path::Path) -> Option<u32> {
-    let output = std::process::Command::new("pgrep").arg("-f").arg(work.join("default_gw.bootstrap.yaml")).output().ok()?;
-    String::from_utf8_lossy(&output.stdout).lines().next()?.trim().parse().ok()
+    let output = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(work.join("default_gw.bootstrap.yaml"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[test]
 fn an_envoy_that_dies_is_restarted_and_gets_its_configuration_again() {
     let s = start("envoy-killed", PATH_AND_HEADER, &[]);
     let pid = envoy_pid(&s.infergate.work).expect("Envoy's pid");
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
     let back = wait_until(Duration::from_secs(30), || {
         envoy_pid(&s.infergate.work).is_some_and(|p| p != pid)
             && get(s.listener, "/other", &[("x-pick", "green")]).is_some_and(|r| r.1 == "green")
     });
-    assert!(back, "Envoy did not come back with its routes; log:\n{}", s.infergate.log_text());
+    assert!(
+        back,
+        "Envoy did not come back with its routes; log:\n{}",
+        s.infergate.log_text()
+    );
 }
 
 #[test]
 fn traffic_keeps_flowing_while_the_controller_restarts() {
     // infergate serves xDS only; this test runs its own Envoy, as an operator
     // with an existing Envoy would.
-    let Layout { dir: _dir, config, work, listener, blue: _blue, green: _green } =
-        layout("controller-restart", "  - backendRefs: [{name: blue, port: 80}]\n");
+    let Layout {
+        dir: _dir,
+        config,
+        work,
+        listener,
+        blue: _blue,
+        green: _green,
+    } = layout(
+        "controller-restart",
+        "  - backendRefs: [{name: blue, port: 80}]\n",
+    );
     let xds_port = free_port();
     let mut controller = Standalone::start(&config, &work, xds_port, &["--no-envoy"]);
 
     let bootstrap = std::process::Command::new(infergate_binary())
-        .args(["bootstrap", "--node", "default/gw", "--xds-address", &format!("127.0.0.1:{xds_port}")])
+        .args([
+            "bootstrap",
+            "--node",
+            "default/gw",
+            "--xds-address",
+            &format!("127.0.0.1:{xds_port}"),
+        ])
         .output()
         .expect("bootstrap");
     let bootstrap_path = work.join("own-envoy.yaml");
@@ -176,16 +273,31 @@ fn traffic_keeps_flowing_while_the_controller_restarts() {
         .spawn()
         .expect("Envoy starts");
     let ok = |who: &str| get(listener, "/", &[]).is_some_and(|r| r.0 == 200 && r.1 == who);
-    assert!(wait_until(Duration::from_secs(30), || ok("blue")), "log:\n{}", controller.log_text());
+    assert!(
+        wait_until(Duration::from_secs(30), || ok("blue")),
+        "log:\n{}",
+        controller.log_text()
+    );
 
     controller.stop();
     for _ in 0..50 {
-        assert!(ok("blue"), "traffic must keep flowing while the controller is down");
+        assert!(
+            ok("blue"),
+            "traffic must keep flowing while the controller is down"
+        );
     }
-    write(&config, "routes.yaml", &route("  - backendRefs: [{name: green, port: 80}]\n"));
+    write(
+        &config,
+        "routes.yaml",
+        &route("  - backendRefs: [{name: green, port: 80}]\n"),
+    );
     let restarted = Standalone::start(&config, &work, xds_port, &["--no-envoy"]);
     let switched = wait_until(Duration::from_secs(30), || ok("green"));
     let _ = envoy.kill();
     let _ = envoy.wait();
-    assert!(switched, "Envoy did not pick up the restarted controller's configuration; log:\n{}", restarted.log_text());
+    assert!(
+        switched,
+        "Envoy did not pick up the restarted controller's configuration; log:\n{}",
+        restarted.log_text()
+    );
 }

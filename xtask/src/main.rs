@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("component") => {
             let out = match args.iter().position(|a| a == "--out") {
-                Some(i) => Some(PathBuf::from(args.get(i + 1).context("--out needs a path")?)),
+                Some(i) => Some(PathBuf::from(
+                    args.get(i + 1).context("--out needs a path")?,
+                )),
                 None => None,
             };
             let out = out.unwrap_or_else(|| target_dir().join("infergate-translator.wasm"));
@@ -27,7 +29,9 @@ fn main() -> anyhow::Result<()> {
         }
         Some("test-components") => {
             for package in ["infergate-test-misbehaving", "infergate-test-other-version"] {
-                let out = target_dir().join("test-components").join(format!("{package}.wasm"));
+                let out = target_dir()
+                    .join("test-components")
+                    .join(format!("{package}.wasm"));
                 build_component(package, &out)?;
                 println!("{}", out.display());
             }
@@ -43,26 +47,43 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn build_component(package: &str, out: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--package", package, "--target", "wasm32-unknown-unknown", "--profile", "component"])
+        .args([
+            "build",
+            "--package",
+            package,
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "component",
+        ])
         .status()
         .context("running cargo build for the guest")?;
     if !status.success() {
-        bail!("building {package} failed (is the target installed? `rustup target add wasm32-unknown-unknown`)");
+        bail!(
+            "building {package} failed (is the target installed? `rustup target add wasm32-unknown-unknown`)"
+        );
     }
-    let module_path =
-        target_dir().join("wasm32-unknown-unknown/component").join(format!("{}.wasm", package.replace('-', "_")));
-    let module = std::fs::read(&module_path).with_context(|| format!("reading {}", module_path.display()))?;
+    let module_path = target_dir()
+        .join("wasm32-unknown-unknown/component")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    let module = std::fs::read(&module_path)
+        .with_context(|| format!("reading {}", module_path.display()))?;
     let component = wit_component::ComponentEncoder::default()
         .module(&module)
         .context("the guest module carries no component type information")?

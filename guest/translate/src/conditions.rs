@@ -52,4 +52,3 @@ pub fn fail(
 ) -> Condition {
     Condition::new(condition_type, false, reason, message, generation)
 }
-

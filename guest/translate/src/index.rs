@@ -75,7 +75,6 @@ impl<'a> Index<'a> {
         self.services.get(&(namespace, name)).copied()
     }
 
-
     /// Ready endpoint addresses of a Service port, from its EndpointSlices,
     /// sorted and without duplicates (stable output for stable input).
     pub fn ready_endpoints(&self, service: &Service, port: &ServicePort) -> Vec<SocketAddress> {

@@ -26,7 +26,10 @@ pub struct CompiledRoute<'a> {
 impl CompiledRoute<'_> {
     /// Why each invalid rule is invalid, in rule order.
     pub fn invalid_rules(&self) -> Vec<&str> {
-        self.rules.iter().filter_map(|r| r.invalid.as_deref()).collect()
+        self.rules
+            .iter()
+            .filter_map(|r| r.invalid.as_deref())
+            .collect()
     }
 }
 

@@ -91,12 +91,22 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(binary: PathBuf, xds: SocketAddr, work_dir: PathBuf) -> Self {
-        Fleet { binary, xds, work_dir, running: HashMap::new() }
+        Fleet {
+            binary,
+            xds,
+            work_dir,
+            running: HashMap::new(),
+        }
     }
 
     /// Start an Envoy for each new node, stop those whose Gateway is gone.
     pub async fn reconcile(&mut self, nodes: &[String]) {
-        let gone: Vec<String> = self.running.keys().filter(|n| !nodes.contains(n)).cloned().collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|n| !nodes.contains(n))
+            .cloned()
+            .collect();
         for node in gone {
             if let Some(envoy) = self.running.remove(&node) {
                 tracing::info!(node = %node, "stopping Envoy: its Gateway is gone");
@@ -142,7 +152,11 @@ async fn supervise(
     mut stop: oneshot::Receiver<()>,
 ) {
     loop {
-        let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(node = %node, "cannot open {}: {e}", log_path.display());

@@ -133,17 +133,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Translate(args) => translate(args),
         Command::Bootstrap(args) => {
-            print!("{}", envoy::bootstrap(&args.node, args.xds_address, args.admin_port));
+            print!(
+                "{}",
+                envoy::bootstrap(&args.node, args.xds_address, args.admin_port)
+            );
             Ok(())
         }
     }
 }
 
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let resources = standalone::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
+    let resources =
+        standalone::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
     let snapshot = pipeline::snapshot(&resources, &args.translation)?;
     let output = if args.native {
-        infergate_translate::translate(&snapshot).map_err(|e| anyhow::anyhow!("translation failed: {}", e.message))?
+        infergate_translate::translate(&snapshot)
+            .map_err(|e| anyhow::anyhow!("translation failed: {}", e.message))?
     } else {
         let translator = pipeline::Translation::load(&args.translation)?;
         translator.translate(&snapshot)?

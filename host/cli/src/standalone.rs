@@ -22,7 +22,10 @@ pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
         match std::fs::read_dir(path) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
                 .collect(),
             Err(e) => return Err(vec![io_error(path, e)]),
         }
@@ -42,11 +45,20 @@ pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
             Err(e) => errors.push(io_error(&file, e)),
         }
     }
-    if errors.is_empty() { Ok(resources) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(errors)
+    }
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
-    ResourceError::new(infergate_resources::Source::document(&path.display().to_string(), 0), None, None, e.to_string())
+    ResourceError::new(
+        infergate_resources::Source::document(&path.display().to_string(), 0),
+        None,
+        None,
+        e.to_string(),
+    )
 }
 
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
@@ -58,22 +70,35 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.xds_address)
         .await
-        .with_context(|| format!("binding the xDS server to {} (--xds-address)", args.xds_address))?;
+        .with_context(|| {
+            format!(
+                "binding the xDS server to {} (--xds-address)",
+                args.xds_address
+            )
+        })?;
     tracing::info!(address = %args.xds_address, "xDS server listening");
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(AdsServer::new(cache.clone()).into_service())
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                let _ = server_stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = server_stopped.await;
+                },
+            ),
     );
 
     let (changed_tx, mut changed) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files ourselves raises access events: only changes count.
         if let Ok(event) = event
-            && matches!(event.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_))
+            && matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            )
         {
             let _ = changed_tx.try_send(());
         }
@@ -95,11 +120,18 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
             temp_dir.clone()
         }
     };
-    let mut fleet =
-        (!args.no_envoy).then(|| Fleet::new(find_binary(args.envoy.clone()), args.xds_address, work_dir.clone()));
+    let mut fleet = (!args.no_envoy).then(|| {
+        Fleet::new(
+            find_binary(args.envoy.clone()),
+            args.xds_address,
+            work_dir.clone(),
+        )
+    });
 
     let mut state = State { last: None };
-    state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+    state
+        .apply(&args, &translation, &cache, fleet.as_mut())
+        .await;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -136,14 +168,21 @@ impl State {
         cache: &Arc<SnapshotCache>,
         fleet: Option<&mut Fleet>,
     ) {
-        let keeping = if self.last.is_some() { "still serving the last good configuration" } else { "nothing served yet" };
+        let keeping = if self.last.is_some() {
+            "still serving the last good configuration"
+        } else {
+            "nothing served yet"
+        };
         let resources = match read_resources(&args.config) {
             Ok(r) => r,
             Err(errors) => {
                 for e in &errors {
                     tracing::error!("{e}");
                 }
-                tracing::error!("configuration not applied ({} errors); {keeping}", errors.len());
+                tracing::error!(
+                    "configuration not applied ({} errors); {keeping}",
+                    errors.len()
+                );
                 return;
             }
         };
@@ -160,7 +199,8 @@ impl State {
         };
         let started = std::time::Instant::now();
         let component = translation.clone();
-        let output = match tokio::task::spawn_blocking(move || component.translate(&snapshot)).await {
+        let output = match tokio::task::spawn_blocking(move || component.translate(&snapshot)).await
+        {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => {
                 tracing::error!("translation failed: {e:#}; {keeping}");
@@ -171,8 +211,11 @@ impl State {
                 return;
             }
         };
-        let nodes: Vec<(String, encode::Resources)> =
-            output.gateways.iter().map(|g| (g.node_id.clone(), encode::gateway(g))).collect();
+        let nodes: Vec<(String, encode::Resources)> = output
+            .gateways
+            .iter()
+            .map(|g| (g.node_id.clone(), encode::gateway(g)))
+            .collect();
         let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
         cache.replace_all(nodes);
         tracing::info!(
@@ -184,14 +227,19 @@ impl State {
         if let Some(fleet) = fleet {
             fleet.reconcile(&node_ids).await;
         }
-        let changed = self.last.as_ref().is_none_or(|last| last.statuses != output.statuses);
+        let changed = self
+            .last
+            .as_ref()
+            .is_none_or(|last| last.statuses != output.statuses);
         if changed {
             report_problems(&output.statuses);
             if let Some(path) = &args.status_file {
                 match serde_yaml_ng::to_string(&output.statuses) {
                     Ok(text) => {
                         let tmp = path.with_extension("tmp");
-                        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+                        if let Err(e) =
+                            std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path))
+                        {
                             tracing::error!("writing {}: {e}", path.display());
                         }
                     }
@@ -207,17 +255,30 @@ impl State {
 fn report_problems(statuses: &Statuses) {
     let bad = |c: &Condition| {
         (c.status == ConditionStatus::False && c.condition_type != "Conflicted")
-            || (c.status == ConditionStatus::True && matches!(c.condition_type.as_str(), "Conflicted" | "PartiallyInvalid"))
+            || (c.status == ConditionStatus::True
+                && matches!(c.condition_type.as_str(), "Conflicted" | "PartiallyInvalid"))
     };
     for gw in &statuses.gateways {
         for c in gw.conditions.iter().filter(|c| bad(c)) {
-            tracing::warn!("Gateway {}: {}={:?} {}: {}", gw.gateway, c.condition_type, c.status, c.reason, c.message);
+            tracing::warn!(
+                "Gateway {}: {}={:?} {}: {}",
+                gw.gateway,
+                c.condition_type,
+                c.status,
+                c.reason,
+                c.message
+            );
         }
         for l in &gw.listeners {
             for c in l.conditions.iter().filter(|c| bad(c)) {
                 tracing::warn!(
                     "Gateway {} listener {}: {}={:?} {}: {}",
-                    gw.gateway, l.name, c.condition_type, c.status, c.reason, c.message
+                    gw.gateway,
+                    l.name,
+                    c.condition_type,
+                    c.status,
+                    c.reason,
+                    c.message
                 );
             }
         }
@@ -227,7 +288,12 @@ fn report_problems(statuses: &Statuses) {
             for c in parent.conditions.iter().filter(|c| bad(c)) {
                 tracing::warn!(
                     "HTTPRoute {} (parent {}): {}={:?} {}: {}",
-                    route.route, parent.parent_ref.name, c.condition_type, c.status, c.reason, c.message
+                    route.route,
+                    parent.parent_ref.name,
+                    c.condition_type,
+                    c.status,
+                    c.reason,
+                    c.message
                 );
             }
         }

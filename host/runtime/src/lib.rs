@@ -25,7 +25,9 @@ pub use infergate_model::WIT_PACKAGE;
 
 /// The name of the interface a translation component must export.
 pub fn expected_export() -> String {
-    let (package, version) = WIT_PACKAGE.split_once('@').expect("WIT_PACKAGE is name@version");
+    let (package, version) = WIT_PACKAGE
+        .split_once('@')
+        .expect("WIT_PACKAGE is name@version");
     format!("{package}/translate@{version}")
 }
 
@@ -40,7 +42,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 512 << 20, deadline: Duration::from_secs(5) }
+        Limits {
+            memory_bytes: 512 << 20,
+            deadline: Duration::from_secs(5),
+        }
     }
 }
 
@@ -55,12 +60,20 @@ pub enum LoadError {
         "the component imports {0:?}; a translation component must import nothing (build it for wasm32-unknown-unknown and encode it with `cargo xtask component`)"
     )]
     Imports(Vec<String>),
-    #[error("the component was built for {found}, this host speaks {expected}; rebuild it against this host's wit/ directory")]
+    #[error(
+        "the component was built for {found}, this host speaks {expected}; rebuild it against this host's wit/ directory"
+    )]
     WitVersion { found: String, expected: String },
     #[error("the component does not export {expected}; it exports {found:?}")]
-    MissingExport { expected: String, found: Vec<String> },
+    MissingExport {
+        expected: String,
+        found: Vec<String>,
+    },
     #[error("the component's types do not match {expected}: {source:#}")]
-    TypeMismatch { expected: String, source: wasmtime::Error },
+    TypeMismatch {
+        expected: String,
+        source: wasmtime::Error,
+    },
 }
 
 /// Why one translation failed. The caller keeps serving what it had.
@@ -93,15 +106,18 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
         let weak = engine.weak();
-        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
         Ok(Runtime { engine, limits })
     }
 
@@ -113,28 +129,46 @@ impl Runtime {
         let started = Instant::now();
         let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         if !imports.is_empty() {
             return Err(LoadError::Imports(imports));
         }
         let expected = expected_export();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         if !exports.contains(&expected) {
-            let package = WIT_PACKAGE.split_once('@').map(|(p, _)| p).unwrap_or(WIT_PACKAGE);
-            if let Some(other) = exports.iter().find(|e| e.starts_with(&format!("{package}/translate@"))) {
+            let package = WIT_PACKAGE
+                .split_once('@')
+                .map(|(p, _)| p)
+                .unwrap_or(WIT_PACKAGE);
+            if let Some(other) = exports
+                .iter()
+                .find(|e| e.starts_with(&format!("{package}/translate@")))
+            {
                 let version = other.rsplit_once('@').map(|(_, v)| v).unwrap_or("?");
                 return Err(LoadError::WitVersion {
                     found: format!("{package}@{version}"),
                     expected: WIT_PACKAGE.to_string(),
                 });
             }
-            return Err(LoadError::MissingExport { expected, found: exports });
+            return Err(LoadError::MissingExport {
+                expected,
+                found: exports,
+            });
         }
         let linker: Linker<StoreState> = Linker::new(&self.engine);
         let pre = linker
             .instantiate_pre(&component)
             .and_then(bindings::TranslatorPre::new)
-            .map_err(|source| LoadError::TypeMismatch { expected: expected.clone(), source })?;
+            .map_err(|source| LoadError::TypeMismatch {
+                expected: expected.clone(),
+                source,
+            })?;
         Ok(Translator {
             pre,
             info: Arc::new(ComponentInfo {
@@ -152,7 +186,8 @@ impl Runtime {
         translator: &Translator,
         snapshot: &infergate_model::Snapshot,
     ) -> Result<infergate_model::Output, TranslateFailure> {
-        let input: bindings::exports::infergate::translator::translate::Snapshot = transcode(snapshot)?;
+        let input: bindings::exports::infergate::translator::translate::Snapshot =
+            transcode(snapshot)?;
         let mut store = Store::new(
             &self.engine,
             StoreState {
@@ -163,11 +198,14 @@ impl Runtime {
             },
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline((self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
-        let outcome = translator
-            .pre
-            .instantiate(&mut store)
-            .and_then(|instance| instance.infergate_translator_translate().call_translate(&mut store, &input));
+        store.set_epoch_deadline(
+            (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+        );
+        let outcome = translator.pre.instantiate(&mut store).and_then(|instance| {
+            instance
+                .infergate_translator_translate()
+                .call_translate(&mut store, &input)
+        });
         match outcome {
             Ok(Ok(output)) => transcode(&output),
             Ok(Err(error)) => Err(TranslateFailure::Guest(error.message)),
@@ -219,12 +257,18 @@ pub struct ComponentInfo {
 /// The host and guest sides have the same types, generated twice from the
 /// same WIT (wit-bindgen and wasmtime's bindgen); they cross over through a
 /// compact serde encoding.
-fn transcode<A: serde::Serialize, B: serde::de::DeserializeOwned>(value: &A) -> Result<B, TranslateFailure> {
-    let bytes = postcard::to_allocvec(value).map_err(|e| TranslateFailure::Boundary(e.to_string()))?;
+fn transcode<A: serde::Serialize, B: serde::de::DeserializeOwned>(
+    value: &A,
+) -> Result<B, TranslateFailure> {
+    let bytes =
+        postcard::to_allocvec(value).map_err(|e| TranslateFailure::Boundary(e.to_string()))?;
     postcard::from_bytes(&bytes).map_err(|e| TranslateFailure::Boundary(e.to_string()))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

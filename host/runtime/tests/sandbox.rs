@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use infergate_model::{Settings, Snapshot};
-use infergate_runtime::{LoadError, Limits, Runtime, TranslateFailure};
+use infergate_runtime::{Limits, LoadError, Runtime, TranslateFailure};
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -24,7 +24,11 @@ fn real_component() -> Vec<u8> {
 }
 
 fn test_component(name: &str) -> Vec<u8> {
-    read(target_dir().join("test-components").join(format!("{name}.wasm")))
+    read(
+        target_dir()
+            .join("test-components")
+            .join(format!("{name}.wasm")),
+    )
 }
 
 fn example_snapshot(controller: &str) -> Snapshot {
@@ -51,14 +55,22 @@ fn runtime(limits: Limits) -> Runtime {
 #[test]
 fn the_component_translates_exactly_like_the_native_library() {
     let rt = runtime(Limits::default());
-    let translator = rt.load(&real_component()).expect("the real component loads");
-    assert_eq!(translator.info().wit_package, infergate_runtime::WIT_PACKAGE);
+    let translator = rt
+        .load(&real_component())
+        .expect("the real component loads");
+    assert_eq!(
+        translator.info().wit_package,
+        infergate_runtime::WIT_PACKAGE
+    );
     assert_eq!(translator.info().digest.len(), 64);
     let snapshot = example_snapshot("infergate.dev/gateway-controller");
     let through_wasm = rt.translate(&translator, &snapshot).expect("translates");
     let native = infergate_translate::translate(&snapshot).expect("translates natively");
     assert_eq!(through_wasm, native);
-    assert!(!through_wasm.gateways.is_empty(), "the example has a Gateway of ours");
+    assert!(
+        !through_wasm.gateways.is_empty(),
+        "the example has a Gateway of ours"
+    );
 }
 
 #[test]
@@ -73,42 +85,86 @@ fn anything_but_a_component_of_our_wit_version_is_refused_with_its_reason() {
     assert!(matches!(rt.load(core_module), Err(LoadError::Invalid(_))));
     // Truncated component.
     let real = real_component();
-    assert!(matches!(rt.load(&real[..real.len() / 2]), Err(LoadError::Invalid(_))));
+    assert!(matches!(
+        rt.load(&real[..real.len() / 2]),
+        Err(LoadError::Invalid(_))
+    ));
 
-    let err = rt.load(&test_component("infergate-test-other-version")).err().expect("other version is refused");
+    let err = rt
+        .load(&test_component("infergate-test-other-version"))
+        .err()
+        .expect("other version is refused");
     let message = err.to_string();
     assert!(matches!(err, LoadError::WitVersion { .. }), "{message}");
-    assert!(message.contains("infergate:translator@0.0.9"), "names the component's version: {message}");
-    assert!(message.contains(infergate_runtime::WIT_PACKAGE), "names the host's version: {message}");
+    assert!(
+        message.contains("infergate:translator@0.0.9"),
+        "names the component's version: {message}"
+    );
+    assert!(
+        message.contains(infergate_runtime::WIT_PACKAGE),
+        "names the host's version: {message}"
+    );
 }
 
 #[test]
 fn a_guest_that_loops_is_stopped_at_its_deadline_and_the_next_translation_works() {
-    let rt = runtime(Limits { deadline: Duration::from_millis(300), ..Limits::default() });
-    let translator = rt.load(&test_component("infergate-test-misbehaving")).expect("loads");
+    let rt = runtime(Limits {
+        deadline: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let translator = rt
+        .load(&test_component("infergate-test-misbehaving"))
+        .expect("loads");
     let started = std::time::Instant::now();
-    let err = rt.translate(&translator, &example_snapshot("test:loop")).expect_err("a loop cannot finish");
+    let err = rt
+        .translate(&translator, &example_snapshot("test:loop"))
+        .expect_err("a loop cannot finish");
     assert!(matches!(err, TranslateFailure::Deadline(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "stopped near its deadline, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped near its deadline, took {:?}",
+        started.elapsed()
+    );
     // A fresh store per translation: the component is still usable.
-    let output = rt.translate(&translator, &example_snapshot("infergate.dev/gateway-controller")).expect("works");
+    let output = rt
+        .translate(
+            &translator,
+            &example_snapshot("infergate.dev/gateway-controller"),
+        )
+        .expect("works");
     assert!(!output.gateways.is_empty());
 }
 
 #[test]
 fn a_guest_that_allocates_without_end_is_stopped_at_its_memory_limit() {
-    let rt = runtime(Limits { memory_bytes: 64 << 20, ..Limits::default() });
-    let translator = rt.load(&test_component("infergate-test-misbehaving")).expect("loads");
-    let err = rt.translate(&translator, &example_snapshot("test:alloc")).expect_err("cannot allocate forever");
+    let rt = runtime(Limits {
+        memory_bytes: 64 << 20,
+        ..Limits::default()
+    });
+    let translator = rt
+        .load(&test_component("infergate-test-misbehaving"))
+        .expect("loads");
+    let err = rt
+        .translate(&translator, &example_snapshot("test:alloc"))
+        .expect_err("cannot allocate forever");
     assert!(matches!(err, TranslateFailure::Memory(64)), "{err}");
 }
 
 #[test]
 fn guest_traps_and_guest_errors_are_reported_as_such() {
     let rt = runtime(Limits::default());
-    let translator = rt.load(&test_component("infergate-test-misbehaving")).expect("loads");
-    let err = rt.translate(&translator, &example_snapshot("test:trap")).expect_err("traps");
+    let translator = rt
+        .load(&test_component("infergate-test-misbehaving"))
+        .expect("loads");
+    let err = rt
+        .translate(&translator, &example_snapshot("test:trap"))
+        .expect_err("traps");
     assert!(matches!(err, TranslateFailure::Trap(_)), "{err}");
-    let err = rt.translate(&translator, &example_snapshot("test:error")).expect_err("errors");
-    assert!(matches!(&err, TranslateFailure::Guest(m) if m == "deliberate error"), "{err}");
+    let err = rt
+        .translate(&translator, &example_snapshot("test:error"))
+        .expect_err("errors");
+    assert!(
+        matches!(&err, TranslateFailure::Guest(m) if m == "deliberate error"),
+        "{err}"
+    );
 }

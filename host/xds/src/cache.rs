@@ -30,15 +30,20 @@ pub struct SnapshotCache {
 
 impl SnapshotCache {
     pub fn new() -> Arc<Self> {
-        Arc::new(SnapshotCache { nodes: Mutex::new(HashMap::new()), changes: watch::Sender::new(0) })
+        Arc::new(SnapshotCache {
+            nodes: Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(0),
+        })
     }
 
     /// Replace every node's resources at once. Nodes that are no longer
     /// listed keep an empty snapshot, so their Envoy drops what it had.
     pub fn replace_all(&self, nodes: Vec<(String, Resources)>) {
         let mut current = self.nodes.lock().expect("snapshot cache lock");
-        let mut next: HashMap<String, NodeSnapshot> =
-            current.keys().map(|k| (k.clone(), snapshot(Resources::default()))).collect();
+        let mut next: HashMap<String, NodeSnapshot> = current
+            .keys()
+            .map(|k| (k.clone(), snapshot(Resources::default())))
+            .collect();
         for (node, resources) in nodes {
             next.insert(node, snapshot(resources));
         }
@@ -48,7 +53,11 @@ impl SnapshotCache {
     }
 
     pub fn get(&self, node: &str) -> Option<NodeSnapshot> {
-        self.nodes.lock().expect("snapshot cache lock").get(node).cloned()
+        self.nodes
+            .lock()
+            .expect("snapshot cache lock")
+            .get(node)
+            .cloned()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -67,7 +76,13 @@ fn snapshot(resources: Resources) -> NodeSnapshot {
                     name.hash(&mut hasher);
                     any.value.hash(&mut hasher);
                 }
-                (type_url, TypeSnapshot { version: format!("{:016x}", hasher.finish()), resources })
+                (
+                    type_url,
+                    TypeSnapshot {
+                        version: format!("{:016x}", hasher.finish()),
+                        resources,
+                    },
+                )
             })
             .collect(),
     }

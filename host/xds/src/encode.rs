@@ -4,16 +4,18 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
-    SocketAddress, TransportSocket, address, config_source, data_source, header_value_option, socket_address,
-    transport_socket,
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption,
+    Http2ProtocolOptions, SocketAddress, TransportSocket, address, config_source, data_source,
+    header_value_option, socket_address, transport_socket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    self as route, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RouteConfiguration,
-    VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher, redirect_action, route_action,
-    route_match, weighted_cluster,
+    self as route, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
+    RouteConfiguration, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
+    redirect_action, route_action, route_match, weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -22,14 +24,19 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, UpstreamTlsContext, common_tls_context,
 };
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
-use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
+};
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use infergate_model as ir;
 
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
@@ -55,10 +62,34 @@ impl Resources {
     /// (type URL, [(name, packed)]) in [`TYPE_ORDER`].
     pub fn into_packed(self) -> Vec<(&'static str, Vec<(String, Any)>)> {
         vec![
-            (CLUSTER_TYPE, self.clusters.into_iter().map(|c| (c.name.clone(), pack_any(c))).collect()),
-            (ENDPOINT_TYPE, self.endpoints.into_iter().map(|e| (e.cluster_name.clone(), pack_any(e))).collect()),
-            (LISTENER_TYPE, self.listeners.into_iter().map(|l| (l.name.clone(), pack_any(l))).collect()),
-            (ROUTE_TYPE, self.routes.into_iter().map(|r| (r.name.clone(), pack_any(r))).collect()),
+            (
+                CLUSTER_TYPE,
+                self.clusters
+                    .into_iter()
+                    .map(|c| (c.name.clone(), pack_any(c)))
+                    .collect(),
+            ),
+            (
+                ENDPOINT_TYPE,
+                self.endpoints
+                    .into_iter()
+                    .map(|e| (e.cluster_name.clone(), pack_any(e)))
+                    .collect(),
+            ),
+            (
+                LISTENER_TYPE,
+                self.listeners
+                    .into_iter()
+                    .map(|l| (l.name.clone(), pack_any(l)))
+                    .collect(),
+            ),
+            (
+                ROUTE_TYPE,
+                self.routes
+                    .into_iter()
+                    .map(|r| (r.name.clone(), pack_any(r)))
+                    .collect(),
+            ),
         ]
     }
 }
@@ -66,13 +97,18 @@ impl Resources {
 fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
         ..Default::default()
     }
 }
 
 fn seconds(s: i64) -> Duration {
-    Duration { seconds: s, nanos: 0 }
+    Duration {
+        seconds: s,
+        nanos: 0,
+    }
 }
 
 pub fn gateway(gateway: &ir::GatewayIr) -> Resources {
@@ -87,12 +123,20 @@ pub fn gateway(gateway: &ir::GatewayIr) -> Resources {
 fn cluster(c: &ir::ClusterIr) -> Cluster {
     let mut out = Cluster {
         name: c.name.clone(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: String::new() }),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
         connect_timeout: Some(seconds(5)),
         ..Default::default()
     };
-    if matches!(c.protocol, ir::UpstreamProtocol::H2c | ir::UpstreamProtocol::H2Tls) {
+    if matches!(
+        c.protocol,
+        ir::UpstreamProtocol::H2c | ir::UpstreamProtocol::H2Tls
+    ) {
         let options = HttpProtocolOptions {
             upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
@@ -103,8 +147,10 @@ fn cluster(c: &ir::ClusterIr) -> Cluster {
             )),
             ..Default::default()
         };
-        out.typed_extension_protocol_options
-            .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
+        out.typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+            pack_any(options),
+        );
     }
     if let Some(tls) = &c.tls {
         out.transport_socket = Some(upstream_tls(tls, c.protocol));
@@ -115,14 +161,21 @@ fn cluster(c: &ir::ClusterIr) -> Cluster {
 fn upstream_tls(tls: &ir::UpstreamTls, protocol: ir::UpstreamProtocol) -> TransportSocket {
     let validation = tls.ca_pem.as_ref().map(|pem| {
         common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(DataSource { specifier: Some(data_source::Specifier::InlineString(pem.clone())), ..Default::default() }),
+            trusted_ca: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(pem.clone())),
+                ..Default::default()
+            }),
             ..Default::default()
         })
     });
     let context = UpstreamTlsContext {
         sni: tls.sni.clone().unwrap_or_default(),
         common_tls_context: Some(CommonTlsContext {
-            alpn_protocols: if protocol == ir::UpstreamProtocol::H2Tls { vec!["h2".into()] } else { vec![] },
+            alpn_protocols: if protocol == ir::UpstreamProtocol::H2Tls {
+                vec!["h2".into()]
+            } else {
+                vec![]
+            },
             validation_context_type: validation,
             ..Default::default()
         }),
@@ -173,10 +226,14 @@ fn listener(l: &ir::ListenerIr) -> Listener {
             route_config_name: l.name.clone(),
         })),
         // Gateway API matches hostnames without the port.
-        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+            true,
+        )),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
             ..Default::default()
         }],
         ..Default::default()
@@ -216,20 +273,27 @@ fn string_matcher(match_type: ir::StringMatchType, value: &str) -> StringMatcher
     StringMatcher {
         match_pattern: Some(match match_type {
             ir::StringMatchType::Exact => string_matcher::MatchPattern::Exact(value.to_string()),
-            ir::StringMatchType::RegularExpression => string_matcher::MatchPattern::SafeRegex(regex(value)),
+            ir::StringMatchType::RegularExpression => {
+                string_matcher::MatchPattern::SafeRegex(regex(value))
+            }
         }),
         ignore_case: false,
     }
 }
 
 fn regex(value: &str) -> RegexMatcher {
-    RegexMatcher { regex: value.to_string(), ..Default::default() }
+    RegexMatcher {
+        regex: value.to_string(),
+        ..Default::default()
+    }
 }
 
 fn route_match(m: &ir::RouteMatch) -> route::RouteMatch {
     let path = match &m.path {
         Some(ir::PathMatch::Exact(p)) => route_match::PathSpecifier::Path(p.clone()),
-        Some(ir::PathMatch::RegularExpression(p)) => route_match::PathSpecifier::SafeRegex(regex(p)),
+        Some(ir::PathMatch::RegularExpression(p)) => {
+            route_match::PathSpecifier::SafeRegex(regex(p))
+        }
         Some(ir::PathMatch::Prefix(p)) => prefix(p),
         None => prefix("/"),
     };
@@ -238,20 +302,18 @@ fn route_match(m: &ir::RouteMatch) -> route::RouteMatch {
         .iter()
         .map(|h| HeaderMatcher {
             name: h.name.clone(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(
-                h.match_type,
-                &h.value,
-            ))),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                string_matcher(h.match_type, &h.value),
+            )),
             ..Default::default()
         })
         .collect();
     if let Some(method) = &m.method {
         headers.push(HeaderMatcher {
             name: ":method".into(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(
-                ir::StringMatchType::Exact,
-                method,
-            ))),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                string_matcher(ir::StringMatchType::Exact, method),
+            )),
             ..Default::default()
         });
     }
@@ -264,10 +326,9 @@ fn route_match(m: &ir::RouteMatch) -> route::RouteMatch {
             .map(|q| QueryParameterMatcher {
                 name: q.name.clone(),
                 query_parameter_match_specifier: Some(
-                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(string_matcher(
-                        q.match_type,
-                        &q.value,
-                    )),
+                    query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                        string_matcher(q.match_type, &q.value),
+                    ),
                 ),
             })
             .collect(),
@@ -287,30 +348,51 @@ fn prefix(p: &str) -> route_match::PathSpecifier {
 }
 
 fn header_options(m: &ir::HeaderModifier) -> Vec<HeaderValueOption> {
-    let option = |h: &ir::HeaderValue, action: header_value_option::HeaderAppendAction| HeaderValueOption {
-        header: Some(HeaderValue { key: h.name.clone(), value: h.value.clone(), ..Default::default() }),
-        append_action: action as i32,
-        ..Default::default()
-    };
+    let option =
+        |h: &ir::HeaderValue, action: header_value_option::HeaderAppendAction| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: h.name.clone(),
+                value: h.value.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        };
     m.set
         .iter()
-        .map(|h| option(h, header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd))
-        .chain(m.add.iter().map(|h| option(h, header_value_option::HeaderAppendAction::AppendIfExistsOrAdd)))
+        .map(|h| {
+            option(
+                h,
+                header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )
+        })
+        .chain(m.add.iter().map(|h| {
+            option(
+                h,
+                header_value_option::HeaderAppendAction::AppendIfExistsOrAdd,
+            )
+        }))
         .collect()
 }
 
 fn route(r: &ir::RouteIr) -> route::Route {
     let action = match &r.action {
-        ir::RouteAction::Forward(forward) => route::route::Action::Route(forward_action(forward, &r.matches)),
-        ir::RouteAction::Redirect(redirect) => route::route::Action::Redirect(redirect_action(redirect, &r.matches)),
-        ir::RouteAction::DirectResponse(d) => route::route::Action::DirectResponse(DirectResponseAction {
-            status: d.status,
-            body: (!d.body.is_empty()).then(|| DataSource {
-                specifier: Some(data_source::Specifier::InlineString(d.body.clone())),
+        ir::RouteAction::Forward(forward) => {
+            route::route::Action::Route(forward_action(forward, &r.matches))
+        }
+        ir::RouteAction::Redirect(redirect) => {
+            route::route::Action::Redirect(redirect_action(redirect, &r.matches))
+        }
+        ir::RouteAction::DirectResponse(d) => {
+            route::route::Action::DirectResponse(DirectResponseAction {
+                status: d.status,
+                body: (!d.body.is_empty()).then(|| DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(d.body.clone())),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            })
+        }
     };
     route::Route {
         name: r.name.clone(),
@@ -325,7 +407,9 @@ fn route(r: &ir::RouteIr) -> route::Route {
 }
 
 fn cluster_name(w: &ir::WeightedCluster) -> String {
-    w.cluster.clone().unwrap_or_else(|| INVALID_BACKEND_CLUSTER.to_string())
+    w.cluster
+        .clone()
+        .unwrap_or_else(|| INVALID_BACKEND_CLUSTER.to_string())
 }
 
 fn forward_action(forward: &ir::ForwardAction, m: &ir::RouteMatch) -> route::RouteAction {
@@ -347,14 +431,17 @@ fn forward_action(forward: &ir::ForwardAction, m: &ir::RouteMatch) -> route::Rou
     };
     let mut action = route::RouteAction {
         cluster_specifier: Some(specifier),
-        cluster_not_found_response_code: route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
+        cluster_not_found_response_code:
+            route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
         // Completions stream for minutes: no route timeout by default.
         timeout: Some(seconds(0)),
         ..Default::default()
     };
     if let Some(rewrite) = &forward.rewrite {
         if let Some(host) = &rewrite.hostname {
-            action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+            action.host_rewrite_specifier = Some(
+                route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()),
+            );
         }
         match &rewrite.path {
             Some(ir::PathModifier::ReplaceFullPath(path)) => {
@@ -365,7 +452,10 @@ fn forward_action(forward: &ir::ForwardAction, m: &ir::RouteMatch) -> route::Rou
             }
             Some(ir::PathModifier::ReplacePrefixMatch(replacement)) => {
                 let (pattern, substitution) = prefix_rewrite(m, replacement);
-                action.regex_rewrite = Some(RegexMatchAndSubstitute { pattern: Some(regex(&pattern)), substitution });
+                action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                    pattern: Some(regex(&pattern)),
+                    substitution,
+                });
             }
             None => {}
         }
@@ -384,10 +474,20 @@ fn prefix_rewrite(m: &ir::RouteMatch, replacement: &str) -> (String, String) {
     let replacement = replacement.trim_end_matches('/');
     let escaped: String = matched
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '/' { c.to_string() } else { format!("\\{c}") })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
         .collect();
     let pattern = format!("^{escaped}(/.*)?$");
-    let substitution = if replacement.is_empty() { "/\\1".to_string() } else { format!("{replacement}\\1") };
+    let substitution = if replacement.is_empty() {
+        "/\\1".to_string()
+    } else {
+        format!("{replacement}\\1")
+    };
     (pattern, substitution)
 }
 
@@ -401,18 +501,25 @@ fn redirect_action(r: &ir::RequestRedirect, m: &ir::RouteMatch) -> RedirectActio
         _ => Code::Found,
     };
     let path_rewrite_specifier = match &r.path {
-        Some(ir::PathModifier::ReplaceFullPath(p)) => Some(redirect_action::PathRewriteSpecifier::PathRedirect(p.clone())),
+        Some(ir::PathModifier::ReplaceFullPath(p)) => Some(
+            redirect_action::PathRewriteSpecifier::PathRedirect(p.clone()),
+        ),
         Some(ir::PathModifier::ReplacePrefixMatch(replacement)) => {
             let (pattern, substitution) = prefix_rewrite(m, replacement);
-            Some(redirect_action::PathRewriteSpecifier::RegexRewrite(RegexMatchAndSubstitute {
-                pattern: Some(regex(&pattern)),
-                substitution,
-            }))
+            Some(redirect_action::PathRewriteSpecifier::RegexRewrite(
+                RegexMatchAndSubstitute {
+                    pattern: Some(regex(&pattern)),
+                    substitution,
+                },
+            ))
         }
         None => None,
     };
     RedirectAction {
-        scheme_rewrite_specifier: r.scheme.clone().map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
+        scheme_rewrite_specifier: r
+            .scheme
+            .clone()
+            .map(redirect_action::SchemeRewriteSpecifier::SchemeRedirect),
         host_redirect: r.hostname.clone().unwrap_or_default(),
         port_redirect: r.port.unwrap_or(0),
         path_rewrite_specifier,

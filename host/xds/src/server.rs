@@ -61,7 +61,9 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         _request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented("infergate serves state-of-the-world ADS; configure Envoy with api_type GRPC"))
+        Err(Status::unimplemented(
+            "infergate serves state-of-the-world ADS; configure Envoy with api_type GRPC",
+        ))
     }
 }
 
@@ -119,9 +121,13 @@ async fn serve_stream(
         if node.is_empty() {
             continue;
         }
-        let Some(snapshot) = cache.get(&node) else { continue };
+        let Some(snapshot) = cache.get(&node) else {
+            continue;
+        };
         for type_url in TYPE_ORDER {
-            let Some(subscription) = subscriptions.get_mut(type_url) else { continue };
+            let Some(subscription) = subscriptions.get_mut(type_url) else {
+                continue;
+            };
             let current = snapshot.types.get(type_url).cloned().unwrap_or_default();
             if subscription.sent_version.as_deref() == Some(current.version.as_str()) {
                 continue;
@@ -130,7 +136,9 @@ async fn serve_stream(
             let resources = current
                 .resources
                 .into_iter()
-                .filter(|(name, _)| subscription.names.is_empty() || subscription.names.contains(name))
+                .filter(|(name, _)| {
+                    subscription.names.is_empty() || subscription.names.contains(name)
+                })
                 .map(|(_, any)| any)
                 .collect();
             let response = DiscoveryResponse {

@@ -26,7 +26,9 @@ impl Guest for Misbehaving {
                 }
             }
             "test:trap" => panic!("deliberate trap"),
-            "test:error" => Err(TranslateError { message: "deliberate error".into() }),
+            "test:error" => Err(TranslateError {
+                message: "deliberate error".into(),
+            }),
             _ => {
                 let mut output = infergate_translate::translate(&input)?;
                 for gateway in &mut output.gateways {
