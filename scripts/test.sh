@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: setup, the workspace's tests natively (translation, runtime,
+# Runs every check: setup, rustfmt and clippy, the workspace's tests natively (translation, runtime,
 # end to end with the real Envoy), then the translation library's tests again
 # compiled to WebAssembly under the wasmtime CLI. Ends with one summary line.
 set -euo pipefail
@@ -10,6 +10,11 @@ source scripts/env.sh
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+
+echo "== lints"
+cargo fmt --all --check
+cargo clippy --workspace --exclude infergate-guest --exclude infergate-test-misbehaving \
+  --exclude infergate-test-other-version --all-targets --quiet -- -D warnings
 
 echo "== native tests"
 cargo test --workspace --exclude infergate-guest --exclude infergate-test-misbehaving \

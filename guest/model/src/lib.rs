@@ -71,6 +71,8 @@ impl HeaderModifier {
     }
 }
 
+// wit-bindgen generates the type, so the derive cannot be added there.
+#[allow(clippy::derivable_impls)]
 impl Default for HeaderModifier {
     fn default() -> Self {
         HeaderModifier {

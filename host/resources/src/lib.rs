@@ -89,6 +89,8 @@ impl Resources {
         }
     }
 
+    // The error path is cold and its errors end up in a Vec anyway.
+    #[allow(clippy::result_large_err)]
     fn add_value(
         &mut self,
         source: Source,
