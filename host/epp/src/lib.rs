@@ -1,0 +1,15 @@
+//! infergate's endpoint picker: an Envoy ext_proc server that chooses, for
+//! each inference request, the model-server endpoint of its pool with the
+//! shortest queue and the emptiest KV cache.
+//!
+//! [`start`] runs everything a deployment needs: the ext_proc gRPC server
+//! (TLS with a self-signed certificate by default, ALPN h2), the gRPC health
+//! services on their own port, a Prometheus `/metrics` endpoint, and the
+//! scraper that reads each model server's `/metrics`.
+
+pub mod extproc;
+pub mod scheduler;
+mod serve;
+mod tls;
+
+pub use serve::{Config, Handle, Tls, start};

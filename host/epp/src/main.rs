@@ -1,0 +1,133 @@
+//! `infergate-epp`: the endpoint picker. Flags are named like the upstream
+//! picker's where they overlap.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Parser;
+use infergate_epp::{Config, Tls};
+
+/// An Envoy ext_proc endpoint picker for an InferencePool: picks the
+/// model-server endpoint with the shortest queue and the emptiest KV cache.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address the gRPC, health and metrics servers listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// The ext_proc gRPC port.
+    #[arg(long, default_value_t = 9002)]
+    grpc_port: u16,
+    /// The gRPC health port (plaintext): services liveness, readiness and
+    /// envoy.service.ext_proc.v3.ExternalProcessor.
+    #[arg(long, default_value_t = 9003)]
+    grpc_health_port: u16,
+    /// The Prometheus /metrics port.
+    #[arg(long, default_value_t = 9090)]
+    metrics_port: u16,
+    /// The pool's name (for logs and metrics).
+    #[arg(long, default_value = "pool")]
+    pool_name: String,
+    /// The pool's namespace.
+    #[arg(long, default_value = "default")]
+    pool_namespace: String,
+    /// The pool's endpoints, `ip:port,...` (standalone). Required until the
+    /// picker can discover its pool in Kubernetes.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<SocketAddr>,
+    /// Serve TLS (a self-signed certificate unless --cert-path is given).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    secure_serving: bool,
+    /// A directory with tls.crt and tls.key to serve instead of a generated certificate.
+    #[arg(long)]
+    cert_path: Option<PathBuf>,
+    /// Follow the test-epp-endpoint-selection request header and echo the
+    /// served endpoint in x-conformance-test-served-endpoint. For
+    /// conformance tests only: any client could steer its own requests.
+    #[arg(long)]
+    test_header_steering: bool,
+    /// How often to read each endpoint's /metrics, e.g. 50ms.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    refresh_metrics_interval: Duration,
+    /// Metrics older than this do not count, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    metrics_staleness_threshold: Duration,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 50ms or 2s"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.endpoints.is_empty() {
+        bail!(
+            "--endpoints is required: this version of the picker takes its pool's endpoints from the command line (Kubernetes discovery of {}/{} is not built yet)",
+            args.pool_namespace,
+            args.pool_name
+        );
+    }
+    let tls = match (args.secure_serving, args.cert_path) {
+        (false, Some(_)) => bail!("--cert-path needs --secure-serving=true"),
+        (false, None) => Tls::Plaintext,
+        (true, Some(dir)) => Tls::Files(dir),
+        (true, None) => Tls::SelfSigned,
+    };
+    let handle = infergate_epp::start(Config {
+        bind_address: args.bind_address,
+        grpc_port: args.grpc_port,
+        grpc_health_port: args.grpc_health_port,
+        metrics_port: args.metrics_port,
+        tls: tls.clone(),
+        endpoints: args.endpoints.clone(),
+        pool: format!("{}/{}", args.pool_namespace, args.pool_name),
+        test_header_steering: args.test_header_steering,
+        refresh_metrics_interval: args.refresh_metrics_interval,
+        metrics_staleness_threshold: args.metrics_staleness_threshold,
+        scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
+        max_body_bytes: args.max_body_bytes,
+    })
+    .await?;
+    tracing::info!(
+        pool = %format!("{}/{}", args.pool_namespace, args.pool_name),
+        grpc = %handle.grpc,
+        health = %handle.grpc_health,
+        metrics = %handle.metrics,
+        tls = ?tls,
+        endpoints = ?args.endpoints,
+        test_header_steering = args.test_header_steering,
+        "endpoint picker listening"
+    );
+    if args.test_header_steering {
+        tracing::warn!(
+            "--test-header-steering is on: clients can choose their endpoint; use it for tests only"
+        );
+    }
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,650 @@
+//! A simulated model server for tests, benchmarks and the quick start.
+//!
+//! It speaks enough of the OpenAI API (`/v1/completions`,
+//! `/v1/chat/completions` with and without SSE streaming, `/v1/models`) for
+//! a gateway and an endpoint picker to treat it as a vLLM instance: requests
+//! queue for a fixed number of slots, running work fills a KV cache, and
+//! `/metrics` reports both under vLLM's metric names. Every answer says which
+//! instance gave it (`x-served-by` header, `served_by` body field).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+/// How one simulator behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Reported in every answer.
+    pub name: String,
+    /// The base model.
+    pub model: String,
+    /// LoRA adapters served besides the base model.
+    pub lora_adapters: Vec<String>,
+    /// Requests that run at once; the rest wait (vLLM's --max-num-seqs).
+    pub max_num_seqs: usize,
+    /// Time to the first token.
+    pub time_to_first_token: Duration,
+    /// Time between two further tokens.
+    pub inter_token_latency: Duration,
+    /// Tokens the KV cache holds; running requests fill it with their
+    /// prompt and the tokens generated so far.
+    pub kv_cache_tokens: usize,
+    /// Tokens generated when a request does not say (max_tokens).
+    pub default_max_tokens: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "sim".into(),
+            model: "sim-model".into(),
+            lora_adapters: vec![],
+            max_num_seqs: 4,
+            time_to_first_token: Duration::from_millis(20),
+            inter_token_latency: Duration::from_millis(5),
+            kv_cache_tokens: 16 * 1024,
+            default_max_tokens: 16,
+        }
+    }
+}
+
+/// KV-cache blocks are this many tokens (vLLM's default).
+const BLOCK_SIZE: usize = 16;
+
+#[derive(Default)]
+struct Load {
+    waiting: usize,
+    running: usize,
+    /// Tokens held in the KV cache by running requests.
+    cached_tokens: usize,
+    running_adapters: BTreeMap<String, usize>,
+    waiting_adapters: BTreeMap<String, usize>,
+    succeeded: u64,
+}
+
+struct Sim {
+    config: Config,
+    address: SocketAddr,
+    slots: Semaphore,
+    load: Mutex<Load>,
+    ids: AtomicU64,
+}
+
+/// A running simulator; it stops when dropped.
+pub struct Handle {
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Bind `address` and serve until the handle is dropped (HTTP/1.1 and
+/// cleartext HTTP/2 on the same port).
+pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle> {
+    anyhow::ensure!(config.max_num_seqs > 0, "--max-num-seqs must be at least 1");
+    anyhow::ensure!(
+        config.kv_cache_tokens > 0,
+        "--kv-cache-tokens must be at least 1"
+    );
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {address}: {e}"))?;
+    let address = listener.local_addr()?;
+    let sim = Arc::new(Sim {
+        slots: Semaphore::new(config.max_num_seqs),
+        config,
+        address,
+        load: Mutex::new(Load::default()),
+        ids: AtomicU64::new(0),
+    });
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut stopped => return,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| handle(sim.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    Ok(Handle {
+        address,
+        stop: Some(stop),
+    })
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let response = match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => text(StatusCode::OK, sim.metrics()),
+        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/v1/models") => sim.models(),
+        (&Method::POST, "/v1/completions") => sim.clone().generate(req, Api::Completions).await,
+        (&Method::POST, "/v1/chat/completions") => sim.clone().generate(req, Api::Chat).await,
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {} {path}", req.method()),
+        ),
+    };
+    let mut response = response;
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-served-by",
+        sim.config.name.parse().expect("a header value"),
+    );
+    headers.insert(
+        "x-served-endpoint",
+        sim.address.to_string().parse().expect("a header value"),
+    );
+    Ok(response)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(full(body))
+        .expect("a response")
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body.to_string()))
+        .expect("a response")
+}
+
+/// An error in OpenAI's shape.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "param": null, "code": status.as_u16()}}),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Completions,
+    Chat,
+}
+
+/// A parsed generation request.
+struct Job {
+    model: String,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    stream: bool,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// About four characters a token, as for English text.
+fn count_tokens(text: &str) -> usize {
+    text.len().div_ceil(4).max(1)
+}
+
+impl Sim {
+    fn models(&self) -> Response<Body> {
+        let created = unix_now();
+        let mut data = vec![json!({
+            "id": self.config.model, "object": "model", "created": created,
+            "owned_by": "infergate-sim", "root": self.config.model, "parent": null,
+        })];
+        for adapter in &self.config.lora_adapters {
+            data.push(json!({
+                "id": adapter, "object": "model", "created": created,
+                "owned_by": "infergate-sim", "root": adapter, "parent": self.config.model,
+            }));
+        }
+        json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+    }
+
+    fn parse(&self, body: &[u8], api: Api) -> Result<Job, (StatusCode, String)> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        let model = value
+            .get("model")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request has no \"model\"".to_string(),
+                )
+            })?
+            .to_string();
+        if model != self.config.model && !self.config.lora_adapters.contains(&model) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("the model `{model}` does not exist"),
+            ));
+        }
+        let prompt_tokens = match api {
+            Api::Completions => match value.get("prompt") {
+                Some(Value::String(p)) => count_tokens(p),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(count_tokens)
+                    .sum(),
+                _ => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "the request has no \"prompt\"".to_string(),
+                    ));
+                }
+            },
+            Api::Chat => {
+                let Some(messages) = value.get("messages").and_then(Value::as_array) else {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "the request has no \"messages\"".to_string(),
+                    ));
+                };
+                messages
+                    .iter()
+                    .filter_map(|m| m.get("content").and_then(Value::as_str))
+                    .map(count_tokens)
+                    .sum::<usize>()
+                    .max(1)
+            }
+        };
+        let max_tokens = value
+            .get("max_completion_tokens")
+            .or_else(|| value.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .unwrap_or(self.config.default_max_tokens);
+        Ok(Job {
+            model,
+            prompt_tokens,
+            max_tokens,
+            stream: value
+                .get("stream")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
+    async fn generate(self: Arc<Self>, req: Request<Incoming>, api: Api) -> Response<Body> {
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+        };
+        let job = match self.parse(&body, api) {
+            Ok(job) => job,
+            Err((status, message)) => return error(status, &message),
+        };
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel::<Token>(64);
+        let stream = job.stream;
+        let model = job.model.clone();
+        let (prompt_tokens, max_tokens) = (job.prompt_tokens, job.max_tokens);
+        tokio::spawn(self.clone().run(job, tx));
+        let reply = Reply {
+            api,
+            id: match api {
+                Api::Completions => format!("cmpl-{}-{id}", self.config.name),
+                Api::Chat => format!("chatcmpl-{}-{id}", self.config.name),
+            },
+            created: unix_now(),
+            model,
+            served_by: self.config.name.clone(),
+            prompt_tokens,
+        };
+        if stream {
+            let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let body = StreamBody::new(futures::StreamExt::map(
+                sse(reply, frames, max_tokens),
+                |chunk| Ok::<_, Infallible>(Frame::data(chunk)),
+            ));
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(BodyExt::boxed(body))
+                .expect("a response")
+        } else {
+            let mut rx = rx;
+            let mut text = String::new();
+            let mut generated = 0;
+            while let Some(token) = rx.recv().await {
+                text.push_str(&token.text);
+                generated += 1;
+            }
+            json_response(StatusCode::OK, &reply.whole(&text, generated, max_tokens))
+        }
+    }
+
+    /// Wait for a slot, then produce tokens at the configured pace. The
+    /// load figures follow the request; dropping the receiver (the client
+    /// went away) frees the slot.
+    async fn run(self: Arc<Self>, job: Job, tx: mpsc::Sender<Token>) {
+        let adapter = (job.model != self.config.model).then(|| job.model.clone());
+        let waiting = LoadGuard::waiting(self.clone(), adapter.clone());
+        let permit = tokio::select! {
+            permit = self.slots.acquire() => permit,
+            _ = tx.closed() => return,
+        };
+        let Ok(_permit) = permit else { return };
+        drop(waiting);
+        let mut running = LoadGuard::running(self.clone(), adapter, job.prompt_tokens);
+        for n in 0..job.max_tokens {
+            let pause = if n == 0 {
+                self.config.time_to_first_token
+            } else {
+                self.config.inter_token_latency
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tx.closed() => return,
+            }
+            running.add_token();
+            let text = format!(" token{}", n + 1);
+            if tx.send(Token { text }).await.is_err() {
+                return;
+            }
+        }
+        running.succeeded();
+    }
+
+    fn metrics(&self) -> String {
+        let load = self.load.lock().expect("load lock");
+        let model = &self.config.model;
+        let usage = (load.cached_tokens as f64 / self.config.kv_cache_tokens as f64).min(1.0);
+        let list = |m: &BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>().join(",");
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, labels: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
+            ));
+        };
+        let model_label = format!("model_name=\"{model}\"");
+        gauge(
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            &model_label,
+            load.waiting.to_string(),
+        );
+        gauge(
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            &model_label,
+            load.running.to_string(),
+        );
+        gauge(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            &model_label,
+            format!("{usage}"),
+        );
+        gauge(
+            "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage (the name before vLLM 0.10). 1 means 100 percent usage.",
+            &model_label,
+            format!("{usage}"),
+        );
+        gauge(
+            "vllm:lora_requests_info",
+            "Running stats on LoRA requests.",
+            &format!(
+                "max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"",
+                self.config.lora_adapters.len().max(1),
+                list(&load.running_adapters),
+                list(&load.waiting_adapters)
+            ),
+            format!("{}", unix_now()),
+        );
+        gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig.",
+            &format!(
+                "block_size=\"{BLOCK_SIZE}\",num_gpu_blocks=\"{}\"",
+                self.config.kv_cache_tokens.div_ceil(BLOCK_SIZE)
+            ),
+            "1".into(),
+        );
+        out.push_str(&format!(
+            "# HELP vllm:request_success_total Count of successfully processed requests.\n# TYPE vllm:request_success_total counter\nvllm:request_success_total{{{model_label}}} {}\n",
+            load.succeeded
+        ));
+        out
+    }
+}
+
+struct Token {
+    text: String,
+}
+
+/// Keeps the load figures true for one request whatever way it ends.
+struct LoadGuard {
+    sim: Arc<Sim>,
+    adapter: Option<String>,
+    running: bool,
+    tokens: usize,
+}
+
+fn bump(map: &mut BTreeMap<String, usize>, key: &Option<String>, up: bool) {
+    let Some(key) = key else { return };
+    if up {
+        *map.entry(key.clone()).or_default() += 1;
+    } else if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl LoadGuard {
+    fn waiting(sim: Arc<Sim>, adapter: Option<String>) -> Self {
+        {
+            let mut load = sim.load.lock().expect("load lock");
+            load.waiting += 1;
+            bump(&mut load.waiting_adapters, &adapter, true);
+        }
+        LoadGuard {
+            sim,
+            adapter,
+            running: false,
+            tokens: 0,
+        }
+    }
+
+    fn running(sim: Arc<Sim>, adapter: Option<String>, tokens: usize) -> Self {
+        {
+            let mut load = sim.load.lock().expect("load lock");
+            load.running += 1;
+            load.cached_tokens += tokens;
+            bump(&mut load.running_adapters, &adapter, true);
+        }
+        LoadGuard {
+            sim,
+            adapter,
+            running: true,
+            tokens,
+        }
+    }
+
+    fn add_token(&mut self) {
+        self.tokens += 1;
+        self.sim.load.lock().expect("load lock").cached_tokens += 1;
+    }
+
+    fn succeeded(&self) {
+        self.sim.load.lock().expect("load lock").succeeded += 1;
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut load = self.sim.load.lock().expect("load lock");
+        if self.running {
+            load.running -= 1;
+            load.cached_tokens -= self.tokens;
+            bump(&mut load.running_adapters, &self.adapter, false);
+        } else {
+            load.waiting -= 1;
+            bump(&mut load.waiting_adapters, &self.adapter, false);
+        }
+    }
+}
+
+/// What every response of one request shares.
+struct Reply {
+    api: Api,
+    id: String,
+    created: u64,
+    model: String,
+    served_by: String,
+    prompt_tokens: usize,
+}
+
+impl Reply {
+    fn usage(&self, generated: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": generated,
+            "total_tokens": self.prompt_tokens + generated,
+        })
+    }
+
+    fn finish_reason(generated: usize, max_tokens: usize) -> &'static str {
+        if generated >= max_tokens {
+            "length"
+        } else {
+            "stop"
+        }
+    }
+
+    fn whole(&self, text: &str, generated: usize, max_tokens: usize) -> Value {
+        let finish = Self::finish_reason(generated, max_tokens);
+        let choice = match self.api {
+            Api::Completions => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
+            Api::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": match self.api { Api::Completions => "text_completion", Api::Chat => "chat.completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(generated),
+            "served_by": self.served_by,
+        })
+    }
+
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
+        let choice = match self.api {
+            Api::Completions => json!({
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }),
+            Api::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(text) = text {
+                    delta.insert("content".into(), json!(text));
+                }
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+        };
+        json!({
+            "id": self.id,
+            "object": match self.api { Api::Completions => "text_completion", Api::Chat => "chat.completion.chunk" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "served_by": self.served_by,
+        })
+    }
+}
+
+/// Server-sent events: one event per token as it is produced, a last one
+/// with the finish reason and usage, then `[DONE]`.
+fn sse(
+    reply: Reply,
+    tokens: impl futures::Stream<Item = Token> + Send + 'static,
+    max_tokens: usize,
+) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    use futures::StreamExt;
+    let reply = Arc::new(reply);
+    let count = Arc::new(AtomicU64::new(0));
+    let events = {
+        let reply = reply.clone();
+        let count = count.clone();
+        tokens.map(move |token| {
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            event(&reply.chunk(Some(&token.text), None, n == 0))
+        })
+    };
+    let end = futures::stream::once(async move {
+        let generated = count.load(Ordering::Relaxed) as usize;
+        let mut last = reply.chunk(
+            None,
+            Some(Reply::finish_reason(generated, max_tokens)),
+            false,
+        );
+        last["usage"] = reply.usage(generated);
+        let mut bytes = event(&last).to_vec();
+        bytes.extend_from_slice(b"data: [DONE]\n\n");
+        Bytes::from(bytes)
+    });
+    events.chain(end)
+}
+
+fn event(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}

@@ -1,0 +1,66 @@
+//! `infergate-sim`: one simulated model server. Run several on different
+//! loopback addresses and the same port, as pods would be.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A simulated OpenAI-compatible model server with vLLM metrics.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.2:8000.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: SocketAddr,
+    /// Instance name, reported in the x-served-by header and the served_by field.
+    #[arg(long, default_value = "sim")]
+    name: String,
+    /// The base model's name.
+    #[arg(long, default_value = "sim-model")]
+    model: String,
+    /// LoRA adapters served as models besides the base model, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    lora: Vec<String>,
+    /// Requests that run at once; later ones wait in the queue.
+    #[arg(long, default_value_t = 4)]
+    max_num_seqs: usize,
+    /// Time to the first token, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    ttft_ms: u64,
+    /// Time between further tokens, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    inter_token_ms: u64,
+    /// KV-cache capacity in tokens; usage is the running requests' prompt
+    /// and generated tokens over it.
+    #[arg(long, default_value_t = 16384)]
+    kv_cache_tokens: usize,
+    /// Tokens to generate when a request has no max_tokens.
+    #[arg(long, default_value_t = 16)]
+    default_max_tokens: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = infergate_sim::Config {
+        name: args.name.clone(),
+        model: args.model,
+        lora_adapters: args.lora,
+        max_num_seqs: args.max_num_seqs,
+        time_to_first_token: Duration::from_millis(args.ttft_ms),
+        inter_token_latency: Duration::from_millis(args.inter_token_ms),
+        kv_cache_tokens: args.kv_cache_tokens,
+        default_max_tokens: args.default_max_tokens,
+    };
+    let handle = infergate_sim::start(args.bind, config).await?;
+    tracing::info!(name = %args.name, address = %handle.address, "model server simulator listening");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
