@@ -36,6 +36,13 @@ enum Command {
         #[arg(long, env = "INFERGATE_COMPONENT")]
         component: std::path::PathBuf,
     },
+    /// Translate natively in a loop, for a profiler (perf record ...).
+    Profile {
+        #[arg(long, default_value_t = 10000)]
+        routes: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Time from a file change to Envoy serving the change, with
     /// `infergate standalone` and a real Envoy (INFERGATE_BIN, INFERGATE_ENVOY).
     Apply {
@@ -56,6 +63,13 @@ fn main() -> anyhow::Result<()> {
             component,
         } => translate(&routes, runs, &component),
         Command::Apply { routes, changes } => apply(&routes, changes),
+        Command::Profile { routes, runs } => {
+            let snapshot = snapshot(&generate(routes, 8080))?;
+            for _ in 0..runs {
+                std::hint::black_box(infergate_translate::translate(&snapshot).ok());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -4,9 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use infergate_model::{
-    ClusterIr, GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, VirtualHostIr,
-};
+use infergate_model::{GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, VirtualHostIr};
 
 use crate::gateways::{Evaluated, GatewayState};
 use crate::routes::{CompiledRoute, CompiledRule, RouteTable};
@@ -24,16 +22,14 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
     // Listeners that share a port share one Envoy listener; their hostnames
     // become virtual hosts.
     let mut ports: BTreeMap<u32, BTreeMap<String, Vec<Ranked>>> = BTreeMap::new();
-    let mut clusters: BTreeMap<String, ClusterIr> = BTreeMap::new();
+    let mut clusters: BTreeMap<&str, usize> = BTreeMap::new();
     for listener in gateway.listeners.iter().filter(|l| l.usable) {
         let hosts = ports.entry(listener.listener.port).or_default();
         for attachment in &listener.attachments {
             let compiled = &table.routes[attachment.route];
             for rule in &compiled.rules {
-                for cluster in &rule.clusters {
-                    clusters
-                        .entry(cluster.name.clone())
-                        .or_insert_with(|| cluster.clone());
+                for &cluster in &rule.clusters {
+                    clusters.insert(&table.clusters[cluster].name, cluster);
                 }
             }
             for host in &attachment.hostnames {
@@ -47,20 +43,36 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
         }
     }
 
-    let mut listeners = Vec::new();
-    for address in &gateway.addresses {
-        for (port, hosts) in &ports {
-            let virtual_hosts = hosts
-                .iter()
-                .map(|(host, routes)| {
-                    let mut routes: Vec<&Ranked> = routes.iter().collect();
+    // Each virtual host's routes in precedence order, once for all addresses.
+    let mut ports: Vec<(u32, Vec<(String, Vec<RouteIr>)>)> = ports
+        .into_iter()
+        .map(|(port, hosts)| {
+            let hosts = hosts
+                .into_iter()
+                .map(|(host, mut routes)| {
                     routes.sort_by(|a, b| a.key.cmp(&b.key));
                     routes.dedup_by(|a, b| a.route.name == b.route.name);
-                    VirtualHostIr {
-                        name: format!("{address}:{port}/{host}"),
-                        domains: vec![host.clone()],
-                        routes: routes.into_iter().map(|r| r.route.clone()).collect(),
-                    }
+                    (host, routes.into_iter().map(|r| r.route).collect())
+                })
+                .collect();
+            (port, hosts)
+        })
+        .collect();
+    let mut listeners = Vec::new();
+    for (a, address) in gateway.addresses.iter().enumerate() {
+        let last = a + 1 == gateway.addresses.len();
+        for (port, hosts) in &mut ports {
+            let virtual_hosts = hosts
+                .iter_mut()
+                .map(|(host, routes)| VirtualHostIr {
+                    name: format!("{address}:{port}/{host}"),
+                    domains: vec![host.clone()],
+                    // The last address takes the routes, the others copy them.
+                    routes: if last {
+                        std::mem::take(routes)
+                    } else {
+                        routes.clone()
+                    },
                 })
                 .collect();
             listeners.push(ListenerIr {
@@ -74,13 +86,16 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
     GatewayIr {
         node_id: format!("{}/{}", gateway.namespace(), gateway.name()),
         listeners,
-        clusters: clusters.into_values().collect(),
+        clusters: clusters
+            .into_values()
+            .map(|id| table.clusters[id].clone())
+            .collect(),
     }
 }
 
 /// A route with its precedence key.
-struct Ranked {
-    key: PrecedenceKey,
+struct Ranked<'a> {
+    key: PrecedenceKey<'a>,
     route: RouteIr,
 }
 
@@ -88,22 +103,22 @@ struct Ranked {
 /// expressions, then prefixes (longer before shorter within each); then a
 /// method match; then more header matches; then more query matches; then
 /// the oldest route, then by namespace/name, then rule and match order.
-type PrecedenceKey = (
+type PrecedenceKey<'a> = (
     u8,
     Reverse<usize>,
     Reverse<bool>,
     Reverse<usize>,
     Reverse<usize>,
-    String,
-    String,
-    String,
+    &'a str,
+    &'a str,
+    &'a str,
     usize,
     usize,
 );
 
-impl Ranked {
+impl<'a> Ranked<'a> {
     fn new(
-        compiled: &CompiledRoute,
+        compiled: &CompiledRoute<'a>,
         rule: &CompiledRule,
         position: usize,
         route_match: &RouteMatch,
@@ -121,9 +136,9 @@ impl Ranked {
             Reverse(route_match.method.is_some()),
             Reverse(route_match.headers.len()),
             Reverse(route_match.query_params.len()),
-            meta.creation_timestamp.clone(),
-            meta.namespace.clone(),
-            meta.name.clone(),
+            meta.creation_timestamp.as_str(),
+            meta.namespace.as_str(),
+            meta.name.as_str(),
             rule.index,
             position,
         );

@@ -1,10 +1,12 @@
 //! HTTPRoutes: rules compiled once, then attached to the listeners of the
 //! Gateways they name, with the per-parent status that Gateway API defines.
 
+use std::collections::HashMap;
+
 use infergate_model::{
-    ClusterIr, Condition, DirectResponse, ForwardAction, HeaderModifier, HttpRoute,
-    HttpRouteStatus, ParentRef, PathMatch, RouteAction, RouteFilter, RouteMatch, RouteParentStatus,
-    RouteRule, UrlRewrite, WeightedCluster,
+    BackendRef, ClusterIr, Condition, DirectResponse, EndpointPickerIr, ForwardAction,
+    HeaderModifier, HttpRoute, HttpRouteStatus, ParentRef, PathMatch, RouteAction, RouteFilter,
+    RouteMatch, RouteParentStatus, RouteRule, UrlRewrite, WeightedCluster,
 };
 
 use crate::backends::{self, BackendKind, Problem};
@@ -16,6 +18,8 @@ use crate::index::{GATEWAY_GROUP, Index};
 pub struct RouteTable<'a> {
     pub routes: Vec<CompiledRoute<'a>>,
     pub statuses: Vec<HttpRouteStatus>,
+    /// Every cluster a rule refers to, once; rules hold indexes into it.
+    pub clusters: Vec<ClusterIr>,
 }
 
 pub struct CompiledRoute<'a> {
@@ -40,8 +44,9 @@ pub struct CompiledRule {
     pub action: RouteAction,
     pub request_headers: HeaderModifier,
     pub response_headers: HeaderModifier,
-    /// Clusters the action sends to (the pool and picker clusters included).
-    pub clusters: Vec<ClusterIr>,
+    /// Clusters the action sends to (the pool and picker clusters
+    /// included), as indexes into [`RouteTable::clusters`].
+    pub clusters: Vec<usize>,
     /// Why the rule is not valid; such a rule answers 500.
     pub invalid: Option<String>,
 }
@@ -54,15 +59,81 @@ fn internal_error() -> RouteAction {
     })
 }
 
+/// What a backendRef resolution depends on: many routes refer to the same
+/// backends, and each is resolved (endpoints and all) once.
+type BackendKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, Option<u32>);
+
+/// A resolution, with its clusters as indexes into the cluster table.
+#[derive(Clone)]
+struct ResolvedIds {
+    cluster: usize,
+    picker: Option<(EndpointPickerIr, usize)>,
+}
+
+/// Resolves backendRefs through the backend kinds, remembering results.
+struct Resolver<'a, 'i> {
+    index: &'i Index<'a>,
+    kinds: Vec<Box<dyn BackendKind>>,
+    cache: HashMap<BackendKey<'a>, Result<ResolvedIds, Problem>>,
+    clusters: Vec<ClusterIr>,
+    cluster_ids: HashMap<String, usize>,
+}
+
+impl<'a, 'i> Resolver<'a, 'i> {
+    fn resolve(
+        &mut self,
+        route: &'a HttpRoute,
+        backend: &'a BackendRef,
+    ) -> Result<ResolvedIds, Problem> {
+        let key = (
+            route.meta.namespace.as_str(),
+            backend.group.as_str(),
+            backend.kind.as_str(),
+            backends::target_namespace(route, backend),
+            backend.name.as_str(),
+            backend.port,
+        );
+        if let Some(known) = self.cache.get(&key) {
+            return known.clone();
+        }
+        let outcome = backends::resolve(&self.kinds, self.index, route, backend).map(|resolved| {
+            ResolvedIds {
+                cluster: self.intern(resolved.cluster),
+                picker: resolved
+                    .endpoint_picker
+                    .map(|(picker, cluster)| (picker, self.intern(cluster))),
+            }
+        });
+        self.cache.insert(key, outcome.clone());
+        outcome
+    }
+
+    fn intern(&mut self, cluster: ClusterIr) -> usize {
+        if let Some(&id) = self.cluster_ids.get(&cluster.name) {
+            return id;
+        }
+        let id = self.clusters.len();
+        self.cluster_ids.insert(cluster.name.clone(), id);
+        self.clusters.push(cluster);
+        id
+    }
+}
+
 pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteTable<'a> {
-    let kinds = backends::kinds(index);
+    let mut resolver = Resolver {
+        index,
+        kinds: backends::kinds(index),
+        cache: HashMap::new(),
+        clusters: Vec::new(),
+        cluster_ids: HashMap::new(),
+    };
     let mut routes = Vec::new();
     let mut statuses = Vec::new();
     let mut sorted: Vec<&HttpRoute> = index.snapshot.http_routes.iter().collect();
     sorted
         .sort_by(|a, b| (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name)));
     for route in sorted {
-        let (compiled, problem) = compile(index, &kinds, route);
+        let (compiled, problem) = compile(&mut resolver, route);
         let position = routes.len();
         let parents: Vec<RouteParentStatus> = route
             .parent_refs
@@ -87,14 +158,17 @@ pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteT
             });
         }
     }
-    RouteTable { routes, statuses }
+    RouteTable {
+        routes,
+        statuses,
+        clusters: resolver.clusters,
+    }
 }
 
 /// Compile every rule of `route`; the first backend problem is returned for
 /// the ResolvedRefs condition.
 fn compile<'a>(
-    index: &Index,
-    kinds: &[Box<dyn BackendKind>],
+    resolver: &mut Resolver<'a, '_>,
     route: &'a HttpRoute,
 ) -> (CompiledRoute<'a>, Option<Problem>) {
     let mut first_problem = None;
@@ -102,17 +176,16 @@ fn compile<'a>(
         .rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| compile_rule(index, kinds, route, i, rule, &mut first_problem))
+        .map(|(i, rule)| compile_rule(resolver, route, i, rule, &mut first_problem))
         .collect();
     (CompiledRoute { route, rules }, first_problem)
 }
 
-fn compile_rule(
-    index: &Index,
-    kinds: &[Box<dyn BackendKind>],
-    route: &HttpRoute,
+fn compile_rule<'a>(
+    resolver: &mut Resolver<'a, '_>,
+    route: &'a HttpRoute,
     position: usize,
-    rule: &RouteRule,
+    rule: &'a RouteRule,
     first_problem: &mut Option<Problem>,
 ) -> CompiledRule {
     let label = rule
@@ -173,15 +246,15 @@ fn compile_rule(
     let mut clusters = Vec::new();
     let mut weighted = Vec::new();
     for backend in &rule.backend_refs {
-        match backends::resolve(kinds, index, route, backend) {
+        match resolver.resolve(route, backend) {
             Ok(resolved) => {
-                let picker = resolved.endpoint_picker.map(|(picker, cluster)| {
+                let picker = resolved.picker.map(|(picker, cluster)| {
                     clusters.push(cluster);
                     picker
                 });
                 if backend.weight > 0 {
                     weighted.push(WeightedCluster {
-                        cluster: Some(resolved.cluster.name.clone()),
+                        cluster: Some(resolver.clusters[resolved.cluster].name.clone()),
                         weight: backend.weight,
                         endpoint_picker: picker,
                     });
