@@ -44,7 +44,7 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
     }
 
     // Each virtual host's routes in precedence order, once for all addresses.
-    let mut ports: Vec<(u32, Vec<(String, Vec<RouteIr>)>)> = ports
+    let mut ports: Vec<(u32, Vec<HostRoutes>)> = ports
         .into_iter()
         .map(|(port, hosts)| {
             let hosts = hosts
@@ -92,6 +92,9 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
             .collect(),
     }
 }
+
+/// A virtual host's name and its routes in precedence order.
+type HostRoutes = (String, Vec<RouteIr>);
 
 /// A route with its precedence key.
 struct Ranked<'a> {
