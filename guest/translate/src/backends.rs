@@ -14,6 +14,10 @@ use crate::index::{GATEWAY_GROUP, Index, RefEnd};
 pub struct Resolved {
     pub cluster: ClusterIr,
     pub endpoint_picker: Option<(EndpointPickerIr, ClusterIr)>,
+    /// The reference itself resolved, but its traffic cannot be served
+    /// (an InferencePool whose endpoint picker reference is invalid): it
+    /// gets a 500 and the problem is reported on the backend's own status.
+    pub unservable: bool,
 }
 
 /// Why a backendRef did not resolve: a ResolvedRefs reason and a message
@@ -195,6 +199,7 @@ impl BackendKind for ServiceBackend {
                 load_balancer: LoadBalancer::RoundRobin,
             },
             endpoint_picker: None,
+            unservable: false,
         })
     }
 }

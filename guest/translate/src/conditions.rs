@@ -31,6 +31,9 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    // InferencePool parents
+    pub const HTTP_ROUTE_NOT_ACCEPTED: &str = "HTTPRouteNotAccepted";
+    pub const INVALID_EXTENSION_REF: &str = "InvalidExtensionRef";
 }
 
 /// A condition that is True with `reason`.

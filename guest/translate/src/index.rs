@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use infergate_model::{
-    EndpointSlice, Label, Namespace, ReferenceGrant, Service, ServicePort, Snapshot, SocketAddress,
+    EndpointSlice, InferencePool, Label, Namespace, Pod, ReferenceGrant, Service, ServicePort,
+    Snapshot, SocketAddress,
 };
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -17,6 +18,8 @@ pub struct Index<'a> {
     services: HashMap<Key<'a>, &'a Service>,
     slices: HashMap<Key<'a>, Vec<&'a EndpointSlice>>,
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
+    pools: HashMap<Key<'a>, &'a InferencePool>,
+    pods: HashMap<&'a str, Vec<&'a Pod>>,
 }
 
 /// One side of a cross-namespace reference, for ReferenceGrant checks.
@@ -44,7 +47,20 @@ impl<'a> Index<'a> {
                 .collect(),
             slices: HashMap::new(),
             grants: HashMap::new(),
+            pools: snapshot
+                .inference_pools
+                .iter()
+                .map(|p| ((p.meta.namespace.as_str(), p.meta.name.as_str()), p))
+                .collect(),
+            pods: HashMap::new(),
         };
+        for pod in &snapshot.pods {
+            index
+                .pods
+                .entry(pod.meta.namespace.as_str())
+                .or_default()
+                .push(pod);
+        }
         for slice in &snapshot.endpoint_slices {
             index
                 .slices
@@ -69,6 +85,15 @@ impl<'a> Index<'a> {
             .get(name)
             .map(|n| n.labels.as_slice())
             .unwrap_or(&[])
+    }
+
+    pub fn inference_pool(&self, namespace: &str, name: &str) -> Option<&'a InferencePool> {
+        self.pools.get(&(namespace, name)).copied()
+    }
+
+    /// Pods of a namespace.
+    pub fn pods(&self, namespace: &str) -> &[&'a Pod] {
+        self.pods.get(namespace).map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {

@@ -1,11 +1,30 @@
 //! The inference plugin: InferencePool backends (Gateway API Inference
-//! Extension, `inference.networking.k8s.io/v1`).
+//! Extension, `inference.networking.k8s.io/v1`) and the pools' statuses.
+//!
+//! A pool becomes two clusters: the pool's endpoints (every ready Pod IP
+//! matched by the selector x every target port), balanced by Envoy's
+//! override_host policy from the endpoint the picker chose, and the picker
+//! itself (HTTP/2, TLS without verification unless the picker Service's port
+//! says `appProtocol: kubernetes.io/h2c`). The route calls the pool's
+//! picker first; a pool without a picker is balanced round robin.
 
-use infergate_model::{BackendRef, HttpRoute};
+use std::collections::BTreeMap;
 
-use crate::backends::{BackendKind, Problem, Resolved};
-use crate::conditions::reason;
+use infergate_model::{
+    BackendRef, ClusterIr, EndpointPickerIr, FailureMode, HttpRoute, InferencePool,
+    InferencePoolStatus, LoadBalancer, ObjectRef, PoolParentStatus, SocketAddress,
+    UpstreamProtocol, UpstreamTls,
+};
+
+use crate::backends::{self, BackendKind, Problem, Resolved};
+use crate::conditions::{self as c, fail, ok, reason};
 use crate::index::{INFERENCE_GROUP, Index};
+use crate::routes::RouteTable;
+use crate::selector;
+
+/// The header (and `envoy.lb` metadata key) naming the picked endpoint.
+pub const DESTINATION_KEY: &str = "x-gateway-destination-endpoint";
+pub const H2C: &str = "kubernetes.io/h2c";
 
 pub struct InferencePoolBackend;
 
@@ -16,16 +35,249 @@ impl BackendKind for InferencePoolBackend {
 
     fn resolve(
         &self,
-        _index: &Index,
+        index: &Index,
         route: &HttpRoute,
         backend: &BackendRef,
     ) -> Result<Resolved, Problem> {
-        Err(Problem::new(
-            reason::INVALID_KIND,
-            format!(
-                "backendRef {}: InferencePool backends are not translated by this version yet",
-                crate::backends::describe(route, backend)
-            ),
-        ))
+        backends::check_grant(index, route, backend)?;
+        let namespace = backends::target_namespace(route, backend);
+        // backendRef.port is ignored: the pool's targetPorts say where to go.
+        let pool = index
+            .inference_pool(namespace, &backend.name)
+            .ok_or_else(|| {
+                Problem::new(
+                    reason::BACKEND_NOT_FOUND,
+                    format!(
+                        "backendRef {}: InferencePool not found",
+                        backends::describe(route, backend)
+                    ),
+                )
+            })?;
+        let picker = picker(index, pool);
+        Ok(Resolved {
+            cluster: pool_cluster(index, pool, matches!(picker, Ok(Some(_)))),
+            unservable: picker.is_err(),
+            endpoint_picker: picker.ok().flatten(),
+        })
     }
+}
+
+fn pool_cluster(index: &Index, pool: &InferencePool, picked: bool) -> ClusterIr {
+    let mut endpoints: Vec<SocketAddress> = index
+        .pods(&pool.meta.namespace)
+        .iter()
+        .filter(|pod| pod.ready && selector::matches_labels(&pool.selector, &pod.meta.labels))
+        .flat_map(|pod| {
+            pod.ips.iter().flat_map(|ip| {
+                pool.target_ports.iter().map(|&port| SocketAddress {
+                    address: ip.clone(),
+                    port,
+                })
+            })
+        })
+        .collect();
+    endpoints.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    endpoints.dedup();
+    ClusterIr {
+        name: format!("inferencepool/{}/{}", pool.meta.namespace, pool.meta.name),
+        endpoints,
+        protocol: if pool.app_protocol.as_deref() == Some(H2C) {
+            UpstreamProtocol::H2c
+        } else {
+            UpstreamProtocol::Http1
+        },
+        tls: None,
+        load_balancer: if picked {
+            LoadBalancer::OverrideHost(DESTINATION_KEY.to_string())
+        } else {
+            LoadBalancer::RoundRobin
+        },
+    }
+}
+
+/// The pool's endpoint picker and the cluster that reaches it; None for a
+/// pool without endpointPickerRef; Err says why the reference is invalid.
+pub fn picker(
+    index: &Index,
+    pool: &InferencePool,
+) -> Result<Option<(EndpointPickerIr, ClusterIr)>, String> {
+    let Some(r) = &pool.endpoint_picker else {
+        return Ok(None);
+    };
+    let namespace = &pool.meta.namespace;
+    if !r.group.is_empty() || r.kind != "Service" {
+        let kind = if r.group.is_empty() {
+            r.kind.clone()
+        } else {
+            format!("{}/{}", r.group, r.kind)
+        };
+        return Err(format!(
+            "endpointPickerRef: kind {kind} is not supported; the picker must be a core Service"
+        ));
+    }
+    let Some(number) = r.port else {
+        return Err("endpointPickerRef.port is required for a Service".to_string());
+    };
+    let service = index.service(namespace, &r.name).ok_or_else(|| {
+        format!(
+            "endpointPickerRef: Service {namespace}/{} not found",
+            r.name
+        )
+    })?;
+    if service.service_type == "ExternalName" {
+        return Err(format!(
+            "endpointPickerRef: Service {namespace}/{} is of type ExternalName, which infergate does not call",
+            r.name
+        ));
+    }
+    let port = service
+        .ports
+        .iter()
+        .find(|p| p.port == number)
+        .ok_or_else(|| {
+            format!(
+                "endpointPickerRef: Service {namespace}/{} has no port {number}",
+                r.name
+            )
+        })?;
+    let plaintext = port.app_protocol.as_deref() == Some(H2C);
+    let cluster = ClusterIr {
+        name: format!("endpointpicker/{namespace}/{}/{number}", r.name),
+        endpoints: index.ready_endpoints(service, port),
+        protocol: if plaintext {
+            UpstreamProtocol::H2c
+        } else {
+            UpstreamProtocol::H2Tls
+        },
+        // The reference picker serves a self-signed certificate.
+        tls: (!plaintext).then(|| UpstreamTls {
+            sni: Some(format!("{}.{namespace}.svc", r.name)),
+            ca_pem: None,
+        }),
+        load_balancer: LoadBalancer::RoundRobin,
+    };
+    Ok(Some((
+        EndpointPickerIr {
+            cluster: cluster.name.clone(),
+            fail_open: r.failure_mode == FailureMode::FailOpen,
+        },
+        cluster,
+    )))
+}
+
+/// One status entry per (pool, Gateway of ours) that an HTTPRoute connects:
+/// Accepted while some route through that Gateway is accepted, ResolvedRefs
+/// from the picker reference. Pools no route of ours refers to get no entry
+/// (the host then removes entries it wrote earlier).
+pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStatus> {
+    // (pool) -> (gateway) -> (accepted, the routes)
+    let mut parents: BTreeMap<(&str, &str), BTreeMap<(String, String), (bool, Vec<String>)>> =
+        BTreeMap::new();
+    for compiled in &table.routes {
+        let route = compiled.route;
+        let Some(status) = table
+            .statuses
+            .iter()
+            .find(|s| s.route.namespace == route.meta.namespace && s.route.name == route.meta.name)
+        else {
+            continue; // no parent of ours
+        };
+        for backend in route.rules.iter().flat_map(|r| &r.backend_refs) {
+            if backend.group != INFERENCE_GROUP || backend.kind != "InferencePool" {
+                continue;
+            }
+            if backends::check_grant(index, route, backend).is_err() {
+                continue;
+            }
+            let namespace = backends::target_namespace(route, backend);
+            let Some(pool) = index.inference_pool(namespace, &backend.name) else {
+                continue;
+            };
+            for parent in &status.parents {
+                let gateway = (
+                    parent
+                        .parent_ref
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| route.meta.namespace.clone()),
+                    parent.parent_ref.name.clone(),
+                );
+                let accepted = parent.conditions.iter().any(|c| {
+                    c.condition_type == c::ACCEPTED
+                        && c.status == infergate_model::ConditionStatus::True
+                });
+                let entry = parents
+                    .entry((pool.meta.namespace.as_str(), pool.meta.name.as_str()))
+                    .or_default()
+                    .entry(gateway)
+                    .or_default();
+                entry.0 |= accepted;
+                let name = format!("{}/{}", route.meta.namespace, route.meta.name);
+                if !entry.1.contains(&name) {
+                    entry.1.push(name);
+                }
+            }
+        }
+    }
+    parents
+        .into_iter()
+        .filter_map(|((namespace, name), gateways)| {
+            let pool = index.inference_pool(namespace, name)?;
+            let generation = pool.meta.generation;
+            let resolved = match picker(index, pool) {
+                Ok(Some((p, _))) => ok(
+                    c::RESOLVED_REFS,
+                    reason::RESOLVED_REFS,
+                    format!("endpoint picker reached through cluster {}", p.cluster),
+                    generation,
+                ),
+                Ok(None) => ok(
+                    c::RESOLVED_REFS,
+                    reason::RESOLVED_REFS,
+                    "no endpointPickerRef: requests are balanced round robin over the pool's endpoints",
+                    generation,
+                ),
+                Err(why) => fail(
+                    c::RESOLVED_REFS,
+                    reason::INVALID_EXTENSION_REF,
+                    format!("{why}; requests to this pool get 500"),
+                    generation,
+                ),
+            };
+            Some(InferencePoolStatus {
+                pool: ObjectRef {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                },
+                parents: gateways
+                    .into_iter()
+                    .map(|((gw_namespace, gw_name), (accepted, routes))| {
+                        let routes = routes.join(", ");
+                        let accepted = if accepted {
+                            ok(
+                                c::ACCEPTED,
+                                reason::ACCEPTED,
+                                format!("referenced by HTTPRoute {routes}"),
+                                generation,
+                            )
+                        } else {
+                            fail(
+                                c::ACCEPTED,
+                                reason::HTTP_ROUTE_NOT_ACCEPTED,
+                                format!("HTTPRoute {routes} is not accepted by this Gateway"),
+                                generation,
+                            )
+                        };
+                        PoolParentStatus {
+                            gateway: ObjectRef {
+                                namespace: gw_namespace,
+                                name: gw_name,
+                            },
+                            conditions: vec![accepted, resolved.clone()],
+                        }
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }

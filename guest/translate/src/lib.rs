@@ -44,11 +44,16 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
     let routes = routes::attach_all(&index, &mut gateways);
     let gateway_irs = assemble::gateway_irs(&gateways, &routes);
 
+    let inference_pools = if snapshot.settings.inference_extension {
+        inference::pool_statuses(&index, &routes)
+    } else {
+        Vec::new()
+    };
     let statuses = Statuses {
         gateway_classes: gateways.class_statuses.clone(),
         gateways: gateways.gateways.iter().map(|g| g.status()).collect(),
         http_routes: routes.statuses,
-        inference_pools: Vec::new(),
+        inference_pools,
     };
     Ok(Output {
         gateways: gateway_irs,

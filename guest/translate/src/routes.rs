@@ -68,6 +68,7 @@ type BackendKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, Option<u32>)
 struct ResolvedIds {
     cluster: usize,
     picker: Option<(EndpointPickerIr, usize)>,
+    unservable: bool,
 }
 
 /// Resolves backendRefs through the backend kinds, remembering results.
@@ -102,6 +103,7 @@ impl<'a, 'i> Resolver<'a, 'i> {
                 picker: resolved
                     .endpoint_picker
                     .map(|(picker, cluster)| (picker, self.intern(cluster))),
+                unservable: resolved.unservable,
             }
         });
         self.cache.insert(key, outcome.clone());
@@ -247,6 +249,15 @@ fn compile_rule<'a>(
     let mut weighted = Vec::new();
     for backend in &rule.backend_refs {
         match resolver.resolve(route, backend) {
+            Ok(resolved) if resolved.unservable => {
+                if backend.weight > 0 {
+                    weighted.push(WeightedCluster {
+                        cluster: None,
+                        weight: backend.weight,
+                        endpoint_picker: None,
+                    });
+                }
+            }
             Ok(resolved) => {
                 let picker = resolved.picker.map(|(picker, cluster)| {
                     clusters.push(cluster);
