@@ -285,3 +285,177 @@ endpoints: [{{addresses: [127.0.0.1]}}]
 "
     )
 }
+
+/// A binary of this workspace, built by scripts/setup.sh.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (it builds infergate, infergate-epp and infergate-sim)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(binary: &Path, args: &[String], log: PathBuf) -> Self {
+        let child = Command::new(binary)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Process { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until something accepts TCP connections on `address`.
+pub fn wait_for_listener(address: &str) -> bool {
+    let address: SocketAddr = address.parse().expect("an ip:port");
+    wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+    })
+}
+
+/// `infergate-sim` on `address` (ip:port) named `name`.
+pub fn sim(address: &str, name: &str, work: &Path, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--bind".to_string(),
+        address.to_string(),
+        "--name".to_string(),
+        name.to_string(),
+    ];
+    // Fast by default; `extra` may say otherwise.
+    for flag in ["--ttft-ms", "--inter-token-ms"] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), "1".to_string()]);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let process = Process::start(
+        &workspace_binary("infergate-sim"),
+        &args,
+        work.join(format!("sim-{name}.log")),
+    );
+    assert!(
+        wait_for_listener(address),
+        "simulator {name} did not listen on {address}"
+    );
+    process
+}
+
+/// `infergate-epp` on 127.0.0.1:`port` (TLS, self-signed) for `endpoints`,
+/// in test mode (steered by the test-epp-endpoint-selection header).
+pub fn epp(port: u16, endpoints: &[String], work: &Path) -> Process {
+    let args: Vec<String> = [
+        "--bind-address",
+        "127.0.0.1",
+        "--grpc-port",
+        &port.to_string(),
+        "--grpc-health-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--test-header-steering",
+        "--endpoints",
+        &endpoints.join(","),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let process = Process::start(
+        &workspace_binary("infergate-epp"),
+        &args,
+        work.join(format!("epp-{port}.log")),
+    );
+    assert!(
+        wait_for_listener(&format!("127.0.0.1:{port}")),
+        "the picker did not listen on {port}"
+    );
+    process
+}
+
+/// An HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`, the connection closed after it.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    use std::io::{Read, Write};
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("content-type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// A completion request body for the simulators.
+pub const COMPLETION: &str = r#"{"model":"sim-model","prompt":"Write as if you were a critic: San Francisco","max_tokens":3}"#;
+
+/// POST a completion through the gateway.
+pub fn complete(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
+    request(port, "POST", path, headers, COMPLETION.as_bytes())
+}

@@ -165,14 +165,16 @@ pub fn picker(
     )))
 }
 
+/// For one pool: by Gateway (namespace, name), whether a route through it
+/// is accepted, and the routes (namespace/name).
+type GatewayUses = BTreeMap<(String, String), (bool, Vec<String>)>;
+
 /// One status entry per (pool, Gateway of ours) that an HTTPRoute connects:
 /// Accepted while some route through that Gateway is accepted, ResolvedRefs
 /// from the picker reference. Pools no route of ours refers to get no entry
 /// (the host then removes entries it wrote earlier).
 pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStatus> {
-    // (pool) -> (gateway) -> (accepted, the routes)
-    let mut parents: BTreeMap<(&str, &str), BTreeMap<(String, String), (bool, Vec<String>)>> =
-        BTreeMap::new();
+    let mut parents: BTreeMap<(&str, &str), GatewayUses> = BTreeMap::new();
     for compiled in &table.routes {
         let route = compiled.route;
         let Some(status) = table

@@ -424,9 +424,12 @@ impl Exchange {
 
     async fn response_headers(&mut self, message: &ProcessingRequest) -> Result<(), Status> {
         let mut set = vec![];
-        if self.picker.test_header_steering
-            && let Some(served) = metadata_string(message, LB_NAMESPACE, SERVED_KEY)
-        {
+        if self.picker.test_header_steering {
+            // As the upstream conformance picker: the gateway's report, or
+            // why there is none.
+            let served = metadata_string(message, LB_NAMESPACE, SERVED_KEY).unwrap_or_else(|| {
+                "fail: missing destination endpoint served metadata".to_string()
+            });
             set.push(header(TEST_SERVED_HEADER, &served));
         }
         let response = HeadersResponse {

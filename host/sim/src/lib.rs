@@ -146,6 +146,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    let version = format!("{:?}", req.version());
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => text(StatusCode::OK, sim.metrics()),
         (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into()),
@@ -166,6 +167,11 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>,
     headers.insert(
         "x-served-endpoint",
         sim.address.to_string().parse().expect("a header value"),
+    );
+    // How the request arrived (HTTP/1.1 or HTTP/2.0), for h2c checks.
+    headers.insert(
+        "x-request-protocol",
+        version.parse().expect("a header value"),
     );
     Ok(response)
 }
