@@ -1,39 +1,79 @@
 #!/usr/bin/env bash
-# The standalone quick start: infergate serving examples/standalone/ to a real
-# Envoy, in front of two local HTTP servers ("blue" and "green").
-# It sends a few requests, shows who answered each, and cleans up.
+# The inference quick start, standalone: a Gateway and an HTTPRoute to an
+# InferencePool (examples/inference/), served by infergate to a real Envoy;
+# three simulated model servers (infergate-sim on 127.0.0.2-4:8000) and the
+# pool's endpoint picker (infergate-epp, TLS on 127.0.0.1:9002).
+# It keeps one model server busy, sends completions through the gateway,
+# shows which server answered each and why (the picker's queue and KV-cache
+# figures), then cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
+bin="$CARGO_TARGET_DIR/debug"
 
 work="$(mktemp -d)"
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 examples/echo_server.py blue 9001 & pids+=($!)
-python3 examples/echo_server.py green 9002 & pids+=($!)
-"$CARGO_TARGET_DIR/debug/infergate" standalone --config examples/standalone --work-dir "$work" \
-  --status-file "$work/status.yaml" 2>"$work/infergate.log" & pids+=($!)
+wait_for() { # url [curl args...]
+  local url="$1"; shift
+  for _ in $(seq 1 150); do
+    curl -s -o /dev/null --fail "$@" "$url" && return 0
+    sleep 0.1
+  done
+  echo "quick start: $url did not answer; logs in $work" >&2
+  tail -n 20 "$work"/*.log >&2
+  exit 1
+}
 
-echo "waiting for Envoy on 127.0.0.1:8080 ..."
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null http://127.0.0.1:8080/ && break
-  sleep 0.1
+# Model servers: 2 slots each, 100 ms to the first token, 20 ms a token.
+for s in a:127.0.0.2 b:127.0.0.3 c:127.0.0.4; do
+  "$bin/infergate-sim" --bind "${s#*:}:8000" --name "vllm-${s%%:*}" --max-num-seqs 2 \
+    --ttft-ms 100 --inter-token-ms 20 --kv-cache-tokens 2000 2>"$work/sim-${s%%:*}.log" & pids+=($!)
 done
+"$bin/infergate-epp" --bind-address 127.0.0.1 --pool-name vllm --pool-namespace default \
+  --endpoints 127.0.0.2:8000,127.0.0.3:8000,127.0.0.4:8000 2>"$work/epp.log" & pids+=($!)
+"$bin/infergate" standalone --config examples/inference --enable-inference-extension \
+  --work-dir "$work" --status-file "$work/status.yaml" 2>"$work/infergate.log" & pids+=($!)
+
+for ip in 127.0.0.2 127.0.0.3 127.0.0.4; do wait_for "http://$ip:8000/health"; done
+wait_for http://127.0.0.1:8080/v1/completions -X POST -d '{"model":"sim-model","prompt":"hi","max_tokens":1}'
+echo "Envoy on 127.0.0.1:8080 routes /v1 to InferencePool default/vllm through its picker."
 
 echo
-echo "== GET /blue/page (rule: PathPrefix /blue -> blue)"
-curl -s http://127.0.0.1:8080/blue/page
-echo "== GET / with x-canary: true (rule: header match -> green)"
-curl -s -H 'x-canary: true' http://127.0.0.1:8080/
-echo "== 20 x GET / (rule: 80/20 split blue/green)"
-for _ in $(seq 1 20); do curl -s http://127.0.0.1:8080/; done | awk '{print $1}' | sort | uniq -c
+echo "== keeping vllm-a busy: 6 long completions sent straight to it (2 run, 4 queue)"
+for _ in $(seq 1 6); do
+  curl -s -o /dev/null http://127.0.0.2:8000/v1/completions \
+    -d '{"model":"sim-model","prompt":"a long story please","max_tokens":300}' & pids+=($!)
+done
+sleep 0.5
+
+picker_view() {
+  curl -s http://127.0.0.1:9090/metrics | awk -F'[{}" ]+' '
+    /^infergate_epp_endpoint_queue/ { q[$5] = $NF }
+    /^infergate_epp_endpoint_kv_cache_usage/ { kv[$5] = $NF }
+    END { for (e in q) printf "    %s queue=%s kv=%.2f\n", e, q[e], kv[e] }' | sort
+}
+echo "   the picker's view of the pool (from each server's vLLM /metrics):"
+picker_view
+
 echo
-echo "== statuses written by infergate ($work/status.yaml), Gateway conditions:"
-grep -A3 "condition_type: Programmed" "$work/status.yaml" | head -4
+echo "== 6 completions through the gateway"
+for i in $(seq 1 6); do
+  curl -s -D "$work/headers" http://127.0.0.1:8080/v1/completions \
+    -d "{\"model\":\"sim-model\",\"prompt\":\"request $i\",\"max_tokens\":8}" -o "$work/body"
+  served="$(grep -i '^x-served-by' "$work/headers" | tr -d '\r' | cut -d' ' -f2)"
+  endpoint="$(grep -i '^x-served-endpoint' "$work/headers" | tr -d '\r' | cut -d' ' -f2)"
+  text="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"].strip())' "$work/body")"
+  echo "   request $i -> $served ($endpoint): $text"
+done
+echo "   (vllm-a at 127.0.0.2 has a queue, so the picker sends work to the others)"
+
 echo
-echo "quick start done; infergate's log:"
-sed 's/^/  /' "$work/infergate.log" | head -20
+echo "== the pool's status, as infergate reports it for Gateway inference-gateway"
+grep -A14 "name: vllm$" "$work/status.yaml" | grep -E "condition_type|status:|reason" | paste - - - | sed 's/^ */   /'
+echo
+echo "quick start done; docs/quickstart.md shows how to run the same pieces by hand."
