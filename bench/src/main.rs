@@ -36,6 +36,17 @@ enum Command {
         #[arg(long, env = "INFERGATE_COMPONENT")]
         component: std::path::PathBuf,
     },
+    /// Latency the endpoint picker adds: the same completions through Envoy
+    /// straight to a model server and through an InferencePool and its
+    /// picker, interleaved at a fixed rate (simulator delays zero).
+    Picker {
+        /// Requests per path.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Requests per second, both paths together.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
     /// Translate natively in a loop, for a profiler (perf record ...).
     Profile {
         #[arg(long, default_value_t = 10000)]
@@ -63,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             component,
         } => translate(&routes, runs, &component),
         Command::Apply { routes, changes } => apply(&routes, changes),
+        Command::Picker { requests, rate } => picker(requests, rate),
         Command::Profile { routes, runs } => {
             let snapshot = snapshot(&generate(routes, 8080))?;
             for _ in 0..runs {
@@ -366,4 +378,136 @@ fn wait_for(
         "Envoy did not serve {expected} within {timeout:?}; infergate's log:\n{}",
         infergate.log_text()
     )
+}
+
+// ------------------------------------------------------------ picker latency
+
+fn picker(requests: usize, rate: u32) -> anyhow::Result<()> {
+    use infergate_e2e::{complete, epp, sim};
+    let work = TempDir::new("bench-picker");
+    let config = TempDir::new("bench-picker-config");
+    let port = free_port();
+    let address = format!("127.0.0.70:{port}");
+    let _sim = sim(
+        &address,
+        "bench",
+        &work.0,
+        &["--ttft-ms", "0", "--inter-token-ms", "0"],
+    );
+    let epp_port = free_port();
+    let _epp = epp(epp_port, std::slice::from_ref(&address), &work.0);
+    let listener = free_port();
+    let yaml = format!(
+        "{gateway}---
+apiVersion: v1
+kind: Service
+metadata: {{name: direct}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: direct-1, labels: {{kubernetes.io/service-name: direct}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [127.0.0.70]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: bench, labels: {{app: bench}}}}
+status: {{podIP: 127.0.0.70, conditions: [{{type: Ready, status: \"True\"}}]}}
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: pool}}
+spec:
+  selector: {{matchLabels: {{app: bench}}}}
+  targetPorts: [{{number: {port}}}]
+  endpointPickerRef: {{name: epp, port: {{number: 9002}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: epp}}
+spec: {{ports: [{{name: grpc, port: 9002}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: epp-1, labels: {{kubernetes.io/service-name: epp}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {epp_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: routes}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v1}}, headers: [{{name: x-path, value: direct}}]}}]
+    backendRefs: [{{name: direct, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /v1}}, headers: [{{name: x-path, value: picked}}]}}]
+    backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: pool}}]
+",
+        gateway = infergate_e2e::gateway_yaml(listener)
+    );
+    std::fs::write(config.0.join("all.yaml"), yaml)?;
+    let mut infergate = Standalone::start(
+        &config.0,
+        &work.0,
+        free_port(),
+        &["--enable-inference-extension"],
+    );
+    for path in ["direct", "picked"] {
+        let ok = infergate_e2e::wait_until(Duration::from_secs(60), || {
+            complete(listener, "/v1/completions", &[("x-path", path)])
+                .is_some_and(|r| r.status == 200)
+        });
+        anyhow::ensure!(ok, "{path} never answered 200:\n{}", infergate.log_text());
+    }
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut times: [Vec<Duration>; 2] = [vec![], vec![]];
+    let mut next = Instant::now();
+    for i in 0..requests * 2 {
+        let which = i % 2;
+        let path = ["direct", "picked"][which];
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += interval;
+        let started = Instant::now();
+        let response = complete(listener, "/v1/completions", &[("x-path", path)]);
+        let elapsed = started.elapsed();
+        anyhow::ensure!(
+            response.as_ref().is_some_and(|r| r.status == 200),
+            "{path}: {response:?}"
+        );
+        times[which].push(elapsed);
+    }
+    infergate.stop();
+    let quantile = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * q).round() as usize]
+    };
+    println!(
+        "completions through Envoy, {requests} per path, {rate} requests/s, simulator delays 0"
+    );
+    println!("{:>22} | {:>9} | {:>9}", "path", "p50", "p99");
+    let mut rows = vec![];
+    for (which, name) in ["straight to the server", "through the picker"]
+        .iter()
+        .enumerate()
+    {
+        let p50 = quantile(&mut times[which], 0.5);
+        let p99 = quantile(&mut times[which], 0.99);
+        rows.push((p50, p99));
+        println!("{name:>22} | {:>9} | {:>9}", ms(p50), ms(p99));
+    }
+    let added = |a: Duration, b: Duration| b.as_secs_f64() * 1000.0 - a.as_secs_f64() * 1000.0;
+    println!(
+        "{:>22} | {:>6.2} ms | {:>6.2} ms",
+        "added by the picker",
+        added(rows[0].0, rows[1].0),
+        added(rows[0].1, rows[1].1)
+    );
+    Ok(())
 }

@@ -286,9 +286,13 @@ endpoints: [{{addresses: [127.0.0.1]}}]
     )
 }
 
-/// A binary of this workspace, built by scripts/setup.sh.
+/// A binary of this workspace, built by scripts/setup.sh (debug), or from
+/// the directory INFERGATE_BIN_DIR names (benchmarks use release builds).
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let path = target_dir().join("debug").join(name);
+    let dir = std::env::var_os("INFERGATE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug"));
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: run scripts/setup.sh (it builds infergate, infergate-epp and infergate-sim)",
