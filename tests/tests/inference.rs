@@ -670,3 +670,68 @@ fn large_prompts_streaming_responses_and_h2c_pools() {
         "tokens should arrive over time: {arrivals:?}"
     );
 }
+
+#[test]
+fn two_gateways_each_route_to_their_own_pool() {
+    let work = TempDir::new("inf-two-gw");
+    let port = free_port();
+    let primary = addresses(&["127.0.17.1"], port);
+    let secondary = addresses(&["127.0.17.2"], port);
+    let mut processes = sims("primary", &primary, &work.0);
+    processes.extend(sims("secondary", &secondary, &work.0));
+    let (epp_1, epp_2) = (free_port(), free_port());
+    processes.push(epp(epp_1, &primary, &work.0));
+    processes.push(epp(epp_2, &secondary, &work.0));
+    let second_port = free_port();
+    let yaml = [
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw2}}
+spec:
+  gatewayClassName: infergate
+  listeners: [{{name: http, port: {second_port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: llm2}}
+spec:
+  parentRefs: [{{name: gw2}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]
+    backendRefs: [{}]
+",
+            pool_ref("secondary", "")
+        ),
+        pool("primary", "primary", &[port], Some("FailClose"), ""),
+        pool("secondary", "secondary", &[port], Some("FailClose"), ""),
+        picker_service("primary", epp_1),
+        picker_service("secondary", epp_2),
+        pods("primary", &["127.0.17.1"]),
+        pods("secondary", &["127.0.17.2"]),
+        route("llm", &[&pool_ref("primary", "")]),
+    ]
+    .concat();
+    let scenario = Scenario::start("inf-two-gw", &yaml, processes, work);
+    scenario.wait_serving("llm");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            complete(second_port, "/v1/completions", &[]).is_some_and(|r| r.status == 200)
+        }),
+        "the second Gateway never served"
+    );
+    for _ in 0..5 {
+        let first = post(scenario.port, "llm", &[]).unwrap();
+        assert_eq!(first.header("x-served-endpoint"), Some(primary[0].as_str()));
+        let second = complete(second_port, "/v1/completions", &[]).unwrap();
+        assert_eq!(
+            second.header("x-served-endpoint"),
+            Some(secondary[0].as_str())
+        );
+    }
+    scenario.wait_statuses("each pool under its own Gateway", |s| {
+        s.pool_parents("primary").keys().collect::<Vec<_>>() == ["gw"]
+            && s.pool_parents("secondary").keys().collect::<Vec<_>>() == ["gw2"]
+    });
+}

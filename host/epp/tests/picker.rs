@@ -886,3 +886,61 @@ async fn a_picker_killed_mid_stream_ends_the_stream_with_an_error() {
         "a killed picker is an error, not a clean end: {outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_of_your_own_is_served_and_verifies() {
+    let dir = std::env::temp_dir().join(format!("infergate-epp-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["picker.example".to_string()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), certified.signing_key.serialize_pem()).unwrap();
+    let handle = picker(&unreachable_endpoints(), Tls::Files(dir.clone()), false).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            certified.cert.pem(),
+        ))
+        .domain_name("picker.example");
+    let channel = Endpoint::from_shared(format!("https://{}", handle.grpc))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("the picker's certificate verifies against its CA");
+    let mut stream = Stream::open(channel).await;
+    stream
+        .send(headers(&[], true, BodySendMode::FullDuplexStreamed))
+        .await;
+    picked(&stream.next().await);
+
+    // A client that trusts another CA is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["picker.example".to_string()]).unwrap();
+    let refused = Endpoint::from_shared(format!("https://{}", handle.grpc))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(other.cert.pem()))
+                .domain_name("picker.example"),
+        )
+        .unwrap()
+        .connect()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a certificate from another CA must not verify"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+
+    // A missing certificate is a start-up error naming the file.
+    let missing = infergate_epp::start(Config {
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        tls: Tls::Files("/nonexistent".into()),
+        endpoints: unreachable_endpoints(),
+        ..Config::default()
+    })
+    .await;
+    let error = format!("{:#}", missing.err().expect("no certificate, no start"));
+    assert!(error.contains("/nonexistent/tls.crt"), "{error}");
+}
