@@ -170,6 +170,11 @@ impl Standalone {
             .arg(envoy_binary())
             .arg("--debounce-ms")
             .arg("50")
+            .args(if extra.contains(&"--metrics-address") {
+                &[][..]
+            } else {
+                &["--metrics-address", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -462,4 +467,30 @@ pub const COMPLETION: &str = r#"{"model":"sim-model","prompt":"Write as if you w
 /// POST a completion through the gateway.
 pub fn complete(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
     request(port, "POST", path, headers, COMPLETION.as_bytes())
+}
+
+/// A component built by `cargo xtask test-components` (scripts/setup.sh).
+pub fn test_component(name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("test-components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (cargo xtask test-components)",
+        path.display()
+    );
+    path
+}
+
+/// The translation component the release ships (cargo xtask component).
+pub fn production_component() -> PathBuf {
+    let path = std::env::var_os("INFERGATE_COMPONENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("infergate-translator.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh",
+        path.display()
+    );
+    path
 }

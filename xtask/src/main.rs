@@ -28,11 +28,34 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("test-components") => {
-            for package in ["infergate-test-misbehaving", "infergate-test-other-version"] {
-                let out = target_dir()
-                    .join("test-components")
-                    .join(format!("{package}.wasm"));
-                build_component(package, &out)?;
+            let dir = target_dir().join("test-components");
+            // (package, features, file): the misbehaving component as it is
+            // (misbehaves on request), and variants that always misbehave
+            // (for swap tests, where the canary must fail).
+            for (package, features, file) in [
+                (
+                    "infergate-test-misbehaving",
+                    &[][..],
+                    "infergate-test-misbehaving",
+                ),
+                (
+                    "infergate-test-misbehaving",
+                    &["always-loop"][..],
+                    "infergate-test-loop",
+                ),
+                (
+                    "infergate-test-misbehaving",
+                    &["always-alloc"][..],
+                    "infergate-test-alloc",
+                ),
+                (
+                    "infergate-test-other-version",
+                    &[][..],
+                    "infergate-test-other-version",
+                ),
+            ] {
+                let out = dir.join(format!("{file}.wasm"));
+                build_component_with(package, features, &out)?;
                 println!("{}", out.display());
             }
             Ok(())
@@ -60,18 +83,25 @@ fn workspace_root() -> PathBuf {
 }
 
 fn build_component(package: &str, out: &Path) -> anyhow::Result<()> {
+    build_component_with(package, &[], out)
+}
+
+fn build_component_with(package: &str, features: &[&str], out: &Path) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--package",
-            package,
-            "--target",
-            "wasm32-unknown-unknown",
-            "--profile",
-            "component",
-        ])
+    let mut command = Command::new(cargo);
+    command.current_dir(workspace_root()).args([
+        "build",
+        "--package",
+        package,
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        "component",
+    ]);
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let status = command
         .status()
         .context("running cargo build for the guest")?;
     if !status.success() {

@@ -1,6 +1,8 @@
 //! `infergate`: a Gateway API implementation for inference traffic.
 
+mod component;
 mod envoy;
+mod metrics;
 mod pipeline;
 mod standalone;
 
@@ -34,6 +36,28 @@ enum Command {
     Translate(TranslateArgs),
     /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server.
     Bootstrap(BootstrapArgs),
+    /// Work with translation components.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+#[derive(Subcommand)]
+enum ComponentCommand {
+    /// Check a component offline: WIT package version, imports (none allowed), compilation, and canary
+    /// translations (a built-in configuration and any --config directories, with the inference
+    /// extension off and on) under the translation limits. Exit code 0: it can be swapped in.
+    Check(ComponentCheckArgs),
+}
+
+#[derive(Args)]
+struct ComponentCheckArgs {
+    /// The component (.wasm) to check.
+    file: PathBuf,
+    /// A directory of YAML to translate as a canary as well (repeatable).
+    #[arg(long = "config", short = 'c')]
+    configs: Vec<PathBuf>,
+    #[command(flatten)]
+    translation: TranslationArgs,
 }
 
 #[derive(Args, Clone)]
@@ -81,6 +105,9 @@ struct StandaloneArgs {
     /// Wait this long after a file change for more changes before translating.
     #[arg(long, default_value_t = 150)]
     debounce_ms: u64,
+    /// Address of the metrics server: Prometheus text on /metrics, the active component on /info.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    metrics_address: std::net::SocketAddr,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
@@ -137,6 +164,17 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 envoy::bootstrap(&args.node, args.xds_address, args.admin_port)
             );
+            Ok(())
+        }
+        Command::Component(ComponentCommand::Check(args)) => {
+            let ok = component::check(component::CheckArgs {
+                file: args.file,
+                configs: args.configs,
+                translation: args.translation,
+            })?;
+            if !ok {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }

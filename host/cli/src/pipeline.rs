@@ -1,12 +1,15 @@
 //! Resources -> snapshot -> component -> Envoy resources.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use infergate_model::{Output, Settings, Snapshot};
 use infergate_resources::Resources;
-use infergate_runtime::{Limits, Runtime, Translator};
+use infergate_runtime::{Limits, LoadError, Runtime, TranslateFailure, Translator};
+
+use crate::metrics::{ActiveComponent, Metrics};
 
 use crate::TranslationArgs;
 
@@ -52,10 +55,49 @@ fn default_component() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// A loaded component and the runtime that runs it.
+/// The runtime, the active component, and what happens to it. The active
+/// component can be replaced while translations run: each translation holds
+/// the component it started with until it ends.
 pub struct Translation {
     runtime: Runtime,
-    translator: Translator,
+    active: RwLock<Arc<Translator>>,
+    pub path: PathBuf,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a new component was not swapped in. The old one keeps serving.
+#[derive(Debug)]
+pub struct Rejection {
+    /// A short label for the metric (`not_wasm`, `wit_version`, `canary_deadline`, ...).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn load_reason(error: &LoadError) -> &'static str {
+    match error {
+        LoadError::NotWasm => "not_wasm",
+        LoadError::Invalid(_) => "invalid",
+        LoadError::Imports(_) => "imports",
+        LoadError::WitVersion { .. } => "wit_version",
+        LoadError::MissingExport { .. } => "missing_export",
+        LoadError::TypeMismatch { .. } => "type_mismatch",
+    }
+}
+
+fn failure_reason(failure: &TranslateFailure) -> &'static str {
+    match failure {
+        TranslateFailure::Deadline(_) => "deadline",
+        TranslateFailure::Memory(_) => "memory",
+        TranslateFailure::Trap(_) => "trap",
+        TranslateFailure::Guest(_) => "guest_error",
+        TranslateFailure::Boundary(_) => "boundary",
+    }
 }
 
 impl Translation {
@@ -66,28 +108,101 @@ impl Translation {
         };
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading the component {}", path.display()))?;
-        let runtime = Runtime::new(Limits {
-            memory_bytes: args.translation_memory_mib << 20,
-            deadline: Duration::from_millis(args.translation_timeout_ms),
-        })?;
+        let runtime = Runtime::new(limits(args))?;
         let translator = runtime
             .load(&bytes)
             .with_context(|| format!("loading the component {}", path.display()))?;
-        let info = translator.info();
-        tracing::info!(
-            component = %path.display(),
-            digest = %info.digest,
-            wit = %info.wit_package,
-            compile_ms = info.compile_time.as_millis() as u64,
-            "translation component loaded"
-        );
+        let metrics = Arc::new(Metrics::default());
+        let active = describe(&path, &translator);
+        log_active("translation component loaded", &active);
+        metrics.loaded(active);
         Ok(Translation {
             runtime,
-            translator,
+            active: RwLock::new(Arc::new(translator)),
+            path,
+            metrics,
         })
     }
 
     pub fn translate(&self, snapshot: &Snapshot) -> anyhow::Result<Output> {
-        Ok(self.runtime.translate(&self.translator, snapshot)?)
+        let translator = self.active.read().expect("active lock").clone();
+        let started = Instant::now();
+        let outcome = self.runtime.translate(&translator, snapshot);
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(failure) => failure_reason(failure),
+        };
+        self.metrics.translation(label, started.elapsed());
+        Ok(outcome?)
     }
+
+    /// Check `bytes` as a replacement and swap it in: load (checks the WIT
+    /// version and imports, compiles), then a canary translation of
+    /// `canary` under the same limits. On any failure the active component
+    /// stays, and the rejection is counted and returned.
+    pub fn try_swap(&self, bytes: &[u8], canary: &Snapshot) -> Result<ActiveComponent, Rejection> {
+        let reject = |reason: &'static str, message: String| {
+            self.metrics.rejected(reason);
+            Rejection { reason, message }
+        };
+        let translator = self
+            .runtime
+            .load(bytes)
+            .map_err(|e| reject(load_reason(&e), e.to_string()))?;
+        if let Err(failure) = self.runtime.translate(&translator, canary) {
+            let reason = match failure {
+                TranslateFailure::Deadline(_) => "canary_deadline",
+                TranslateFailure::Memory(_) => "canary_memory",
+                TranslateFailure::Trap(_) => "canary_trap",
+                TranslateFailure::Guest(_) => "canary_guest_error",
+                TranslateFailure::Boundary(_) => "canary_boundary",
+            };
+            return Err(reject(
+                reason,
+                format!("the canary translation of the current configuration failed: {failure}"),
+            ));
+        }
+        let active = describe(&self.path, &translator);
+        *self.active.write().expect("active lock") = Arc::new(translator);
+        self.metrics.swapped(active.clone());
+        Ok(active)
+    }
+
+    pub fn digest(&self) -> String {
+        self.active
+            .read()
+            .expect("active lock")
+            .info()
+            .digest
+            .clone()
+    }
+}
+
+pub fn limits(args: &TranslationArgs) -> Limits {
+    Limits {
+        memory_bytes: args.translation_memory_mib << 20,
+        deadline: Duration::from_millis(args.translation_timeout_ms),
+    }
+}
+
+fn describe(path: &std::path::Path, translator: &Translator) -> ActiveComponent {
+    let info = translator.info();
+    ActiveComponent {
+        path: path.display().to_string(),
+        digest: info.digest.clone(),
+        wit_package: info.wit_package.clone(),
+        loaded_at: crate::metrics::now_rfc3339(),
+        compile_ms: info.compile_time.as_millis() as u64,
+    }
+}
+
+pub fn log_active(what: &str, active: &ActiveComponent) {
+    tracing::info!(
+        component = %active.path,
+        digest = %active.digest,
+        wit = %active.wit_package,
+        compile_ms = active.compile_ms,
+        loaded_at = %active.loaded_at,
+        "{what}"
+    );
 }

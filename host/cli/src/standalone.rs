@@ -68,6 +68,20 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let translation = Arc::new(Translation::load(&args.translation)?);
     let cache = SnapshotCache::new();
 
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the metrics server to {} (--metrics-address)",
+                args.metrics_address
+            )
+        })?;
+    tracing::info!(address = %metrics_listener.local_addr()?, "metrics on /metrics, the active component on /info");
+    let metrics_server = tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        translation.metrics.clone(),
+    ));
+
     let listener = tokio::net::TcpListener::bind(args.xds_address)
         .await
         .with_context(|| {
@@ -108,6 +122,35 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         .watch(&args.config, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", args.config.display()))?;
 
+    // The component file is watched too: a new one is checked and swapped in.
+    let (component_tx, mut component_changed) = mpsc::channel::<()>(64);
+    let component_path = translation.path.clone();
+    let component_name = component_path.file_name().map(|n| n.to_owned());
+    let mut component_watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && matches!(
+                    event.kind,
+                    notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+                )
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_owned()) == component_name)
+            {
+                let _ = component_tx.try_send(());
+            }
+        })
+        .context("starting the component watcher")?;
+    let component_dir = component_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    component_watcher
+        .watch(&component_dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", component_dir.display()))?;
+
     let temp_dir;
     let work_dir = match &args.work_dir {
         Some(dir) => {
@@ -128,7 +171,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         )
     });
 
-    let mut state = State { last: None };
+    let mut state = State {
+        last: None,
+        last_snapshot: None,
+    };
     state
         .apply(&args, &translation, &cache, fleet.as_mut())
         .await;
@@ -142,6 +188,14 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 while changed.try_recv().is_ok() {}
                 state.apply(&args, &translation, &cache, fleet.as_mut()).await;
             }
+            Some(()) = component_changed.recv() => {
+                // Copies and builds write the file in several steps.
+                tokio::time::sleep(Duration::from_millis(args.debounce_ms.max(200))).await;
+                while component_changed.try_recv().is_ok() {}
+                if swap(&args, &translation, &state).await {
+                    state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -152,12 +206,64 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     }
     let _ = stop_server.send(());
     let _ = server.await;
+    metrics_server.abort();
     Ok(())
+}
+
+/// Try the component file as the new translation. True if it was swapped in.
+async fn swap(args: &StandaloneArgs, translation: &Arc<Translation>, state: &State) -> bool {
+    let path = translation.path.clone();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            translation.metrics.rejected("read");
+            tracing::error!(
+                "component {} changed but cannot be read: {e}; still serving component {}",
+                path.display(),
+                translation.digest()
+            );
+            return false;
+        }
+    };
+    let digest = infergate_runtime::sha256_hex(&bytes);
+    if digest == translation.digest() {
+        return false; // the same component written again
+    }
+    let canary = match &state.last_snapshot {
+        Some(snapshot) => snapshot.clone(),
+        None => match Resources::default().to_snapshot(pipeline::settings(&args.translation)) {
+            Ok(snapshot) => snapshot,
+            Err(_) => return false,
+        },
+    };
+    tracing::info!(component = %path.display(), digest = %digest, "new component: checking it");
+    let candidate = translation.clone();
+    match tokio::task::spawn_blocking(move || candidate.try_swap(&bytes, &canary)).await {
+        Ok(Ok(active)) => {
+            pipeline::log_active("translation component swapped in", &active);
+            true
+        }
+        Ok(Err(rejection)) => {
+            tracing::error!(
+                reason = rejection.reason,
+                "component {} (digest {digest}) rejected: {rejection}; still serving component {}",
+                path.display(),
+                translation.digest()
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!("checking the new component failed: {e}");
+            false
+        }
+    }
 }
 
 struct State {
     /// The last output that was served.
     last: Option<Output>,
+    /// The snapshot it came from: a new component's canary input.
+    last_snapshot: Option<infergate_model::Snapshot>,
 }
 
 impl State {
@@ -199,8 +305,8 @@ impl State {
         };
         let started = std::time::Instant::now();
         let component = translation.clone();
-        let output = match tokio::task::spawn_blocking(move || component.translate(&snapshot)).await
-        {
+        let input = snapshot.clone();
+        let output = match tokio::task::spawn_blocking(move || component.translate(&input)).await {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => {
                 tracing::error!("translation failed: {e:#}; {keeping}");
@@ -248,6 +354,7 @@ impl State {
             }
         }
         self.last = Some(output);
+        self.last_snapshot = Some(snapshot);
     }
 }
 

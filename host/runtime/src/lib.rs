@@ -265,7 +265,8 @@ fn transcode<A: serde::Serialize, B: serde::de::DeserializeOwned>(
     postcard::from_bytes(&bytes).map_err(|e| TranslateFailure::Boundary(e.to_string()))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// sha256 of `bytes`, hex: the digest components are known by.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
         .iter()

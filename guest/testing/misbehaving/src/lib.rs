@@ -3,7 +3,8 @@
 //! `test:trap` panics, `test:error` returns an error. Any other name
 //! translates as the real component does and adds the response header
 //! `x-infergate-component: test` to every route, so a swap is visible on
-//! the wire.
+//! the wire. Built with the feature `always-loop` or `always-alloc`, it
+//! misbehaves on every snapshot.
 
 use infergate_model::{Guest, HeaderValue, Output, RouteAction, Snapshot, TranslateError};
 
@@ -11,7 +12,14 @@ struct Misbehaving;
 
 impl Guest for Misbehaving {
     fn translate(input: Snapshot) -> Result<Output, TranslateError> {
-        match input.settings.controller_name.as_str() {
+        let behaviour = if cfg!(feature = "always-loop") {
+            "test:loop"
+        } else if cfg!(feature = "always-alloc") {
+            "test:alloc"
+        } else {
+            input.settings.controller_name.as_str()
+        };
+        match behaviour {
             "test:loop" => {
                 let mut n: u64 = 0;
                 loop {
