@@ -19,3 +19,6 @@ echo "== file change -> applied by Envoy"
 echo
 echo "== latency added by the endpoint picker"
 "$bench" picker
+echo
+echo "== component swaps"
+"$bench" swap --other "$CARGO_TARGET_DIR/test-components/infergate-test-misbehaving.wasm"

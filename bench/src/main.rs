@@ -47,6 +47,21 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         rate: u32,
     },
+    /// Component swaps: compiling a component, the fixed cost of a
+    /// translation (fresh Store, instantiation), and file change -> Envoy
+    /// serving the new component's configuration.
+    Swap {
+        /// The translation component (default: $INFERGATE_COMPONENT).
+        #[arg(long, env = "INFERGATE_COMPONENT")]
+        component: std::path::PathBuf,
+        /// A second component to swap to and fro (the test component that
+        /// marks responses; `cargo xtask test-components` builds it).
+        #[arg(long)]
+        other: std::path::PathBuf,
+        /// Swaps to time.
+        #[arg(long, default_value_t = 6)]
+        swaps: usize,
+    },
     /// Translate natively in a loop, for a profiler (perf record ...).
     Profile {
         #[arg(long, default_value_t = 10000)]
@@ -75,6 +90,11 @@ fn main() -> anyhow::Result<()> {
         } => translate(&routes, runs, &component),
         Command::Apply { routes, changes } => apply(&routes, changes),
         Command::Picker { requests, rate } => picker(requests, rate),
+        Command::Swap {
+            component,
+            other,
+            swaps,
+        } => swap(&component, &other, swaps),
         Command::Profile { routes, runs } => {
             let snapshot = snapshot(&generate(routes, 8080))?;
             for _ in 0..runs {
@@ -508,6 +528,99 @@ spec:
         "added by the picker",
         added(rows[0].0, rows[1].0),
         added(rows[0].1, rows[1].1)
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ swaps
+
+fn swap(component: &Path, other: &Path, swaps: usize) -> anyhow::Result<()> {
+    let runtime = Runtime::new(Limits::default())?;
+    let bytes = std::fs::read(component)?;
+    let compile = median(5, || runtime.load(&bytes).expect("the component loads"));
+    let translator = runtime.load(&bytes)?;
+    let empty = snapshot(&[])?;
+    let fixed = median(51, || {
+        runtime.translate(&translator, &empty).expect("translates")
+    });
+    let native = median(51, || infergate_translate::translate(&empty));
+    println!(
+        "component {} ({} KiB)",
+        component.display(),
+        bytes.len() / 1024
+    );
+    println!(
+        "  compile (load + checks + pre-instantiate), median of 5: {}",
+        ms(compile)
+    );
+    println!(
+        "  one translation of an empty snapshot (fresh Store, instantiate, call), median of 51: {} (native: {:.3} ms)",
+        ms(fixed),
+        native.as_secs_f64() * 1000.0
+    );
+
+    let backend = NamedServer::start("backend");
+    let config = TempDir::new("bench-swap-config");
+    let work = TempDir::new("bench-swap-work");
+    let listener = free_port();
+    std::fs::write(
+        config.0.join("all.yaml"),
+        format!(
+            "{}{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: backend, port: 80}}]
+",
+            infergate_e2e::gateway_yaml(listener),
+            infergate_e2e::service_yaml("backend", backend.port)
+        ),
+    )?;
+    let active = work.0.join("component.wasm");
+    std::fs::copy(component, &active)?;
+    let mut infergate = Standalone::start(
+        &config.0,
+        &work.0,
+        free_port(),
+        &["--component", active.to_str().expect("a UTF-8 path")],
+    );
+    let marked = || {
+        infergate_e2e::request(listener, "GET", "/", &[], b"")
+            .filter(|r| r.status == 200)
+            .map(|r| r.header("x-infergate-component") == Some("test"))
+    };
+    let ok = infergate_e2e::wait_until(Duration::from_secs(60), || marked() == Some(false));
+    anyhow::ensure!(ok, "never served:\n{}", infergate.log_text());
+    let mut times = vec![];
+    for i in 0..swaps {
+        let (from, want) = if i % 2 == 0 {
+            (other, true)
+        } else {
+            (component, false)
+        };
+        let started = Instant::now();
+        std::fs::copy(from, &active)?;
+        while marked() != Some(want) {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "swap {i} never took effect:\n{}",
+                infergate.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        times.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    infergate.stop();
+    times.sort();
+    println!(
+        "  file copied -> Envoy serving the new component's configuration, {} swaps (debounce 200 ms included): p50 {}, max {}",
+        times.len(),
+        ms(times[times.len() / 2]),
+        ms(*times.last().expect("a swap"))
     );
     Ok(())
 }
