@@ -133,10 +133,12 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                     event.kind,
                     notify::EventKind::Create(_) | notify::EventKind::Modify(_)
                 )
-                && event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_owned()) == component_name)
+                // The file itself, or (a ConfigMap volume) the `..data`
+                // symlink the kubelet swaps to publish new contents.
+                && event.paths.iter().any(|p| {
+                    let name = p.file_name().map(|n| n.to_owned());
+                    name == component_name || name.as_deref() == Some(std::ffi::OsStr::new("..data"))
+                })
             {
                 let _ = component_tx.try_send(());
             }
