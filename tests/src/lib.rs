@@ -442,10 +442,22 @@ pub fn request(
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .ok()?;
-    stream.write_all(head.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    // Envoy may answer (a direct 500, say) before it has read the body and
+    // then reset the connection: a failed write or a reset after the
+    // response still leaves the response to read.
+    let _ = stream.write_all(&bytes);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buffer[..n]),
+            Err(_) if !raw.is_empty() => break,
+            Err(_) => return None,
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let mut lines = head.lines();
