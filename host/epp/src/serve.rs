@@ -160,10 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let router = builder
         .add_service(ExternalProcessorServer::new(picker))
         .add_service(health_service.clone());
-    tokio::spawn(
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown(stopped.clone())),
-    );
+    tokio::spawn(router.serve_with_incoming_shutdown(no_delay(grpc), shutdown(stopped.clone())));
     tokio::spawn(
         Server::builder()
             .add_service(health_service)
@@ -191,6 +188,20 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         metrics: addresses.2,
         scheduler,
         stop,
+    })
+}
+
+/// Accepted connections with Nagle's algorithm off: the picker answers with
+/// several small messages in a row (headers, then body chunks), which Nagle
+/// would hold back for the peer's delayed ACK (about 40 ms).
+fn no_delay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     })
 }
 

@@ -121,6 +121,8 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
                 _ = &mut stopped => return,
             };
             let Ok((stream, _)) = accepted else { continue };
+            // Tokens are small writes; do not let Nagle hold them back.
+            let _ = stream.set_nodelay(true);
             let sim = sim.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| handle(sim.clone(), req));
