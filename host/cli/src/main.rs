@@ -78,6 +78,26 @@ pub struct TranslationArgs {
     /// Time limit of one translation, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     translation_timeout_ms: u64,
+    /// Where compiled components are cached (by content hash and engine), so a component seen before
+    /// loads without compiling. Default: $HOME/.cache/infergate/components. Keep it private to this user.
+    #[arg(long, env = "INFERGATE_COMPONENT_CACHE")]
+    component_cache_dir: Option<PathBuf>,
+    /// Compile every component afresh; cache nothing.
+    #[arg(long)]
+    no_component_cache: bool,
+}
+
+impl TranslationArgs {
+    /// The compiled-component cache directory, if caching is on.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_component_cache {
+            return None;
+        }
+        self.component_cache_dir.clone().or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/infergate/components"))
+        })
+    }
 }
 
 #[derive(Args)]

@@ -60,6 +60,7 @@ fn default_component() -> anyhow::Result<PathBuf> {
 /// the component it started with until it ends.
 pub struct Translation {
     runtime: Runtime,
+    cache_dir: Option<PathBuf>,
     active: RwLock<Arc<Translator>>,
     pub path: PathBuf,
     pub metrics: Arc<Metrics>,
@@ -109,8 +110,9 @@ impl Translation {
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading the component {}", path.display()))?;
         let runtime = Runtime::new(limits(args))?;
+        let cache_dir = args.cache_dir();
         let translator = runtime
-            .load(&bytes)
+            .load_cached(&bytes, cache_dir.as_deref())
             .with_context(|| format!("loading the component {}", path.display()))?;
         let metrics = Arc::new(Metrics::default());
         let active = describe(&path, &translator);
@@ -118,6 +120,7 @@ impl Translation {
         metrics.loaded(active);
         Ok(Translation {
             runtime,
+            cache_dir,
             active: RwLock::new(Arc::new(translator)),
             path,
             metrics,
@@ -147,7 +150,7 @@ impl Translation {
         };
         let translator = self
             .runtime
-            .load(bytes)
+            .load_cached(bytes, self.cache_dir.as_deref())
             .map_err(|e| reject(load_reason(&e), e.to_string()))?;
         if let Err(failure) = self.runtime.translate(&translator, canary) {
             let reason = match failure {

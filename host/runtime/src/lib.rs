@@ -123,11 +123,69 @@ impl Runtime {
 
     /// Compile and check a component. Nothing runs yet.
     pub fn load(&self, bytes: &[u8]) -> Result<Translator, LoadError> {
+        self.load_cached(bytes, None)
+    }
+
+    /// As [`Runtime::load`], with compiled code cached in `cache_dir`, keyed
+    /// by the component's sha256 and this engine's compatibility hash, so a
+    /// component seen before (a swap back, a restart) is not compiled again.
+    /// The directory must be writable by this user only: cached code is
+    /// loaded as trusted. A cache entry that fails to load is compiled anew;
+    /// a cache that cannot be written is only logged. Every check below runs
+    /// either way.
+    pub fn load_cached(
+        &self,
+        bytes: &[u8],
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Translator, LoadError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm);
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let digest = sha256_hex(bytes);
+        let cached = cache_dir.map(|dir| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut hasher);
+            dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()))
+        });
+        // Read into memory rather than mapped: a file changed under a
+        // mapping would crash the process.
+        // SAFETY: the file was written by `Component::serialize` of an
+        // engine with the same compatibility hash, into a directory that the
+        // caller keeps private (see above); wasmtime checks its header.
+        let from_cache = cached
+            .as_ref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|code| unsafe { Component::deserialize(&self.engine, code) }.ok());
+        let component = match from_cache {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+                if let Some(path) = &cached {
+                    let written = component
+                        .serialize()
+                        .map_err(std::io::Error::other)
+                        .and_then(|code| {
+                            if let Some(dir) = path.parent() {
+                                std::fs::create_dir_all(dir)?;
+                            }
+                            let tmp = path.with_extension("tmp");
+                            std::fs::write(&tmp, code)?;
+                            std::fs::rename(&tmp, path)
+                        });
+                    if let Err(e) = written {
+                        tracing::warn!(
+                            "could not cache the compiled component at {}: {e}",
+                            path.display()
+                        );
+                    }
+                }
+                component
+            }
+        };
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -172,7 +230,7 @@ impl Runtime {
         Ok(Translator {
             pre,
             info: Arc::new(ComponentInfo {
-                digest: sha256_hex(bytes),
+                digest,
                 wit_package: WIT_PACKAGE.to_string(),
                 compile_time: started.elapsed(),
             }),

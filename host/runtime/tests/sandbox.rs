@@ -168,3 +168,43 @@ fn guest_traps_and_guest_errors_are_reported_as_such() {
         "{err}"
     );
 }
+
+#[test]
+fn compiled_components_are_cached_and_a_bad_cache_entry_is_compiled_anew() {
+    let dir = std::env::temp_dir().join(format!("infergate-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runtime = runtime(Limits::default());
+    let bytes = real_component();
+    let snapshot = example_snapshot("infergate.dev/gateway-controller");
+
+    let first = runtime.load_cached(&bytes, Some(&dir)).unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1, "one compiled entry is written");
+    let entry = entries[0].path();
+    assert!(
+        entry
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&first.info().digest),
+        "{entry:?} is keyed by the component's digest"
+    );
+    let expected = runtime.translate(&first, &snapshot).unwrap();
+
+    let second = runtime.load_cached(&bytes, Some(&dir)).unwrap();
+    assert_eq!(runtime.translate(&second, &snapshot).unwrap(), expected);
+
+    // A damaged entry is not trusted blindly: it fails to load and the
+    // component is compiled again.
+    std::fs::write(&entry, b"garbage").unwrap();
+    let third = runtime.load_cached(&bytes, Some(&dir)).unwrap();
+    assert_eq!(runtime.translate(&third, &snapshot).unwrap(), expected);
+
+    // The checks still run on a cached load.
+    let other = test_component("infergate-test-other-version");
+    assert!(matches!(
+        runtime.load_cached(&other, Some(&dir)),
+        Err(LoadError::WitVersion { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
