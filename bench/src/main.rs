@@ -576,19 +576,7 @@ fn swap(component: &Path, other: &Path, swaps: usize) -> anyhow::Result<()> {
     let listener = free_port();
     std::fs::write(
         config.0.join("all.yaml"),
-        format!(
-            "{}{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: route}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - backendRefs: [{{name: backend, port: 80}}]
-",
-            infergate_e2e::gateway_yaml(listener),
-            infergate_e2e::service_yaml("backend", backend.port)
-        ),
+        infergate_e2e::single_backend_yaml(listener, backend.port),
     )?;
     let active = work.0.join("component.wasm");
     std::fs::copy(component, &active)?;

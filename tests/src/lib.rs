@@ -506,3 +506,21 @@ pub fn production_component() -> PathBuf {
     );
     path
 }
+
+/// A whole configuration: Gateway `gw` on `listener_port` and one HTTPRoute
+/// sending everything to the Service `backend`, served by 127.0.0.1:`backend_port`.
+pub fn single_backend_yaml(listener_port: u16, backend_port: u16) -> String {
+    format!(
+        "{}{}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: backend, port: 80}}]
+",
+        gateway_yaml(listener_port),
+        service_yaml("backend", backend_port)
+    )
+}

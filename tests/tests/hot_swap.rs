@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use infergate_e2e::{
-    NamedServer, Standalone, TempDir, free_port, gateway_yaml, production_component, request,
-    service_yaml, test_component, wait_until,
+    NamedServer, Standalone, TempDir, free_port, production_component, request, test_component,
+    wait_until,
 };
 
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -57,19 +57,7 @@ fn a_component_swaps_in_under_traffic_and_broken_ones_are_refused() {
     let metrics_port = free_port();
     std::fs::write(
         config.0.join("all.yaml"),
-        format!(
-            "{}{}---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: route}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - backendRefs: [{{name: backend, port: 80}}]
-",
-            gateway_yaml(port),
-            service_yaml("backend", backend.port)
-        ),
+        infergate_e2e::single_backend_yaml(port, backend.port),
     )
     .unwrap();
     let component = work.0.join("component.wasm");
