@@ -171,11 +171,16 @@ fn a_component_swaps_in_under_traffic_and_broken_ones_are_refused() {
             metrics(),
             infergate.log_text()
         );
-        let log = infergate.log_text();
+        // The metric is counted just before the line is logged.
         assert!(
-            log.lines()
-                .any(|l| l.contains("rejected") && l.contains(words)),
-            "{reason}: the log does not say why:\n{log}"
+            wait_until(Duration::from_secs(5), || {
+                infergate
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("rejected") && l.contains(words))
+            }),
+            "{reason}: the log does not say why:\n{}",
+            infergate.log_text()
         );
         assert!(
             info().contains(&test_digest),
