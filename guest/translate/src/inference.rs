@@ -175,12 +175,15 @@ type GatewayUses = BTreeMap<(String, String), (bool, Vec<String>)>;
 /// (the host then removes entries it wrote earlier).
 pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStatus> {
     let mut parents: BTreeMap<(&str, &str), GatewayUses> = BTreeMap::new();
+    // Looked up once per route: a scan per route would be quadratic.
+    let statuses: std::collections::HashMap<(&str, &str), _> = table
+        .statuses
+        .iter()
+        .map(|s| ((s.route.namespace.as_str(), s.route.name.as_str()), s))
+        .collect();
     for compiled in &table.routes {
         let route = compiled.route;
-        let Some(status) = table
-            .statuses
-            .iter()
-            .find(|s| s.route.namespace == route.meta.namespace && s.route.name == route.meta.name)
+        let Some(status) = statuses.get(&(route.meta.namespace.as_str(), route.meta.name.as_str()))
         else {
             continue; // no parent of ours
         };
