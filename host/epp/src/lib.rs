@@ -7,6 +7,7 @@
 //! services on their own port, a Prometheus `/metrics` endpoint, and the
 //! scraper that reads each model server's `/metrics`.
 
+pub mod discovery;
 pub mod extproc;
 pub mod scheduler;
 mod serve;

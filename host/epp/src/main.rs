@@ -33,10 +33,14 @@ struct Args {
     /// The pool's namespace.
     #[arg(long, default_value = "default")]
     pool_namespace: String,
-    /// The pool's endpoints, `ip:port,...` (standalone). Required until the
-    /// picker can discover its pool in Kubernetes.
+    /// The pool's endpoints, `ip:port,...` (standalone). Without it, the
+    /// picker watches its InferencePool and that pool's ready Pods in
+    /// Kubernetes (--kubeconfig, $KUBECONFIG or the in-cluster service account).
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<SocketAddr>,
+    /// Kubeconfig for pool discovery. Default: $KUBECONFIG, ~/.kube/config, else in-cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Serve TLS (a self-signed certificate unless --cert-path is given).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     secure_serving: bool,
@@ -85,20 +89,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if args.endpoints.is_empty() {
-        bail!(
-            "--endpoints is required: this version of the picker takes its pool's endpoints from the command line (Kubernetes discovery of {}/{} is not built yet)",
-            args.pool_namespace,
-            args.pool_name
-        );
-    }
+    // Without --endpoints, the pool comes from Kubernetes: connect first, so
+    // that a missing configuration is an error before anything listens.
+    let client = if args.endpoints.is_empty() {
+        Some(infergate_kube::client(args.kubeconfig.as_deref()).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(no --endpoints given: the picker discovers InferencePool {}/{} in Kubernetes)",
+                args.pool_namespace,
+                args.pool_name
+            )
+        })?)
+    } else {
+        None
+    };
     let tls = match (args.secure_serving, args.cert_path) {
         (false, Some(_)) => bail!("--cert-path needs --secure-serving=true"),
         (false, None) => Tls::Plaintext,
         (true, Some(dir)) => Tls::Files(dir),
         (true, None) => Tls::SelfSigned,
     };
-    let handle = infergate_epp::start(Config {
+    let handle = std::sync::Arc::new(infergate_epp::start(Config {
         bind_address: args.bind_address,
         grpc_port: args.grpc_port,
         grpc_health_port: args.grpc_health_port,
@@ -112,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
         max_body_bytes: args.max_body_bytes,
     })
-    .await?;
+    .await?);
     tracing::info!(
         pool = %format!("{}/{}", args.pool_namespace, args.pool_name),
         grpc = %handle.grpc,
@@ -123,6 +133,14 @@ async fn main() -> anyhow::Result<()> {
         test_header_steering = args.test_header_steering,
         "endpoint picker listening"
     );
+    if let Some(client) = client {
+        tokio::spawn(infergate_epp::discovery::run(
+            client,
+            args.pool_namespace.clone(),
+            args.pool_name.clone(),
+            handle.clone(),
+        ));
+    }
     if args.test_header_steering {
         tracing::warn!(
             "--test-header-steering is on: clients can choose their endpoint; use it for tests only"
@@ -131,3 +149,4 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
+

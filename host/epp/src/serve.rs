@@ -75,7 +75,23 @@ pub struct Handle {
     pub grpc_health: SocketAddr,
     pub metrics: SocketAddr,
     pub scheduler: Arc<Scheduler>,
+    reporter: tonic_health::server::HealthReporter,
     stop: watch::Sender<bool>,
+}
+
+impl Handle {
+    /// Set the readiness health services (`readiness` and the ext_proc
+    /// service): serving once the pool has endpoints.
+    pub async fn set_ready(&self, ready: bool) {
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in HEALTH_SERVICES.iter().filter(|s| **s != "liveness") {
+            self.reporter.set_service_status(*service, status).await;
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -187,6 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         grpc_health: addresses.1,
         metrics: addresses.2,
         scheduler,
+        reporter,
         stop,
     })
 }
