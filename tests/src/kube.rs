@@ -211,7 +211,8 @@ impl Cluster {
     }
 
     pub async fn client(&self, user: &str) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig(user)).expect("kubeconfig");
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(self.kubeconfig(user)).expect("kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
             .expect("kube config");
@@ -247,7 +248,11 @@ impl Cluster {
             if exited.is_some() || tokio::time::Instant::now() > deadline {
                 panic!(
                     "kube-apiserver is not ready ({}); the end of its log:\n{}",
-                    if exited.is_some() { "it exited" } else { "90 s" },
+                    if exited.is_some() {
+                        "it exited"
+                    } else {
+                        "90 s"
+                    },
                     tail(&log, 30)
                 );
             }
@@ -299,15 +304,18 @@ impl Cluster {
         let api: Api<CustomResourceDefinition> = Api::all(client);
         let text = std::fs::read_to_string(file).expect("reading a CRD");
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let value: serde_json::Value =
-                serde::Deserialize::deserialize(doc).expect("CRD YAML");
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("CRD YAML");
             if value.is_null() {
                 continue;
             }
             let name = value["metadata"]["name"].as_str().unwrap().to_string();
-            api.patch(&name, &PatchParams::apply("infergate-tests").force(), &Patch::Apply(&value))
-                .await
-                .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+            api.patch(
+                &name,
+                &PatchParams::apply("infergate-tests").force(),
+                &Patch::Apply(&value),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
             let established = async {
                 loop {
                     if let Ok(crd) = api.get(&name).await
@@ -332,7 +340,10 @@ impl Cluster {
     /// Apply every document of a YAML text as the admin (server-side apply).
     pub async fn apply_yaml(&self, text: &str) {
         let client = self.client(ADMIN).await;
-        let discovery = Discovery::new(client.clone()).run().await.expect("API discovery");
+        let discovery = Discovery::new(client.clone())
+            .run()
+            .await
+            .expect("API discovery");
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("YAML");
             if value.is_null() {
@@ -342,8 +353,16 @@ impl Cluster {
         }
     }
 
-    async fn apply_value(&self, client: &kube::Client, discovery: &Discovery, value: serde_json::Value) {
-        let api_version = value["apiVersion"].as_str().expect("apiVersion").to_string();
+    async fn apply_value(
+        &self,
+        client: &kube::Client,
+        discovery: &Discovery,
+        value: serde_json::Value,
+    ) {
+        let api_version = value["apiVersion"]
+            .as_str()
+            .expect("apiVersion")
+            .to_string();
         let kind = value["kind"].as_str().expect("kind").to_string();
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
@@ -353,7 +372,10 @@ impl Cluster {
         let (ar, caps) = discovery
             .resolve_gvk(&gvk)
             .unwrap_or_else(|| panic!("{api_version} {kind} is not served"));
-        let name = value["metadata"]["name"].as_str().expect("name").to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
         let api: Api<DynamicObject> = match caps.scope {
             kube::discovery::Scope::Namespaced => Api::namespaced_with(
                 client.clone(),
@@ -362,14 +384,26 @@ impl Cluster {
             ),
             kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &ar),
         };
-        api.patch(&name, &PatchParams::apply("infergate-tests").force(), &Patch::Apply(&value))
-            .await
-            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+        api.patch(
+            &name,
+            &PatchParams::apply("infergate-tests").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
     }
 
     /// An API handle for any kind, as the admin.
-    pub async fn dynamic(&self, group: &str, version: &str, kind: &str, plural: &str, namespace: Option<&str>) -> Api<DynamicObject> {
-        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    pub async fn dynamic(
+        &self,
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Api<DynamicObject> {
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let client = self.client(ADMIN).await;
         match namespace {
             Some(ns) => Api::namespaced_with(client, ns, &ar),
@@ -379,7 +413,13 @@ impl Cluster {
 
     /// Grant a test user the given rules (a ClusterRole and binding, or a
     /// Role and binding in `namespace`).
-    pub async fn grant(&self, user: &str, name: &str, namespace: Option<&str>, rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>) {
+    pub async fn grant(
+        &self,
+        user: &str,
+        name: &str,
+        namespace: Option<&str>,
+        rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    ) {
         let rules = serde_json::to_value(rules).unwrap();
         let (role_kind, binding_kind) = match namespace {
             Some(_) => ("Role", "RoleBinding"),
@@ -400,26 +440,42 @@ impl Cluster {
             "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
         });
         let client = self.client(ADMIN).await;
-        let discovery = Discovery::new(client.clone()).run().await.expect("API discovery");
+        let discovery = Discovery::new(client.clone())
+            .run()
+            .await
+            .expect("API discovery");
         self.apply_value(&client, &discovery, role).await;
         self.apply_value(&client, &discovery, binding).await;
     }
 
     /// Create (or update) a Pod and set its status as a kubelet would:
     /// Running, `ip` as its podIP, Ready as given.
-    pub async fn pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)], ip: &str, ready: bool) {
+    pub async fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ip: &str,
+        ready: bool,
+    ) {
         let client = self.client(ADMIN).await;
         let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let labels: serde_json::Map<String, serde_json::Value> =
-            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": name, "namespace": namespace, "labels": labels },
             "spec": { "containers": [{ "name": "server", "image": "infergate-sim" }] },
         });
-        pods.patch(name, &PatchParams::apply("infergate-tests").force(), &Patch::Apply(&pod))
-            .await
-            .unwrap_or_else(|e| panic!("creating Pod {name}: {e}"));
+        pods.patch(
+            name,
+            &PatchParams::apply("infergate-tests").force(),
+            &Patch::Apply(&pod),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating Pod {name}: {e}"));
         self.set_pod_ready(namespace, name, ip, ready).await;
     }
 
@@ -447,7 +503,14 @@ impl Cluster {
     }
 
     /// An EndpointSlice for a Service, as the EndpointSlice controller would write it.
-    pub async fn endpoint_slice(&self, namespace: &str, service: &str, addresses: &[&str], port: u16, app_protocol: Option<&str>) {
+    pub async fn endpoint_slice(
+        &self,
+        namespace: &str,
+        service: &str,
+        addresses: &[&str],
+        port: u16,
+        app_protocol: Option<&str>,
+    ) {
         let endpoints: Vec<serde_json::Value> = addresses
             .iter()
             .map(|a| json!({ "addresses": [a], "conditions": { "ready": true } }))
@@ -486,7 +549,11 @@ fn base64_encode(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -509,6 +576,15 @@ pub struct Controller {
 impl Controller {
     /// `extra` adds flags (e.g. `--enable-inference-extension`).
     pub fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Controller {
+        Self::start_with(cluster, name, true, extra)
+    }
+
+    /// A replica that serves xDS but starts no Envoy.
+    pub fn start_without_envoy(cluster: &Cluster, name: &str, extra: &[&str]) -> Controller {
+        Self::start_with(cluster, name, false, extra)
+    }
+
+    fn start_with(cluster: &Cluster, name: &str, local_envoy: bool, extra: &[&str]) -> Controller {
         let work = cluster.dir.0.join(format!("controller-{name}"));
         std::fs::create_dir_all(&work).expect("controller dir");
         let xds_port = free_port();
@@ -522,7 +598,6 @@ impl Controller {
             "127.0.0.1:0",
             "--listener-address",
             "127.0.0.1",
-            "--local-envoy",
             "--envoy",
             &crate::envoy_binary().display().to_string(),
             "--work-dir",
@@ -541,6 +616,9 @@ impl Controller {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if local_envoy {
+            args.push("--local-envoy".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = Process::start(
             &crate::infergate_binary(),
@@ -568,9 +646,10 @@ impl Controller {
 
 /// Apply the RBAC `infergate rbac` prints and bind it to the test users: the
 /// controller and picker run with exactly these permissions.
-pub async fn grant_printed_rbac(cluster: &Cluster, inference_extension: bool) {
+/// `namespace` is where the leader-election and picker Roles go.
+pub async fn grant_printed_rbac(cluster: &Cluster, namespace: &str, inference_extension: bool) {
     let mut command = std::process::Command::new(crate::infergate_binary());
-    command.args(["rbac", "--namespace", "default"]);
+    command.args(["rbac", "--namespace", namespace]);
     if inference_extension {
         command.arg("--enable-inference-extension");
     }
@@ -581,7 +660,7 @@ pub async fn grant_printed_rbac(cluster: &Cluster, inference_extension: bool) {
     let bind = |kind: &str, role_kind: &str, name: &str, user: &str| {
         let mut meta = json!({ "name": name });
         if kind == "RoleBinding" {
-            meta["namespace"] = json!("default");
+            meta["namespace"] = json!(namespace);
         }
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
@@ -592,7 +671,12 @@ pub async fn grant_printed_rbac(cluster: &Cluster, inference_extension: bool) {
     };
     let bindings = [
         bind("ClusterRoleBinding", "ClusterRole", "infergate", CONTROLLER),
-        bind("RoleBinding", "Role", "infergate-leader-election", CONTROLLER),
+        bind(
+            "RoleBinding",
+            "Role",
+            "infergate-leader-election",
+            CONTROLLER,
+        ),
         bind("RoleBinding", "Role", "infergate-endpoint-picker", PICKER),
     ]
     .join("\n---\n");
@@ -625,7 +709,11 @@ pub async fn wait_for_object(
 
 /// The condition `type` of our (infergate's) entry for parent `parent` in a
 /// route's or pool's `status.parents`, as (status, reason).
-pub fn parent_condition(object: &serde_json::Value, parent: &str, type_: &str) -> Option<(String, String)> {
+pub fn parent_condition(
+    object: &serde_json::Value,
+    parent: &str,
+    type_: &str,
+) -> Option<(String, String)> {
     object["status"]["parents"]
         .as_array()?
         .iter()
@@ -647,4 +735,49 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `infergate-epp` as the picker user, discovering `namespace/pool` from the
+/// cluster, TLS (self-signed), listening on `ip:port`; steered by the test
+/// header when `test_steering`.
+pub fn picker(
+    cluster: &Cluster,
+    namespace: &str,
+    pool: &str,
+    ip: &str,
+    port: u16,
+    test_steering: bool,
+) -> Process {
+    let mut args: Vec<String> = [
+        "--kubeconfig",
+        &cluster.kubeconfig(PICKER).display().to_string(),
+        "--pool-namespace",
+        namespace,
+        "--pool-name",
+        pool,
+        "--bind-address",
+        ip,
+        "--grpc-port",
+        &port.to_string(),
+        "--grpc-health-port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if test_steering {
+        args.push("--test-header-steering".into());
+    }
+    let process = Process::start(
+        &crate::workspace_binary("infergate-epp"),
+        &args,
+        cluster.dir.0.join(format!("epp-{namespace}-{pool}.log")),
+    );
+    assert!(
+        crate::wait_for_listener(&format!("{ip}:{port}")),
+        "the picker for {namespace}/{pool} did not listen on {ip}:{port}"
+    );
+    process
 }

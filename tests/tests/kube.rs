@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use infergate_e2e::kube::{Cluster, host_ip, Controller, grant_printed_rbac, parent_condition, wait_for_object};
+use infergate_e2e::kube::{
+    Cluster, Controller, grant_printed_rbac, host_ip, parent_condition, wait_for_object,
+};
 use infergate_e2e::{NamedServer, get, wait_until};
 
 const CLASS: &str = r#"
@@ -51,7 +53,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_status_from_the_api_server() {
     let cluster = Cluster::start("basic", true).await;
-    grant_printed_rbac(&cluster, false).await;
+    grant_printed_rbac(&cluster, "default", false).await;
     let listener_port = infergate_e2e::free_port();
     let ip = host_ip();
     let a = NamedServer::start_on(&ip, "a");
@@ -60,22 +62,39 @@ async fn routes_and_status_from_the_api_server() {
     cluster.apply_yaml(&gateway(listener_port)).await;
     cluster.apply_yaml(&service_and_route("svc-a", "/a")).await;
     cluster.apply_yaml(&service_and_route("svc-b", "/b")).await;
-    cluster.endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None).await;
-    cluster.endpoint_slice("default", "svc-b", &[ip.as_str()], b.port, None).await;
+    cluster
+        .endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None)
+        .await;
+    cluster
+        .endpoint_slice("default", "svc-b", &[ip.as_str()], b.port, None)
+        .await;
 
     let controller = Controller::start(&cluster, "one", &[]);
     let routes = cluster
-        .dynamic("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", Some("default"))
+        .dynamic(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            Some("default"),
+        )
         .await;
     for route in ["svc-a", "svc-b"] {
         wait_for_object(&routes, route, Duration::from_secs(30), |r| {
             parent_condition(r, "gw", "Accepted") == Some(("True".into(), "Accepted".into()))
-                && parent_condition(r, "gw", "ResolvedRefs") == Some(("True".into(), "ResolvedRefs".into()))
+                && parent_condition(r, "gw", "ResolvedRefs")
+                    == Some(("True".into(), "ResolvedRefs".into()))
         })
         .await;
     }
     let gateways = cluster
-        .dynamic("gateway.networking.k8s.io", "v1", "Gateway", "gateways", Some("default"))
+        .dynamic(
+            "gateway.networking.k8s.io",
+            "v1",
+            "Gateway",
+            "gateways",
+            Some("default"),
+        )
         .await;
     let gw = wait_for_object(&gateways, "gw", Duration::from_secs(10), |g| {
         g["status"]["listeners"][0]["attachedRoutes"] == 2
@@ -89,7 +108,10 @@ async fn routes_and_status_from_the_api_server() {
         .find(|c| c["type"] == "Programmed")
         .unwrap();
     assert_eq!(programmed["status"], "True");
-    assert_eq!(programmed["observedGeneration"], gw["metadata"]["generation"]);
+    assert_eq!(
+        programmed["observedGeneration"],
+        gw["metadata"]["generation"]
+    );
 
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -102,9 +124,15 @@ async fn routes_and_status_from_the_api_server() {
 
     // A route pointing at a Service that does not exist: BackendNotFound,
     // read back from the API server, and a Warning Event on the route.
-    cluster.apply_yaml(&service_and_route("svc-a", "/a").replace("backendRefs: [{ name: svc-a", "backendRefs: [{ name: missing")).await;
+    cluster
+        .apply_yaml(&service_and_route("svc-a", "/a").replace(
+            "backendRefs: [{ name: svc-a",
+            "backendRefs: [{ name: missing",
+        ))
+        .await;
     wait_for_object(&routes, "svc-a", Duration::from_secs(20), |r| {
-        parent_condition(r, "gw", "ResolvedRefs") == Some(("False".into(), "BackendNotFound".into()))
+        parent_condition(r, "gw", "ResolvedRefs")
+            == Some(("False".into(), "BackendNotFound".into()))
     })
     .await;
     let events = cluster
@@ -128,7 +156,10 @@ async fn routes_and_status_from_the_api_server() {
         "no BackendNotFound Event for svc-a"
     );
     // /b is untouched.
-    assert_eq!(get(listener_port, "/b/x", &[]).map(|r| r.1), Some("b".into()));
+    assert_eq!(
+        get(listener_port, "/b/x", &[]).map(|r| r.1),
+        Some("b".into())
+    );
 }
 
 async fn wait_until_async<F, Fut>(timeout: Duration, mut check: F) -> bool

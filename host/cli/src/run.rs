@@ -19,8 +19,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics_server =
         crate::servers::metrics(args.metrics_address, translation.metrics.clone()).await?;
     let xds_server = crate::servers::xds(args.xds_address, cache.clone(), "--xds-address").await?;
-    let (_component_watcher, mut component_changed) =
-        pipeline::watch_component(&translation.path)?;
+    let (_component_watcher, mut component_changed) = pipeline::watch_component(&translation.path)?;
 
     let watches = Watches::start(
         client.clone(),
@@ -99,7 +98,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         write_status = true;
                     }
                     SwapOutcome::Rejected(message) => {
-                        if *leading.borrow() {
+                        let is_leader = *leading.borrow();
+                        if is_leader {
                             writer.event_on_classes(&watches, "ComponentRejected", &message).await;
                         }
                     }
@@ -109,20 +109,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
-        if write_status && *leading.borrow() {
-            if let Some(output) = &state.last {
-                let report = writer.reconcile(&watches, &output.statuses).await;
-                if report.written > 0 || report.retry() {
-                    tracing::info!(
-                        written = report.written,
-                        conflicts = report.conflicts,
-                        failed = report.failed,
-                        "status"
-                    );
-                }
-                if report.retry() {
-                    retry_status = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
+        // Copied out: a watch borrow must not be held across the writes.
+        let is_leader = *leading.borrow();
+        if write_status
+            && is_leader
+            && let Some(output) = &state.last
+        {
+            let report = writer.reconcile(&watches, &output.statuses).await;
+            if report.written > 0 || report.retry() {
+                tracing::info!(
+                    written = report.written,
+                    conflicts = report.conflicts,
+                    failed = report.failed,
+                    "status"
+                );
+            }
+            if report.retry() {
+                retry_status = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             }
         }
     }

@@ -27,7 +27,11 @@ impl Running {
 }
 
 /// Serve ADS from `cache` on `address` (`flag` names the option, for errors).
-pub async fn xds(address: SocketAddr, cache: Arc<SnapshotCache>, flag: &str) -> anyhow::Result<Running> {
+pub async fn xds(
+    address: SocketAddr,
+    cache: Arc<SnapshotCache>,
+    flag: &str,
+) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the xDS server to {address} ({flag})"))?;

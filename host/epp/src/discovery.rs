@@ -73,7 +73,10 @@ impl PoolSpec {
             if !ready {
                 continue;
             }
-            let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok())
+            let Some(ip) = status
+                .pod_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
             else {
                 continue;
             };
@@ -100,8 +103,11 @@ pub async fn run(client: kube::Client, namespace: String, name: String, handle: 
     let pool_store: Store<DynamicObject> = {
         let writer = reflector::store::Writer::new(ar.clone());
         let store = writer.as_reader();
-        let stream = watcher(pools, watcher::Config::default().fields(&format!("metadata.name={name}")))
-            .default_backoff();
+        let stream = watcher(
+            pools,
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .default_backoff();
         tokio::spawn(forward(
             "InferencePool",
             reflector::reflector(writer, stream),
@@ -117,7 +123,11 @@ pub async fn run(client: kube::Client, namespace: String, name: String, handle: 
             pod.metadata.managed_fields = None;
             pod.spec = None;
         });
-    tokio::spawn(forward("Pod", reflector::reflector(writer, stream), changed.clone()));
+    tokio::spawn(forward(
+        "Pod",
+        reflector::reflector(writer, stream),
+        changed.clone(),
+    ));
 
     let mut last: Option<Vec<SocketAddr>> = None;
     loop {
@@ -172,7 +182,12 @@ mod tests {
     fn pod(labels: &[(&str, &str)], ip: Option<&str>, ready: bool) -> Pod {
         Pod {
             metadata: kube::api::ObjectMeta {
-                labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: None,

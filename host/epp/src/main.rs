@@ -108,21 +108,23 @@ async fn main() -> anyhow::Result<()> {
         (true, Some(dir)) => Tls::Files(dir),
         (true, None) => Tls::SelfSigned,
     };
-    let handle = std::sync::Arc::new(infergate_epp::start(Config {
-        bind_address: args.bind_address,
-        grpc_port: args.grpc_port,
-        grpc_health_port: args.grpc_health_port,
-        metrics_port: args.metrics_port,
-        tls: tls.clone(),
-        endpoints: args.endpoints.clone(),
-        pool: format!("{}/{}", args.pool_namespace, args.pool_name),
-        test_header_steering: args.test_header_steering,
-        refresh_metrics_interval: args.refresh_metrics_interval,
-        metrics_staleness_threshold: args.metrics_staleness_threshold,
-        scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
-        max_body_bytes: args.max_body_bytes,
-    })
-    .await?);
+    let handle = std::sync::Arc::new(
+        infergate_epp::start(Config {
+            bind_address: args.bind_address,
+            grpc_port: args.grpc_port,
+            grpc_health_port: args.grpc_health_port,
+            metrics_port: args.metrics_port,
+            tls: tls.clone(),
+            endpoints: args.endpoints.clone(),
+            pool: format!("{}/{}", args.pool_namespace, args.pool_name),
+            test_header_steering: args.test_header_steering,
+            refresh_metrics_interval: args.refresh_metrics_interval,
+            metrics_staleness_threshold: args.metrics_staleness_threshold,
+            scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
+            max_body_bytes: args.max_body_bytes,
+        })
+        .await?,
+    );
     tracing::info!(
         pool = %format!("{}/{}", args.pool_namespace, args.pool_name),
         grpc = %handle.grpc,
@@ -149,4 +151,3 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
-

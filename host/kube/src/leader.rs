@@ -24,7 +24,10 @@ pub struct LeaseConfig {
 }
 
 /// Run the election; the receiver says whether this replica leads now.
-pub fn start(client: Client, config: LeaseConfig) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+pub fn start(
+    client: Client,
+    config: LeaseConfig,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
@@ -106,7 +109,10 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Result<
     spec.lease_duration_seconds = Some(seconds);
     // replace() sends the resourceVersion read above: a concurrent takeover
     // by another replica makes this fail with a conflict.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e),

@@ -30,9 +30,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
                 .await
                 .with_context(|| format!("using the kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration: pass --kubeconfig, set KUBECONFIG, or run in a cluster")?,
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: pass --kubeconfig, set KUBECONFIG, or run in a cluster",
+        )?,
     };
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }

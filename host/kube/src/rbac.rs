@@ -22,13 +22,22 @@ pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
     let mut rules = vec![
         rule(
             "gateway.networking.k8s.io",
-            &["gatewayclasses", "gateways", "httproutes", "referencegrants"],
+            &[
+                "gatewayclasses",
+                "gateways",
+                "httproutes",
+                "referencegrants",
+            ],
             READ,
         ),
         // Server-side apply of status is a PATCH of the status subresource.
         rule(
             "gateway.networking.k8s.io",
-            &["gatewayclasses/status", "gateways/status", "httproutes/status"],
+            &[
+                "gatewayclasses/status",
+                "gateways/status",
+                "httproutes/status",
+            ],
             &["patch"],
         ),
         rule("", &["namespaces", "services"], READ),
@@ -37,7 +46,11 @@ pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];
     if inference_extension {
-        rules.push(rule("inference.networking.k8s.io", &["inferencepools"], READ));
+        rules.push(rule(
+            "inference.networking.k8s.io",
+            &["inferencepools"],
+            READ,
+        ));
         rules.push(rule(
             "inference.networking.k8s.io",
             &["inferencepools/status"],
@@ -141,9 +154,16 @@ mod tests {
     fn the_feature_off_needs_no_inference_pool_or_pod_permission() {
         let off = controller_rules(false);
         let names = |rules: &[PolicyRule]| -> Vec<String> {
-            rules.iter().flat_map(|r| r.resources.clone().unwrap_or_default()).collect()
+            rules
+                .iter()
+                .flat_map(|r| r.resources.clone().unwrap_or_default())
+                .collect()
         };
-        assert!(!names(&off).iter().any(|r| r.starts_with("inferencepools") || r == "pods"));
+        assert!(
+            !names(&off)
+                .iter()
+                .any(|r| r.starts_with("inferencepools") || r == "pods")
+        );
         let on = controller_rules(true);
         assert!(names(&on).contains(&"inferencepools/status".to_string()));
         assert!(names(&on).contains(&"pods".to_string()));
@@ -151,8 +171,13 @@ mod tests {
         for rule in off.iter().chain(&on) {
             for verb in &rule.verbs {
                 assert!(
-                    !matches!(verb.as_str(), "delete" | "deletecollection" | "*" | "update")
-                        || rule.resources.as_ref().is_some_and(|r| r.iter().any(|r| r == "leases")),
+                    !matches!(
+                        verb.as_str(),
+                        "delete" | "deletecollection" | "*" | "update"
+                    ) || rule
+                        .resources
+                        .as_ref()
+                        .is_some_and(|r| r.iter().any(|r| r == "leases")),
                     "unexpected verb {verb} in {rule:?}"
                 );
             }
@@ -170,6 +195,9 @@ mod tests {
         let role: ClusterRole = serde_json::from_value(docs[0].clone()).expect("a ClusterRole");
         assert_eq!(role.rules, Some(controller_rules(true)));
         let lease: Role = serde_json::from_value(docs[1].clone()).expect("a Role");
-        assert_eq!(lease.metadata.namespace.as_deref(), Some("infergate-system"));
+        assert_eq!(
+            lease.metadata.namespace.as_deref(),
+            Some("infergate-system")
+        );
     }
 }

@@ -174,7 +174,10 @@ impl StatusWriter {
         }
     }
 
-    fn dynamic_api<K: Resource<DynamicType = ()>>(&self, namespace: Option<&str>) -> Api<DynamicObject> {
+    fn dynamic_api<K: Resource<DynamicType = ()>>(
+        &self,
+        namespace: Option<&str>,
+    ) -> Api<DynamicObject> {
         let ar = kube::api::ApiResource::erase::<K>(&());
         match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
@@ -182,7 +185,13 @@ impl StatusWriter {
         }
     }
 
-    fn gateway_classes(&self, watches: &Watches, statuses: &Statuses, now: &str, writes: &mut Vec<Write>) {
+    fn gateway_classes(
+        &self,
+        watches: &Watches,
+        statuses: &Statuses,
+        now: &str,
+        writes: &mut Vec<Write>,
+    ) {
         for status in &statuses.gateway_classes {
             let Some(current) = watches
                 .gateway_classes()
@@ -293,7 +302,13 @@ impl StatusWriter {
         }
     }
 
-    fn http_routes(&self, watches: &Watches, statuses: &Statuses, now: &str, writes: &mut Vec<Write>) {
+    fn http_routes(
+        &self,
+        watches: &Watches,
+        statuses: &Statuses,
+        now: &str,
+        writes: &mut Vec<Write>,
+    ) {
         let ours: HashMap<(&str, &str), &infergate_model::HttpRouteStatus> = statuses
             .http_routes
             .iter()
@@ -347,7 +362,13 @@ impl StatusWriter {
         }
     }
 
-    fn inference_pools(&self, watches: &Watches, statuses: &Statuses, now: &str, writes: &mut Vec<Write>) {
+    fn inference_pools(
+        &self,
+        watches: &Watches,
+        statuses: &Statuses,
+        now: &str,
+        writes: &mut Vec<Write>,
+    ) {
         let Some(store) = watches.inference_pools() else {
             return;
         };
@@ -503,10 +524,18 @@ fn problems(conditions: &[Condition]) -> Vec<(String, String)> {
         .iter()
         .filter(|c| {
             (c.status == ConditionStatus::False
-                && matches!(c.condition_type.as_str(), "Accepted" | "ResolvedRefs" | "Programmed"))
+                && matches!(
+                    c.condition_type.as_str(),
+                    "Accepted" | "ResolvedRefs" | "Programmed"
+                ))
                 || (c.status == ConditionStatus::True && c.condition_type == "Conflicted")
         })
-        .map(|c| (c.reason.clone(), format!("{}: {}", c.condition_type, c.message)))
+        .map(|c| {
+            (
+                c.reason.clone(),
+                format!("{}: {}", c.condition_type, c.message),
+            )
+        })
         .collect()
 }
 
@@ -534,7 +563,8 @@ fn normalize(value: Value) -> Value {
                         Value::Array(items) => items,
                         other => vec![other],
                     };
-                    items.sort_by_key(|c| c.get("type").and_then(Value::as_str).map(str::to_string));
+                    items
+                        .sort_by_key(|c| c.get("type").and_then(Value::as_str).map(str::to_string));
                     Value::Array(items)
                 } else {
                     normalize(v)
@@ -577,7 +607,10 @@ mod tests {
         assert!(same(Some(&a), Some(&b)));
         let c = json!({"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}]});
         assert!(!same(Some(&a), Some(&c)), "a status change is a change");
-        assert!(same(None, Some(&json!([]))), "no list and an empty list are the same");
+        assert!(
+            same(None, Some(&json!([]))),
+            "no list and an empty list are the same"
+        );
     }
 
     #[test]
@@ -590,7 +623,13 @@ mod tests {
         );
         assert_eq!(kept[0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         let flipped = conditions(
-            &[Condition::new("Accepted", false, "NoMatchingParent", "no", 3)],
+            &[Condition::new(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                "no",
+                3,
+            )],
             Some(&old),
             "2026-11-26T00:00:00Z",
         );

@@ -106,11 +106,8 @@ impl Watches {
         let mut tasks = Vec::new();
         macro_rules! all {
             ($t:ty, $strip:expr) => {{
-                let (store, task) = reflect::<$t>(
-                    Api::all(client.clone()),
-                    $strip,
-                    changed.clone(),
-                );
+                let (store, task) =
+                    reflect::<$t>(Api::all(client.clone()), $strip, changed.clone());
                 tasks.push(task);
                 store
             }};
@@ -182,9 +179,9 @@ impl Watches {
     /// Every object the watches hold, as the resources a snapshot is made of.
     /// InferencePools that do not decode are errors naming the pool and field.
     pub fn resources(&self) -> Result<Resources, Vec<ResourceError>> {
-        fn all<K: Clone>(store: &Store<K>) -> Vec<K>
+        fn all<K>(store: &Store<K>) -> Vec<K>
         where
-            K: kube::Resource + 'static,
+            K: kube::Resource + Clone + 'static,
             K::DynamicType: std::hash::Hash + Eq + Clone,
         {
             store.state().iter().map(|o| (**o).clone()).collect()
@@ -249,6 +246,8 @@ impl Watches {
     }
 }
 
+// The error path is cold and its errors end up in a Vec anyway.
+#[allow(clippy::result_large_err)]
 fn decode_pool(object: &DynamicObject) -> Result<InferencePool, ResourceError> {
     let name = format!(
         "{}/{}",
@@ -318,7 +317,8 @@ async fn discover_pools(
             ar.clone(),
             changed.clone(),
         );
-        let (pod_store, pod_task) = reflect::<Pod>(Api::all(client.clone()), strip_pod, changed.clone());
+        let (pod_store, pod_task) =
+            reflect::<Pod>(Api::all(client.clone()), strip_pod, changed.clone());
         *slot = Some(PoolWatch {
             pools: pool_store,
             pods: pod_store,
@@ -366,20 +366,25 @@ fn strip_pod(pod: &mut Pod) {
     }
 }
 
-fn reflect<K>(
-    api: Api<K>,
-    strip: fn(&mut K),
-    changed: Arc<Notify>,
-) -> (Store<K>, JoinHandle<()>)
+fn reflect<K>(api: Api<K>, strip: fn(&mut K), changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(strip);
     let task = tokio::spawn(run_reflector(
-        std::any::type_name::<K>().rsplit("::").next().unwrap_or("object"),
+        std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("object"),
         reflector::reflector(writer, stream),
         changed,
     ));
@@ -427,7 +432,10 @@ where
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(kind, "watch failed: {e}; retrying with backoff, the last configuration stays served");
+                    tracing::warn!(
+                        kind,
+                        "watch failed: {e}; retrying with backoff, the last configuration stays served"
+                    );
                 }
                 failing = true;
             }

@@ -1,0 +1,584 @@
+//! Kubernetes mode over time, against a real kube-apiserver and etcd: Pods
+//! coming and going, routes deleted, the feature and the CRD switched, two
+//! replicas, the API server restarted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use infergate_e2e::kube::{
+    Cluster, Controller, grant_printed_rbac, host_ip, parent_condition, picker, wait_for_object,
+};
+use infergate_e2e::{NamedServer, complete, free_port, get, sim, wait_until};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+
+const CLASS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: { name: infergate }
+spec: { controllerName: infergate.dev/gateway-controller }
+"#;
+
+fn gateway(port: u16) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: infergate
+  listeners:
+  - {{ name: http, port: {port}, protocol: HTTP }}
+"#
+    )
+}
+
+/// An InferencePool `pool` over Pods labelled app=`pool`, port 8000, with
+/// (if `picker`) the picker Service `<pool>-epp` on port 9002, and a route
+/// `<pool>-route` on path `path` to it.
+fn pool_and_route(pool: &str, path: &str, picker: bool) -> String {
+    let picker_ref = if picker {
+        format!("\n  endpointPickerRef: {{ name: {pool}-epp, port: {{ number: 9002 }} }}")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{ name: {pool}, namespace: default }}
+spec:
+  selector: {{ matchLabels: {{ app: {pool} }} }}
+  targetPorts: [{{ number: 8000 }}]{picker_ref}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: {pool}-epp, namespace: default }}
+spec:
+  ports: [{{ name: grpc, port: 9002, protocol: TCP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {pool}-route, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+  - matches: [{{ path: {{ type: PathPrefix, value: {path} }} }}]
+    backendRefs: [{{ group: inference.networking.k8s.io, kind: InferencePool, name: {pool} }}]
+"#
+    )
+}
+
+async fn api(cluster: &Cluster, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let version = "v1";
+    cluster
+        .dynamic(group, version, kind, plural, Some("default"))
+        .await
+}
+
+fn accepted(object: &serde_json::Value, parent: &str) -> bool {
+    parent_condition(object, parent, "Accepted") == Some(("True".into(), "Accepted".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_endpoints_follow_pod_readiness_without_failing_requests() {
+    let cluster = Cluster::start("scale", true).await;
+    grant_printed_rbac(&cluster, "default", true).await;
+    let work = cluster.dir.0.clone();
+    let listener = free_port();
+    let ip = host_ip();
+    let epp_port = free_port();
+    let sims: Vec<_> = (1..=3)
+        .map(|i| {
+            sim(
+                &format!("127.0.0.{}:8000", 20 + i),
+                &format!("pod-{i}"),
+                &work,
+                &[],
+            )
+        })
+        .collect();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    cluster
+        .apply_yaml(&pool_and_route("llm", "/v1", true))
+        .await;
+    cluster
+        .endpoint_slice("default", "llm-epp", &[ip.as_str()], epp_port, None)
+        .await;
+    for i in 1..=3 {
+        cluster
+            .pod(
+                "default",
+                &format!("pod-{i}"),
+                &[("app", "llm")],
+                &format!("127.0.0.{}", 20 + i),
+                i != 3,
+            )
+            .await;
+    }
+    let _picker = picker(&cluster, "default", "llm", &ip, epp_port, false);
+    let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
+    let routes = api(
+        &cluster,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    )
+    .await;
+    wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
+        accepted(r, "gw")
+    })
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(|r| r.status == 200)),
+        "no completion through the pool; controller log:\n{}",
+        controller.log_text()
+    );
+
+    // Steady traffic from two threads while Pods change; every request must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match complete(listener, "/v1/completions", &[]) {
+                        Some(r) if r.status == 200 => served
+                            .lock()
+                            .unwrap()
+                            .push(r.header("x-served-by").unwrap_or_default().to_string()),
+                        other => {
+                            eprintln!("failed request: {other:?}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let seen_since =
+        |mark: usize, name: &str| served.lock().unwrap()[mark..].iter().any(|s| s == name);
+
+    // Scale up: pod-3 becomes ready and gets traffic.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mark = served.lock().unwrap().len();
+    assert!(!seen_since(0, "pod-3"), "pod-3 served before it was ready");
+    cluster
+        .set_pod_ready("default", "pod-3", "127.0.0.23", true)
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || seen_since(mark, "pod-3")),
+        "pod-3 never got traffic after becoming ready"
+    );
+    // Scale down: pod-1 stops being ready; after a short settling time it gets nothing.
+    cluster
+        .set_pod_ready("default", "pod-1", "127.0.0.21", false)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mark = served.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !seen_since(mark, "pod-1"),
+        "pod-1 still served after it stopped being ready"
+    );
+    assert!(seen_since(mark, "pod-2") && seen_since(mark, "pod-3"));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let total = served.lock().unwrap().len();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while Pods changed ({total} succeeded)"
+    );
+    drop(sims);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
+    let cluster = Cluster::start("parents", true).await;
+    grant_printed_rbac(&cluster, "default", true).await;
+    let listener = free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    cluster
+        .apply_yaml(&pool_and_route("llm", "/v1", false))
+        .await;
+    // Another implementation's entry, written before infergate starts.
+    let pools = api(
+        &cluster,
+        "inference.networking.k8s.io",
+        "InferencePool",
+        "inferencepools",
+    )
+    .await;
+    let other = json!({
+        "parentRef": { "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "their-gw" },
+        "controllerName": "example.com/other-controller",
+        "conditions": [{ "type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs",
+                         "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+    });
+    pools
+        .patch_status(
+            "llm",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "parents": [other.clone()] } })),
+        )
+        .await
+        .expect("writing the other controller's entry");
+
+    let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
+    let has_other = |p: &serde_json::Value| {
+        p["status"]["parents"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|e| e == &other))
+    };
+    let pool = wait_for_object(&pools, "llm", Duration::from_secs(30), |p| {
+        accepted(p, "gw")
+    })
+    .await;
+    assert!(
+        has_other(&pool),
+        "the other controller's entry was lost:\n{pool:#}"
+    );
+
+    // A second route to the same pool, then both deleted: our entry goes, theirs stays.
+    cluster
+        .apply_yaml(
+            &pool_and_route("llm", "/v2", false)
+                .split("---")
+                .nth(2)
+                .unwrap()
+                .replace("llm-route", "llm-route-2"),
+        )
+        .await;
+    let routes = api(
+        &cluster,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    )
+    .await;
+    wait_for_object(&routes, "llm-route-2", Duration::from_secs(20), |r| {
+        accepted(r, "gw")
+    })
+    .await;
+    routes
+        .delete("llm-route", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pool = pools.get("llm").await.unwrap();
+    let pool = serde_json::to_value(&pool).unwrap();
+    assert!(
+        accepted(&pool, "gw"),
+        "the pool lost its parent while a route still uses it:\n{pool:#}"
+    );
+    routes
+        .delete("llm-route-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pool = wait_for_object(&pools, "llm", Duration::from_secs(20), |p| {
+        parent_condition(p, "gw", "Accepted").is_none()
+    })
+    .await;
+    assert!(
+        has_other(&pool),
+        "the other controller's entry was lost:\n{pool:#}"
+    );
+    assert_eq!(pool["status"]["parents"].as_array().unwrap().len(), 1);
+    assert!(!controller.log_text().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
+    let cluster = Cluster::start("crd-later", false).await;
+    grant_printed_rbac(&cluster, "default", true).await;
+    let listener = free_port();
+    let ip = host_ip();
+    let plain = NamedServer::start_on(&ip, "plain");
+    let work = cluster.dir.0.clone();
+    let _sim = sim("127.0.0.31:8000", "pool-pod", &work, &[]);
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: { name: plain, namespace: default }
+spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: plain, namespace: default }
+spec:
+  parentRefs: [{ name: gw }]
+  rules:
+  - matches: [{ path: { type: PathPrefix, value: /plain } }]
+    backendRefs: [{ name: plain, port: 80 }]
+"#,
+        )
+        .await;
+    cluster
+        .endpoint_slice("default", "plain", &[ip.as_str()], plain.port, None)
+        .await;
+
+    // Feature on, CRD missing: said clearly, everything else served.
+    let mut controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
+    controller.wait_for_log(
+        "does not serve inference.networking.k8s.io/v1 InferencePools",
+        Duration::from_secs(30),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || get(listener, "/plain", &[])
+            .map(|r| r.1)
+            == Some("plain".into())),
+        "the plain route is not served while the CRD is missing:\n{}",
+        controller.log_text()
+    );
+
+    // CRD installed: the InferencePool watch starts without a restart.
+    let crd = infergate_e2e::kube::manifests_dir()
+        .join("crds/inference-v1.6.0/inference.networking.k8s.io_inferencepools.yaml");
+    cluster.install_crd_file(&crd).await;
+    controller.wait_for_log(
+        "InferencePools (inference.networking.k8s.io/v1) are served",
+        Duration::from_secs(30),
+    );
+    cluster
+        .apply_yaml(&pool_and_route("llm", "/v1", false))
+        .await;
+    cluster
+        .pod("default", "pool-pod", &[("app", "llm")], "127.0.0.31", true)
+        .await;
+    let routes = api(
+        &cluster,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    )
+    .await;
+    wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
+        accepted(r, "gw")
+            && parent_condition(r, "gw", "ResolvedRefs")
+                == Some(("True".into(), "ResolvedRefs".into()))
+    })
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(20), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(
+            |r| r.status == 200 && r.header("x-served-by") == Some("pool-pod")
+        )),
+        "the pool is not served after the CRD was installed:\n{}",
+        controller.log_text()
+    );
+
+    // Restart with the feature off, and with RBAC that has no InferencePool
+    // or Pod permission at all: InvalidKind, and no watch is attempted.
+    controller.process.kill();
+    grant_printed_rbac(&cluster, "default", false).await;
+    let controller = Controller::start(&cluster, "two", &[]);
+    wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
+        parent_condition(r, "gw", "ResolvedRefs") == Some(("False".into(), "InvalidKind".into()))
+    })
+    .await;
+    let log = controller.log_text();
+    assert!(
+        log.contains("inference extension disabled: no InferencePool (or Pod) watch"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "a watch was refused:\n{log}"
+    );
+    assert_eq!(
+        get(listener, "/plain", &[]).map(|r| r.1),
+        Some("plain".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_writer_and_a_handover() {
+    let cluster = Cluster::start("leader", true).await;
+    grant_printed_rbac(&cluster, "default", false).await;
+    let ip = host_ip();
+    let server = NamedServer::start_on(&ip, "backend");
+    let listener = free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    let route = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: backend, namespace: default }}
+spec: {{ ports: [{{ name: http, port: 80, protocol: TCP }}] }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {name}, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+  - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]
+    backendRefs: [{{ name: backend, port: 80 }}]
+"#
+        )
+    };
+    cluster.apply_yaml(&route("first")).await;
+    cluster
+        .endpoint_slice("default", "backend", &[ip.as_str()], server.port, None)
+        .await;
+
+    let mut one = Controller::start(&cluster, "one", &[]);
+    one.wait_for_log("became the leader", Duration::from_secs(20));
+    // The second replica serves xDS too (its own Envoy would need another port: none).
+    let two = Controller::start_without_envoy(&cluster, "two", &[]);
+    let routes = api(
+        &cluster,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    )
+    .await;
+    wait_for_object(&routes, "first", Duration::from_secs(20), |r| {
+        accepted(r, "gw")
+    })
+    .await;
+    two.wait_for_log("initial lists done", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!two.log_text().contains("became the leader"));
+    assert!(
+        !two.log_text().contains("written="),
+        "the follower wrote status:\n{}",
+        two.log_text()
+    );
+
+    // The leader dies; the follower takes over within the lease (4 s) plus a renewal.
+    let killed = std::time::Instant::now();
+    one.process.kill();
+    two.wait_for_log("became the leader", Duration::from_secs(10));
+    let handover = killed.elapsed();
+    assert!(
+        handover < Duration::from_secs(8),
+        "handover took {handover:?}"
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.client(infergate_e2e::kube::ADMIN).await, "default");
+    let lease = leases.get("infergate-leader").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("two"));
+    // The new leader writes status for changes made after the handover.
+    cluster.apply_yaml(&route("second")).await;
+    wait_for_object(&routes, "second", Duration::from_secs(20), |r| {
+        accepted(r, "gw")
+    })
+    .await;
+    let first = serde_json::to_value(routes.get("first").await.unwrap()).unwrap();
+    assert!(accepted(&first, "gw"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_keeps_serving_and_watches_resume() {
+    let mut cluster = Cluster::start("restart", true).await;
+    grant_printed_rbac(&cluster, "default", false).await;
+    let ip = host_ip();
+    let a = NamedServer::start_on(&ip, "a");
+    let b = NamedServer::start_on(&ip, "b");
+    let listener = free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    let route = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: {name}, namespace: default }}
+spec: {{ ports: [{{ name: http, port: 80, protocol: TCP }}] }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {name}, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+  - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]
+    backendRefs: [{{ name: {name}, port: 80 }}]
+"#
+        )
+    };
+    cluster.apply_yaml(&route("a")).await;
+    cluster
+        .endpoint_slice("default", "a", &[ip.as_str()], a.port, None)
+        .await;
+    let controller = Controller::start(&cluster, "one", &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || get(listener, "/a", &[])
+            .map(|r| r.1)
+            == Some("a".into())),
+        "{}",
+        controller.log_text()
+    );
+
+    // While the API server is down, Envoy keeps its configuration.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let traffic = {
+        let (stop, failures) = (stop.clone(), failures.clone());
+        std::thread::spawn(move || {
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if get(listener, "/a", &[]).map(|r| r.1) == Some("a".into()) {
+                    ok += 1;
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ok
+        })
+    };
+    cluster.restart_apiserver(Duration::from_secs(3)).await;
+    // A change made after the restart is picked up by the resumed watches.
+    cluster.apply_yaml(&route("b")).await;
+    cluster
+        .endpoint_slice("default", "b", &[ip.as_str()], b.port, None)
+        .await;
+    assert!(
+        wait_until(Duration::from_secs(60), || get(listener, "/b", &[])
+            .map(|r| r.1)
+            == Some("b".into())),
+        "a route created after the API server restart is not served:\n{}",
+        controller.log_text()
+    );
+    let routes = api(
+        &cluster,
+        "gateway.networking.k8s.io",
+        "HTTPRoute",
+        "httproutes",
+    )
+    .await;
+    wait_for_object(&routes, "b", Duration::from_secs(30), |r| accepted(r, "gw")).await;
+    stop.store(true, Ordering::Relaxed);
+    let ok = traffic.join().unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while the API server was away ({ok} succeeded)"
+    );
+    assert!(ok > 50);
+}
