@@ -636,11 +636,33 @@ impl Controller {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash would: its local Envoys keep running (and
+    /// serving) until the controller is dropped.
+    pub fn crash(&mut self) {
+        self.process.kill();
+    }
+
     /// Wait until the log has `text`; panics with the log otherwise.
     pub fn wait_for_log(&self, text: &str, timeout: Duration) {
         if !crate::wait_until(timeout, || self.log_text().contains(text)) {
             panic!("controller log never said {text:?}:\n{}", self.log_text());
         }
+    }
+}
+
+impl Drop for Controller {
+    /// Stop gracefully (SIGTERM: its Envoys are stopped too), then make sure
+    /// no Envoy it started outlives the test, even after a crash().
+    fn drop(&mut self) {
+        let pid = self.process.child.id().to_string();
+        let _ = std::process::Command::new("kill").arg(&pid).status();
+        let _ = crate::wait_until(Duration::from_secs(5), || {
+            matches!(self.process.child.try_wait(), Ok(Some(_)))
+        });
+        self.process.kill();
+        let _ = std::process::Command::new("pkill")
+            .args(["-9", "-f", &self.work.display().to_string()])
+            .status();
     }
 }
 

@@ -433,9 +433,30 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<Response> {
+    request_at(
+        "127.0.0.1",
+        port,
+        "example.com",
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// One HTTP/1.1 request to `ip:port` with Host `host`.
+pub fn request_at(
+    ip: &str,
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
     use std::io::{Read, Write};
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\ncontent-length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
     );
     if !body.is_empty() {
@@ -445,7 +466,7 @@ pub fn request(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut stream = std::net::TcpStream::connect((ip, port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .ok()?;

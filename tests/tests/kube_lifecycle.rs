@@ -390,7 +390,7 @@ spec:
 
     // Restart with the feature off, and with RBAC that has no InferencePool
     // or Pod permission at all: InvalidKind, and no watch is attempted.
-    controller.process.kill();
+    drop(controller);
     grant_printed_rbac(&cluster, "default", false).await;
     let controller = Controller::start(&cluster, "two", &[]);
     wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
@@ -471,7 +471,7 @@ spec:
 
     // The leader dies; the follower takes over within the lease (4 s) plus a renewal.
     let killed = std::time::Instant::now();
-    one.process.kill();
+    one.crash();
     two.wait_for_log("became the leader", Duration::from_secs(10));
     let handover = killed.elapsed();
     assert!(

@@ -41,6 +41,10 @@ pub struct Config {
     pub kv_cache_tokens: usize,
     /// Tokens generated when a request does not say (max_tokens).
     pub default_max_tokens: usize,
+    /// Answer every other path with 200 and a JSON echo of the request
+    /// (method, path, who served it), as the echo servers of the upstream
+    /// conformance suite do.
+    pub echo_other_paths: bool,
 }
 
 impl Default for Config {
@@ -54,6 +58,7 @@ impl Default for Config {
             inter_token_latency: Duration::from_millis(5),
             kv_cache_tokens: 16 * 1024,
             default_max_tokens: 16,
+            echo_other_paths: false,
         }
     }
 }
@@ -155,6 +160,20 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>,
         (&Method::GET, "/v1/models") => sim.models(),
         (&Method::POST, "/v1/completions") => sim.clone().generate(req, Api::Completions).await,
         (&Method::POST, "/v1/chat/completions") => sim.clone().generate(req, Api::Chat).await,
+        _ if sim.config.echo_other_paths => {
+            let body = serde_json::json!({
+                "method": req.method().as_str(),
+                "path": path,
+                "served_by": sim.config.name,
+                "served_endpoint": sim.address.to_string(),
+            });
+            let mut response = Response::new(full(body.to_string()));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                "application/json".parse().expect("a header value"),
+            );
+            response
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no route for {} {path}", req.method()),

@@ -38,6 +38,10 @@ struct Args {
     /// Tokens to generate when a request has no max_tokens.
     #[arg(long, default_value_t = 16)]
     default_max_tokens: usize,
+    /// Answer any other path with 200 and a JSON echo of the request, like the
+    /// echo servers of the upstream conformance suite.
+    #[arg(long)]
+    echo_other_paths: bool,
 }
 
 #[tokio::main]
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         inter_token_latency: Duration::from_millis(args.inter_token_ms),
         kv_cache_tokens: args.kv_cache_tokens,
         default_max_tokens: args.default_max_tokens,
+        echo_other_paths: args.echo_other_paths,
     };
     let handle = infergate_sim::start(args.bind, config).await?;
     tracing::info!(name = %args.name, address = %handle.address, "model server simulator listening");
