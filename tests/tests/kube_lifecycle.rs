@@ -335,7 +335,7 @@ spec:
         .await;
 
     // Feature on, CRD missing: said clearly, everything else served.
-    let mut controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
+    let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
     controller.wait_for_log(
         "does not serve inference.networking.k8s.io/v1 InferencePools",
         Duration::from_secs(30),
