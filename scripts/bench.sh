@@ -22,3 +22,6 @@ echo "== latency added by the endpoint picker"
 echo
 echo "== component swaps"
 "$bench" swap --other "$CARGO_TARGET_DIR/test-components/infergate-test-misbehaving.wasm"
+echo
+echo "== Kubernetes mode: 1,000 HTTPRoutes, 100 InferencePools, 3,000 Pods on the test kube-apiserver"
+"$bench" kube

@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+mod kube;
+
 use clap::{Parser, Subcommand};
 use infergate_e2e::{NamedServer, Standalone, TempDir, free_port};
 use infergate_model::{Settings, Snapshot};
@@ -71,6 +73,18 @@ enum Command {
     },
     /// Time from a file change to Envoy serving the change, with
     /// `infergate standalone` and a real Envoy (INFERGATE_BIN, INFERGATE_ENVOY).
+    /// Kubernetes mode on the tests' real kube-apiserver: Pod ready -> Envoy
+    /// latency, controller memory, status writes per change.
+    Kube {
+        #[arg(long, default_value_t = 1000)]
+        routes: usize,
+        #[arg(long, default_value_t = 100)]
+        pools: usize,
+        #[arg(long, default_value_t = 3000)]
+        pods: usize,
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
     Apply {
         /// HTTPRoutes in the configuration besides the probe route.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
@@ -89,6 +103,12 @@ fn main() -> anyhow::Result<()> {
             component,
         } => translate(&routes, runs, &component),
         Command::Apply { routes, changes } => apply(&routes, changes),
+        Command::Kube {
+            routes,
+            pools,
+            pods,
+            changes,
+        } => kube::run(routes, pools, pods, changes),
         Command::Picker { requests, rate } => picker(requests, rate),
         Command::Swap {
             component,
