@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use infergate_e2e::kube::{Cluster, Controller, grant_printed_rbac};
 use infergate_e2e::free_port;
+use infergate_e2e::kube::{Cluster, Controller, grant_printed_rbac};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
@@ -23,7 +23,12 @@ pub fn run(routes: usize, pools: usize, pods: usize, changes: usize) -> anyhow::
 }
 
 fn pod_ip(index: usize) -> String {
-    format!("10.{}.{}.{}", 1 + index / 65536, (index / 256) % 256, index % 256)
+    format!(
+        "10.{}.{}.{}",
+        1 + index / 65536,
+        (index / 256) % 256,
+        index % 256
+    )
 }
 
 async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyhow::Result<()> {
@@ -128,17 +133,30 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
     // Settled: every route's status written, and quiet for a while.
     let settle = Instant::now();
     loop {
-        anyhow::ensure!(settle.elapsed() < Duration::from_secs(300), "the controller did not settle:\n{}", controller.log_text());
+        anyhow::ensure!(
+            settle.elapsed() < Duration::from_secs(300),
+            "the controller did not settle:\n{}",
+            controller.log_text()
+        );
         let written = status_writes(&controller.log_text());
         tokio::time::sleep(Duration::from_secs(2)).await;
         if written >= routes && written == status_writes(&controller.log_text()) {
             break;
         }
     }
-    println!("controller settled {:.1} s after start ({} status writes)", settle.elapsed().as_secs_f64(), status_writes(&controller.log_text()));
+    println!(
+        "controller settled {:.1} s after start ({} status writes)",
+        settle.elapsed().as_secs_f64(),
+        status_writes(&controller.log_text())
+    );
     let admin_file = controller.work.join("default_gw.admin");
     let admin = std::fs::read_to_string(&admin_file)?;
-    let admin_port: u16 = admin.trim().rsplit(':').next().unwrap_or_default().parse()?;
+    let admin_port: u16 = admin
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
     let rss_settled = rss_mib(controller.process.child.id());
 
     let mut latencies = Vec::new();
@@ -153,14 +171,19 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
             .patch_status(
                 &format!("pod-{i}"),
                 &PatchParams::default(),
-                &Patch::Merge(&json!({ "status": { "conditions": [{ "type": "Ready", "status": "True" }] } })),
+                &Patch::Merge(
+                    &json!({ "status": { "conditions": [{ "type": "Ready", "status": "True" }] } }),
+                ),
             )
             .await?;
         loop {
             if membership(admin_port, &pool) > before {
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "pod-{i} never reached Envoy");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "pod-{i} never reached Envoy"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         latencies.push(t.elapsed());
@@ -177,7 +200,9 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
         q(0.99).as_secs_f64() * 1000.0,
         latencies.last().unwrap().as_secs_f64() * 1000.0
     );
-    println!("controller resident memory: {rss_settled:.0} MiB settled, {rss_after:.0} MiB after the changes");
+    println!(
+        "controller resident memory: {rss_settled:.0} MiB settled, {rss_after:.0} MiB after the changes"
+    );
     println!(
         "status writes per Pod change: max {}, total {} (no status depends on Pod readiness)",
         writes.iter().max().unwrap_or(&0),

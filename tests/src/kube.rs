@@ -411,6 +411,30 @@ impl Cluster {
         }
     }
 
+    /// HTTPRoutes of a namespace, as the admin.
+    pub async fn routes(&self, namespace: &str) -> Api<DynamicObject> {
+        self.dynamic(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+            "httproutes",
+            Some(namespace),
+        )
+        .await
+    }
+
+    /// InferencePools of a namespace, as the admin.
+    pub async fn pools(&self, namespace: &str) -> Api<DynamicObject> {
+        self.dynamic(
+            "inference.networking.k8s.io",
+            "v1",
+            "InferencePool",
+            "inferencepools",
+            Some(namespace),
+        )
+        .await
+    }
+
     /// Grant a test user the given rules (a ClusterRole and binding, or a
     /// Role and binding in `namespace`).
     pub async fn grant(
@@ -802,4 +826,50 @@ pub fn picker(
         "the picker for {namespace}/{pool} did not listen on {ip}:{port}"
     );
     process
+}
+
+/// Our GatewayClass (`infergate`, controller infergate.dev/gateway-controller).
+pub const CLASS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: { name: infergate }
+spec: { controllerName: infergate.dev/gateway-controller }
+"#;
+
+/// Gateway `default/gw` of class `infergate` with one HTTP listener on `port`.
+pub fn gateway(port: u16) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: default }}
+spec:
+  gatewayClassName: infergate
+  listeners:
+  - {{ name: http, port: {port}, protocol: HTTP }}
+"#
+    )
+}
+
+/// Service `service` (port 80) and HTTPRoute `route` on `gw`, sending `path`
+/// (a prefix) to it; both in `default`.
+pub fn service_route(route: &str, service: &str, path: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: {service}, namespace: default }}
+spec:
+  ports: [{{ name: http, port: 80, protocol: TCP }}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: {route}, namespace: default }}
+spec:
+  parentRefs: [{{ name: gw }}]
+  rules:
+  - matches: [{{ path: {{ type: PathPrefix, value: {path} }} }}]
+    backendRefs: [{{ name: {service}, port: 80 }}]
+"#
+    )
 }

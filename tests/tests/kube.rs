@@ -4,51 +4,10 @@
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    Cluster, Controller, grant_printed_rbac, host_ip, parent_condition, wait_for_object,
+    CLASS, Cluster, Controller, gateway, grant_printed_rbac, host_ip, parent_condition,
+    service_route, wait_for_object,
 };
 use infergate_e2e::{NamedServer, get, wait_until};
-
-const CLASS: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: { name: infergate }
-spec: { controllerName: infergate.dev/gateway-controller }
-"#;
-
-fn gateway(port: u16) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: infergate
-  listeners:
-  - {{ name: http, port: {port}, protocol: HTTP }}
-"#
-    )
-}
-
-fn service_and_route(service: &str, path: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{ name: {service}, namespace: default }}
-spec:
-  ports: [{{ name: http, port: 80, protocol: TCP }}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{ name: {service}, namespace: default }}
-spec:
-  parentRefs: [{{ name: gw }}]
-  rules:
-  - matches: [{{ path: {{ type: PathPrefix, value: {path} }} }}]
-    backendRefs: [{{ name: {service}, port: 80 }}]
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_status_from_the_api_server() {
@@ -60,8 +19,12 @@ async fn routes_and_status_from_the_api_server() {
     let b = NamedServer::start_on(&ip, "b");
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;
-    cluster.apply_yaml(&service_and_route("svc-a", "/a")).await;
-    cluster.apply_yaml(&service_and_route("svc-b", "/b")).await;
+    cluster
+        .apply_yaml(&service_route("svc-a", "svc-a", "/a"))
+        .await;
+    cluster
+        .apply_yaml(&service_route("svc-b", "svc-b", "/b"))
+        .await;
     cluster
         .endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None)
         .await;
@@ -70,15 +33,7 @@ async fn routes_and_status_from_the_api_server() {
         .await;
 
     let controller = Controller::start(&cluster, "one", &[]);
-    let routes = cluster
-        .dynamic(
-            "gateway.networking.k8s.io",
-            "v1",
-            "HTTPRoute",
-            "httproutes",
-            Some("default"),
-        )
-        .await;
+    let routes = cluster.routes("default").await;
     for route in ["svc-a", "svc-b"] {
         wait_for_object(&routes, route, Duration::from_secs(30), |r| {
             parent_condition(r, "gw", "Accepted") == Some(("True".into(), "Accepted".into()))
@@ -125,7 +80,7 @@ async fn routes_and_status_from_the_api_server() {
     // A route pointing at a Service that does not exist: BackendNotFound,
     // read back from the API server, and a Warning Event on the route.
     cluster
-        .apply_yaml(&service_and_route("svc-a", "/a").replace(
+        .apply_yaml(&service_route("svc-a", "svc-a", "/a").replace(
             "backendRefs: [{ name: svc-a",
             "backendRefs: [{ name: missing",
         ))
@@ -175,4 +130,72 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_component_is_an_event_on_our_gateway_class() {
+    let cluster = Cluster::start("component", true).await;
+    grant_printed_rbac(&cluster, "default", false).await;
+    let ip = host_ip();
+    let a = NamedServer::start_on(&ip, "a");
+    let listener_port = infergate_e2e::free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener_port)).await;
+    cluster
+        .apply_yaml(&service_route("svc-a", "svc-a", "/a"))
+        .await;
+    cluster
+        .endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None)
+        .await;
+    let component = cluster.dir.0.join("translator.wasm");
+    std::fs::copy(infergate_e2e::production_component(), &component).unwrap();
+    let controller = Controller::start(
+        &cluster,
+        "one",
+        &["--component", &component.display().to_string()],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || get(listener_port, "/a", &[])
+            .map(|r| r.1)
+            == Some("a".into())),
+        "{}",
+        controller.log_text()
+    );
+    controller.wait_for_log("became the leader", Duration::from_secs(10));
+
+    // A component built for another WIT version is refused: logged, an
+    // Event on the GatewayClass, and the old component keeps serving.
+    let staged = cluster.dir.0.join("translator.wasm.new");
+    std::fs::copy(
+        infergate_e2e::test_component("infergate-test-other-version"),
+        &staged,
+    )
+    .unwrap();
+    std::fs::rename(&staged, &component).unwrap();
+    controller.wait_for_log("rejected", Duration::from_secs(20));
+    let events = cluster
+        .dynamic("events.k8s.io", "v1", "Event", "events", Some("default"))
+        .await;
+    assert!(
+        wait_until_async(Duration::from_secs(20), || async {
+            events
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items.iter().any(|e| {
+                        e.data["regarding"]["kind"] == "GatewayClass"
+                            && e.data["regarding"]["name"] == "infergate"
+                            && e.data["reason"] == "ComponentRejected"
+                            && e.data["note"]
+                                .as_str()
+                                .is_some_and(|n| n.contains("0.0.9") || n.contains("version"))
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .await,
+        "no ComponentRejected Event on GatewayClass infergate; controller log:\n{}",
+        controller.log_text()
+    );
+    assert_eq!(get(listener_port, "/a", &[]).map(|r| r.1), Some("a".into()));
 }

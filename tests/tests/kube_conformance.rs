@@ -147,24 +147,8 @@ async fn upstream_conformance_manifests() {
     }
 
     let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
-    let routes = cluster
-        .dynamic(
-            "gateway.networking.k8s.io",
-            "v1",
-            "HTTPRoute",
-            "httproutes",
-            Some(APP),
-        )
-        .await;
-    let pools = cluster
-        .dynamic(
-            "inference.networking.k8s.io",
-            "v1",
-            "InferencePool",
-            "inferencepools",
-            Some(APP),
-        )
-        .await;
+    let routes = cluster.routes(APP).await;
+    let pools = cluster.pools(APP).await;
     let condition = |o: &serde_json::Value, parent: &str, t: &str| parent_condition(o, parent, t);
     let is = |status: &str, reason: &str| Some((status.to_string(), reason.to_string()));
 

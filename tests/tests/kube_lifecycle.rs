@@ -7,32 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    Cluster, Controller, grant_printed_rbac, host_ip, parent_condition, picker, wait_for_object,
+    CLASS, Cluster, Controller, gateway, grant_printed_rbac, host_ip, parent_condition, picker,
+    service_route, wait_for_object,
 };
 use infergate_e2e::{NamedServer, complete, free_port, get, sim, wait_until};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-
-const CLASS: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: { name: infergate }
-spec: { controllerName: infergate.dev/gateway-controller }
-"#;
-
-fn gateway(port: u16) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{ name: gw, namespace: default }}
-spec:
-  gatewayClassName: infergate
-  listeners:
-  - {{ name: http, port: {port}, protocol: HTTP }}
-"#
-    )
-}
 
 /// An InferencePool `pool` over Pods labelled app=`pool`, port 8000, with
 /// (if `picker`) the picker Service `<pool>-epp` on port 9002, and a route
@@ -68,13 +48,6 @@ spec:
     backendRefs: [{{ group: inference.networking.k8s.io, kind: InferencePool, name: {pool} }}]
 "#
     )
-}
-
-async fn api(cluster: &Cluster, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
-    let version = "v1";
-    cluster
-        .dynamic(group, version, kind, plural, Some("default"))
-        .await
 }
 
 fn accepted(object: &serde_json::Value, parent: &str) -> bool {
@@ -120,13 +93,7 @@ async fn pool_endpoints_follow_pod_readiness_without_failing_requests() {
     }
     let _picker = picker(&cluster, "default", "llm", &ip, epp_port, false);
     let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
-    let routes = api(
-        &cluster,
-        "gateway.networking.k8s.io",
-        "HTTPRoute",
-        "httproutes",
-    )
-    .await;
+    let routes = cluster.routes("default").await;
     wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
         accepted(r, "gw")
     })
@@ -215,13 +182,7 @@ async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
         .apply_yaml(&pool_and_route("llm", "/v1", false))
         .await;
     // Another implementation's entry, written before infergate starts.
-    let pools = api(
-        &cluster,
-        "inference.networking.k8s.io",
-        "InferencePool",
-        "inferencepools",
-    )
-    .await;
+    let pools = cluster.pools("default").await;
     let other = json!({
         "parentRef": { "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "their-gw" },
         "controllerName": "example.com/other-controller",
@@ -262,13 +223,7 @@ async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
                 .replace("llm-route", "llm-route-2"),
         )
         .await;
-    let routes = api(
-        &cluster,
-        "gateway.networking.k8s.io",
-        "HTTPRoute",
-        "httproutes",
-    )
-    .await;
+    let routes = cluster.routes("default").await;
     wait_for_object(&routes, "llm-route-2", Duration::from_secs(20), |r| {
         accepted(r, "gw")
     })
@@ -312,23 +267,7 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
     cluster
-        .apply_yaml(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: { name: plain, namespace: default }
-spec: { ports: [{ name: http, port: 80, protocol: TCP }] }
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: { name: plain, namespace: default }
-spec:
-  parentRefs: [{ name: gw }]
-  rules:
-  - matches: [{ path: { type: PathPrefix, value: /plain } }]
-    backendRefs: [{ name: plain, port: 80 }]
-"#,
-        )
+        .apply_yaml(&service_route("plain", "plain", "/plain"))
         .await;
     cluster
         .endpoint_slice("default", "plain", &[ip.as_str()], plain.port, None)
@@ -362,13 +301,7 @@ spec:
     cluster
         .pod("default", "pool-pod", &[("app", "llm")], "127.0.0.31", true)
         .await;
-    let routes = api(
-        &cluster,
-        "gateway.networking.k8s.io",
-        "HTTPRoute",
-        "httproutes",
-    )
-    .await;
+    let routes = cluster.routes("default").await;
     wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
         accepted(r, "gw")
             && parent_condition(r, "gw", "ResolvedRefs")
@@ -421,25 +354,7 @@ async fn two_replicas_one_writer_and_a_handover() {
     let listener = free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
-    let route = |name: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {{ name: backend, namespace: default }}
-spec: {{ ports: [{{ name: http, port: 80, protocol: TCP }}] }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{ name: {name}, namespace: default }}
-spec:
-  parentRefs: [{{ name: gw }}]
-  rules:
-  - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]
-    backendRefs: [{{ name: backend, port: 80 }}]
-"#
-        )
-    };
+    let route = |name: &str| service_route(name, "backend", &format!("/{name}"));
     cluster.apply_yaml(&route("first")).await;
     cluster
         .endpoint_slice("default", "backend", &[ip.as_str()], server.port, None)
@@ -449,13 +364,7 @@ spec:
     one.wait_for_log("became the leader", Duration::from_secs(20));
     // The second replica serves xDS too (its own Envoy would need another port: none).
     let two = Controller::start_without_envoy(&cluster, "two", &[]);
-    let routes = api(
-        &cluster,
-        "gateway.networking.k8s.io",
-        "HTTPRoute",
-        "httproutes",
-    )
-    .await;
+    let routes = cluster.routes("default").await;
     wait_for_object(&routes, "first", Duration::from_secs(20), |r| {
         accepted(r, "gw")
     })
@@ -502,25 +411,7 @@ async fn api_server_restart_keeps_serving_and_watches_resume() {
     let listener = free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
-    let route = |name: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {{ name: {name}, namespace: default }}
-spec: {{ ports: [{{ name: http, port: 80, protocol: TCP }}] }}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{ name: {name}, namespace: default }}
-spec:
-  parentRefs: [{{ name: gw }}]
-  rules:
-  - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]
-    backendRefs: [{{ name: {name}, port: 80 }}]
-"#
-        )
-    };
+    let route = |name: &str| service_route(name, name, &format!("/{name}"));
     cluster.apply_yaml(&route("a")).await;
     cluster
         .endpoint_slice("default", "a", &[ip.as_str()], a.port, None)
@@ -565,13 +456,7 @@ spec:
         "a route created after the API server restart is not served:\n{}",
         controller.log_text()
     );
-    let routes = api(
-        &cluster,
-        "gateway.networking.k8s.io",
-        "HTTPRoute",
-        "httproutes",
-    )
-    .await;
+    let routes = cluster.routes("default").await;
     wait_for_object(&routes, "b", Duration::from_secs(30), |r| accepted(r, "gw")).await;
     stop.store(true, Ordering::Relaxed);
     let ok = traffic.join().unwrap();

@@ -314,3 +314,48 @@ pub async fn swap_from_file(
         }
     }
 }
+
+/// Translate `snapshot` (on a blocking thread) and hand every Gateway's
+/// resources to the xDS cache. On failure, logs why (ending with `keeping`:
+/// what stays served) and returns None; nothing served changes.
+pub async fn translate_and_publish(
+    translation: &Arc<Translation>,
+    snapshot: &Snapshot,
+    cache: &infergate_xds::SnapshotCache,
+    keeping: &str,
+) -> Option<Published> {
+    let started = Instant::now();
+    let component = translation.clone();
+    let input = snapshot.clone();
+    let output = match tokio::task::spawn_blocking(move || component.translate(&input)).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => {
+            tracing::error!("translation failed: {e:#}; {keeping}");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("translation task failed: {e}; {keeping}");
+            return None;
+        }
+    };
+    let nodes: Vec<(String, infergate_xds::encode::Resources)> = output
+        .gateways
+        .iter()
+        .map(|g| (g.node_id.clone(), infergate_xds::encode::gateway(g)))
+        .collect();
+    let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    cache.replace_all(nodes);
+    Some(Published {
+        output,
+        node_ids,
+        translate_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// What [`translate_and_publish`] served.
+pub struct Published {
+    pub output: Output,
+    /// The Envoy node ids (one per Gateway) that have resources now.
+    pub node_ids: Vec<String>,
+    pub translate_ms: u64,
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use infergate_kube::{LeaseConfig, StatusWriter, WatchConfig, Watches};
 use infergate_model::{Output, Snapshot};
-use infergate_xds::{SnapshotCache, encode};
+use infergate_xds::SnapshotCache;
 
 use crate::RunArgs;
 use crate::envoy::{Fleet, find_binary};
@@ -186,32 +186,17 @@ impl State {
         if self.last_snapshot.as_ref() == Some(&snapshot) {
             return; // e.g. only statuses changed
         }
-        let started = std::time::Instant::now();
-        let component = translation.clone();
-        let input = snapshot.clone();
-        let output = match tokio::task::spawn_blocking(move || component.translate(&input)).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => {
-                tracing::error!("translation failed: {e:#}; {keeping}");
-                return;
-            }
-            Err(e) => {
-                tracing::error!("translation task failed: {e}; {keeping}");
-                return;
-            }
+        let Some(published) =
+            pipeline::translate_and_publish(translation, &snapshot, cache, keeping).await
+        else {
+            return;
         };
-        let nodes: Vec<(String, encode::Resources)> = output
-            .gateways
-            .iter()
-            .map(|g| (g.node_id.clone(), encode::gateway(g)))
-            .collect();
-        let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-        cache.replace_all(nodes);
+        let (output, node_ids) = (published.output, published.node_ids);
         tracing::info!(
             gateways = node_ids.len(),
             routes = resources.http_routes.len(),
             pools = resources.inference_pools.len(),
-            translate_ms = started.elapsed().as_millis() as u64,
+            translate_ms = published.translate_ms,
             "configuration applied"
         );
         if let Some(fleet) = fleet {
