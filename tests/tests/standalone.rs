@@ -301,3 +301,63 @@ fn traffic_keeps_flowing_while_the_controller_restarts() {
         restarted.log_text()
     );
 }
+
+#[test]
+fn translate_prints_envoy_resources_and_statuses_without_running_anything() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone");
+    let out = std::process::Command::new(infergate_e2e::infergate_binary())
+        .args(["translate", "-o", "json", "-f"])
+        .arg(&examples)
+        .output()
+        .expect("infergate translate runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let gateway = &value["gateways"][0];
+    assert_eq!(gateway["node"], "default/quickstart");
+    // Envoy's own JSON: typed, camelCase, nested Anys expanded.
+    let listener = &gateway["listeners"][0];
+    assert_eq!(
+        listener["@type"],
+        "type.googleapis.com/envoy.config.listener.v3.Listener"
+    );
+    assert_eq!(listener["address"]["socketAddress"]["portValue"], 8080);
+    assert_eq!(listener["address"]["socketAddress"]["address"], "127.0.0.1");
+    let hcm = &listener["filterChains"][0]["filters"][0]["typedConfig"];
+    assert_eq!(
+        hcm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    let clusters: Vec<&str> = gateway["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(clusters.iter().any(|c| c.contains("blue")), "{clusters:?}");
+    assert!(clusters.iter().any(|c| c.contains("green")), "{clusters:?}");
+    assert!(
+        !gateway["routes"][0]["virtualHosts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let route = &value["statuses"]["http_routes"][0];
+    assert_eq!(
+        route["route"]["name"], "quickstart",
+        "statuses are printed too: {}",
+        value["statuses"]
+    );
+    assert_eq!(route["parents"][0]["conditions"][0]["status"], "True");
+    // --ir prints the component's own output instead.
+    let ir = std::process::Command::new(infergate_e2e::infergate_binary())
+        .args(["translate", "--ir", "-o", "json", "-f"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    let ir: serde_json::Value = serde_json::from_slice(&ir.stdout).expect("JSON");
+    assert!(ir["gateways"][0]["listeners"].is_array() && ir["gateways"][0].get("node").is_none());
+}

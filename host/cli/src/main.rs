@@ -42,7 +42,8 @@ enum Command {
     Run(RunArgs),
     /// Print the RBAC objects `infergate run` and the endpoint picker need (ClusterRole and Roles).
     Rbac(RbacArgs),
-    /// Translate YAML offline and print the Envoy-shaped IR and every status; runs nothing.
+    /// Translate YAML offline and print, per Gateway, the Envoy resources (Envoy's JSON mapping: listeners,
+    /// routes, clusters, endpoints) and every status; runs nothing. `--ir` prints the IR instead.
     Translate(TranslateArgs),
     /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server.
     Bootstrap(BootstrapArgs),
@@ -216,6 +217,9 @@ struct TranslateArgs {
     /// Translate with the native library instead of the component (for comparison and debugging).
     #[arg(long)]
     native: bool,
+    /// Print the component's output as it is (the Envoy-shaped IR and statuses) instead of Envoy resources.
+    #[arg(long)]
+    ir: bool,
     #[command(flatten)]
     translation: TranslationArgs,
 }
@@ -291,9 +295,22 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
         let translator = pipeline::Translation::load(&args.translation)?;
         translator.translate(&snapshot)?
     };
+    let value = if args.ir {
+        serde_json::to_value(&output)?
+    } else {
+        let mut gateways = Vec::new();
+        for gateway in &output.gateways {
+            let mut resources =
+                infergate_xds::json::resources_to_json(infergate_xds::encode::gateway(gateway))
+                    .map_err(|e| anyhow::anyhow!("Gateway {}: {e}", gateway.node_id))?;
+            resources["node"] = serde_json::Value::String(gateway.node_id.clone());
+            gateways.push(resources);
+        }
+        serde_json::json!({ "gateways": gateways, "statuses": output.statuses })
+    };
     let text = match args.output {
-        Format::Yaml => serde_yaml_ng::to_string(&output)?,
-        Format::Json => serde_json::to_string_pretty(&output)? + "\n",
+        Format::Yaml => serde_yaml_ng::to_string(&value)?,
+        Format::Json => serde_json::to_string_pretty(&value)? + "\n",
     };
     print!("{text}");
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod encode;
+pub mod json;
 pub mod server;
 
 pub use cache::SnapshotCache;
