@@ -21,37 +21,74 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1";
 /// Read one YAML file, or every *.yaml / *.yml file of a directory (sorted,
 /// not recursive). All errors of all files are returned together.
 pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        match std::fs::read_dir(path) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                })
-                .collect(),
-            Err(e) => return Err(vec![io_error(path, e)]),
-        }
-    } else {
-        vec![path.to_path_buf()]
-    };
-    files.sort();
-    let mut resources = Resources::default();
-    let mut errors = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                if let Err(e) = resources.add_yaml(&file.display().to_string(), &text) {
-                    errors.extend(e);
+    FileCache::default().read(path)
+}
+
+/// The parsed resources of each file, kept with the text they came from, so
+/// that a change re-parses only the files that changed.
+#[derive(Default)]
+pub struct FileCache {
+    files: std::collections::HashMap<PathBuf, (String, Resources)>,
+}
+
+impl FileCache {
+    /// As [`read_resources`], parsing only files whose text changed since the
+    /// last call. Objects defined in two files are errors, as within one.
+    pub fn read(&mut self, path: &Path) -> Result<Resources, Vec<ResourceError>> {
+        let mut files: Vec<PathBuf> = if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.is_file()
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect(),
+                Err(e) => return Err(vec![io_error(path, e)]),
+            }
+        } else {
+            vec![path.to_path_buf()]
+        };
+        files.sort();
+        // Files that are gone are forgotten.
+        self.files.retain(|p, _| files.contains(p));
+        let mut resources = Resources::default();
+        let mut errors = Vec::new();
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(io_error(&file, e));
+                    continue;
+                }
+            };
+            let unchanged = self.files.get(&file).is_some_and(|(old, _)| *old == text);
+            if !unchanged {
+                let mut parsed = Resources::default();
+                match parsed.add_yaml(&file.display().to_string(), &text) {
+                    Ok(()) => {
+                        self.files.insert(file.clone(), (text, parsed));
+                    }
+                    Err(e) => {
+                        self.files.remove(&file);
+                        errors.extend(e);
+                        continue;
+                    }
                 }
             }
-            Err(e) => errors.push(io_error(&file, e)),
+            let (_, parsed) = &self.files[&file];
+            if let Err(e) = resources.merge_from(parsed) {
+                errors.extend(e);
+            }
         }
-    }
-    if errors.is_empty() {
-        Ok(resources)
-    } else {
-        Err(errors)
+        if errors.is_empty() {
+            Ok(resources)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -118,6 +155,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     });
 
     let mut state = State {
+        files: FileCache::default(),
         last: None,
         last_snapshot: None,
     };
@@ -169,6 +207,8 @@ async fn swap(args: &StandaloneArgs, translation: &Arc<Translation>, state: &Sta
 }
 
 struct State {
+    /// Parsed files, re-parsed only when their text changes.
+    files: FileCache,
     /// The last output that was served.
     last: Option<Output>,
     /// The snapshot it came from: a new component's canary input.
@@ -188,7 +228,7 @@ impl State {
         } else {
             "nothing served yet"
         };
-        let resources = match read_resources(&args.config) {
+        let resources = match self.files.read(&args.config) {
             Ok(r) => r,
             Err(errors) => {
                 for e in &errors {
