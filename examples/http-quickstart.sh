@@ -4,7 +4,7 @@
 # It sends a few requests, shows who answered each, and cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --no-kube
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
 

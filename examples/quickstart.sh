@@ -8,7 +8,7 @@
 # figures), then cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --no-kube
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
 bin="$CARGO_TARGET_DIR/debug"

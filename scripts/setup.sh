@@ -38,9 +38,24 @@ envoy_bin() { ls .venv/lib/python3*/site-packages/envoy/_bin/envoy; }
 
 # kube-apiserver and etcd for the Kubernetes tests, built from the Go module
 # proxy once per machine (about 9 minutes) and cached under ~/.cache/infergate/kube.
-scripts/kube-tools.sh
+# Built alongside the Rust builds below (both leave cores idle at times).
+# The quick starts do not need them: `scripts/setup.sh --no-kube` skips them.
+kube_log="$(mktemp)"
+if [ "${1:-}" = "--no-kube" ]; then
+  true &
+else
+  scripts/kube-tools.sh >"$kube_log" 2>&1 &
+fi
+kube_tools=$!
 
 cargo xtask component >/dev/null
 cargo xtask test-components >/dev/null
 cargo build --quiet --package infergate --package infergate-epp --package infergate-sim
+if ! wait "$kube_tools"; then
+  cat "$kube_log" >&2
+  echo "setup: building kube-apiserver and etcd failed (scripts/kube-tools.sh); the Kubernetes tests need them" >&2
+  exit 1
+fi
+cat "$kube_log" >&2
+rm -f "$kube_log"
 echo "setup: ready (Envoy $ENVOY_VERSION, component at $CARGO_TARGET_DIR/infergate-translator.wasm)"
