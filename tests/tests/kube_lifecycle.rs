@@ -321,6 +321,29 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
         controller.log_text()
     );
 
+    // CRD removed while running: said clearly, the rest keeps being served.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(cluster.client(infergate_e2e::kube::ADMIN).await);
+    crds.delete(
+        "inferencepools.inference.networking.k8s.io",
+        &DeleteParams::default(),
+    )
+    .await
+    .expect("deleting the InferencePool CRD");
+    controller.wait_for_log(
+        "no longer serves inference.networking.k8s.io/v1 InferencePools",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        get(listener, "/plain", &[]).map(|r| r.1),
+        Some("plain".into())
+    );
+    wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
+        parent_condition(r, "gw", "ResolvedRefs")
+            == Some(("False".into(), "BackendNotFound".into()))
+    })
+    .await;
+
     // Restart with the feature off, and with RBAC that has no InferencePool
     // or Pod permission at all: InvalidKind, and no watch is attempted.
     drop(controller);
