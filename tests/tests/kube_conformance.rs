@@ -291,13 +291,13 @@ async fn upstream_conformance_manifests() {
     }
     // 10. Data parallelism: the exact ip:port.
     for target in ["127.0.4.3:3002", "127.0.4.1:3004", "127.0.4.2:3000"] {
-        let r = post(
+        eventually_served(
             PRIMARY_GW,
             "primary.example.com",
             "/primary-gateway-dp-test",
-            &[("test-epp-endpoint-selection", target)],
+            target,
+            target,
         );
-        assert_eq!(served_by(&r), target);
     }
     // 6. Port validation: unset, matching and other ports all route.
     for host in [
@@ -310,44 +310,38 @@ async fn upstream_conformance_manifests() {
             "port-matching.example.com" => "/test-port-matching",
             _ => "/test-port-non-matching",
         };
-        let r = post(
-            PRIMARY_GW,
-            host,
-            path,
-            &[("test-epp-endpoint-selection", "127.0.1.1")],
-        );
-        assert_eq!(served_by(&r), "127.0.1.1:3000", "{host}{path}");
+        eventually_served(PRIMARY_GW, host, path, "127.0.1.1", "127.0.1.1:3000");
     }
     // 7. Two Gateways, two pools.
-    let r = post(
+    eventually_served(
         PRIMARY_GW,
         "primary.example.com",
         "/test-primary-gateway",
-        &[("test-epp-endpoint-selection", "127.0.1.3")],
+        "127.0.1.3",
+        "127.0.1.3:3000",
     );
-    assert_eq!(served_by(&r), "127.0.1.3:3000");
-    let r = post(
+    eventually_served(
         SECONDARY_GW,
         "secondary.example.com",
         "/test-secondary-gateway",
-        &[("test-epp-endpoint-selection", "127.0.2.3")],
+        "127.0.2.3",
+        "127.0.2.3:3000",
     );
-    assert_eq!(served_by(&r), "127.0.2.3:3000");
     // 8. Two rules, two pools.
-    let r = post(
+    eventually_served(
         PRIMARY_GW,
         "example.com",
         "/primary",
-        &[("test-epp-endpoint-selection", "127.0.1.1")],
+        "127.0.1.1",
+        "127.0.1.1:3000",
     );
-    assert_eq!(served_by(&r), "127.0.1.1:3000");
-    let r = post(
+    eventually_served(
         PRIMARY_GW,
         "example.com",
         "/secondary",
-        &[("test-epp-endpoint-selection", "127.0.2.1")],
+        "127.0.2.1",
+        "127.0.2.1:3000",
     );
-    assert_eq!(served_by(&r), "127.0.2.1:3000");
     // 14. appProtocol: h2c to the pool on 3001, HTTP/1.1 to the http pool.
     let r = post(
         PRIMARY_GW,
@@ -491,4 +485,28 @@ fn envoy_stats(admin_file: &std::path::Path) -> String {
         relevant.join("\n"),
         stats.join("\n")
     )
+}
+
+/// Like the upstream suite's eventually-consistent requests: send until the
+/// endpoint `want` answers (configuration reaches each Envoy, picker and
+/// pool on its own schedule), at most 20 s; then it must keep answering.
+fn eventually_served(gateway: &str, host: &str, path: &str, steer: &str, want: &str) {
+    let headers = [("test-epp-endpoint-selection", steer)];
+    let mut last = None;
+    let reached = wait_until(Duration::from_secs(20), || {
+        last = post(gateway, host, path, &headers);
+        served_by(&last) == want
+    });
+    assert!(
+        reached,
+        "{host}{path} steered to {steer}: never served by {want}; last: {last:?}"
+    );
+    for _ in 0..5 {
+        let r = post(gateway, host, path, &headers);
+        assert_eq!(
+            served_by(&r),
+            want,
+            "{host}{path} steered to {steer}: {r:?}"
+        );
+    }
 }
