@@ -315,15 +315,17 @@ pub async fn swap_from_file(
     }
 }
 
-/// Translate `snapshot` (on a blocking thread) and hand every Gateway's
-/// resources to the xDS cache. On failure, logs why (ending with `keeping`:
-/// what stays served) and returns None; nothing served changes.
+/// Translate `snapshot` (on a blocking thread), hand every Gateway's
+/// resources to the xDS cache, log it, and bring the local Envoys (if any)
+/// in line. On failure, logs why (ending with `keeping`: what stays served)
+/// and returns None; nothing served changes.
 pub async fn translate_and_publish(
     translation: &Arc<Translation>,
     snapshot: &Snapshot,
     cache: &infergate_xds::SnapshotCache,
+    fleet: Option<&mut crate::envoy::Fleet>,
     keeping: &str,
-) -> Option<Published> {
+) -> Option<Output> {
     let started = Instant::now();
     let component = translation.clone();
     let input = snapshot.clone();
@@ -345,17 +347,15 @@ pub async fn translate_and_publish(
         .collect();
     let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
     cache.replace_all(nodes);
-    Some(Published {
-        output,
-        node_ids,
-        translate_ms: started.elapsed().as_millis() as u64,
-    })
-}
-
-/// What [`translate_and_publish`] served.
-pub struct Published {
-    pub output: Output,
-    /// The Envoy node ids (one per Gateway) that have resources now.
-    pub node_ids: Vec<String>,
-    pub translate_ms: u64,
+    tracing::info!(
+        gateways = node_ids.len(),
+        routes = snapshot.http_routes.len(),
+        pools = snapshot.inference_pools.len(),
+        translate_ms = started.elapsed().as_millis() as u64,
+        "configuration applied"
+    );
+    if let Some(fleet) = fleet {
+        fleet.reconcile(&node_ids).await;
+    }
+    Some(output)
 }

@@ -186,22 +186,11 @@ impl State {
         if self.last_snapshot.as_ref() == Some(&snapshot) {
             return; // e.g. only statuses changed
         }
-        let Some(published) =
-            pipeline::translate_and_publish(translation, &snapshot, cache, keeping).await
+        let Some(output) =
+            pipeline::translate_and_publish(translation, &snapshot, cache, fleet, keeping).await
         else {
             return;
         };
-        let (output, node_ids) = (published.output, published.node_ids);
-        tracing::info!(
-            gateways = node_ids.len(),
-            routes = resources.http_routes.len(),
-            pools = resources.inference_pools.len(),
-            translate_ms = published.translate_ms,
-            "configuration applied"
-        );
-        if let Some(fleet) = fleet {
-            fleet.reconcile(&node_ids).await;
-        }
         self.last = Some(output);
         self.last_snapshot = Some(snapshot);
     }

@@ -252,21 +252,11 @@ impl State {
                 return;
             }
         };
-        let Some(published) =
-            pipeline::translate_and_publish(translation, &snapshot, cache, keeping).await
+        let Some(output) =
+            pipeline::translate_and_publish(translation, &snapshot, cache, fleet, keeping).await
         else {
             return;
         };
-        let (output, node_ids) = (published.output, published.node_ids);
-        tracing::info!(
-            gateways = node_ids.len(),
-            routes = resources.http_routes.len(),
-            translate_ms = published.translate_ms,
-            "configuration applied"
-        );
-        if let Some(fleet) = fleet {
-            fleet.reconcile(&node_ids).await;
-        }
         let changed = self
             .last
             .as_ref()
