@@ -319,12 +319,16 @@ impl StatusWriter {
                 current.metadata.namespace.as_deref().unwrap_or_default(),
                 current.metadata.name.as_deref().unwrap_or_default(),
             );
-            let desired: Vec<(Value, &[Condition])> = ours
+            let desired: Vec<Parent> = ours
                 .get(&(key.namespace.as_str(), key.name.as_str()))
                 .map(|s| {
                     s.parents
                         .iter()
-                        .map(|p| (route_parent_ref(&p.parent_ref), p.conditions.as_slice()))
+                        .map(|p| Parent {
+                            parent_ref: route_parent_ref(&p.parent_ref),
+                            label: p.parent_ref.name.clone(),
+                            conditions: &p.conditions,
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -332,16 +336,7 @@ impl StatusWriter {
             let Some(body) = self.parents(&current_status, &desired, now) else {
                 continue;
             };
-            let problems = ours
-                .get(&(key.namespace.as_str(), key.name.as_str()))
-                .into_iter()
-                .flat_map(|s| s.parents.iter())
-                .flat_map(|p| {
-                    problems(&p.conditions)
-                        .into_iter()
-                        .map(|(r, m)| (r, format!("parent {}: {m}", p.parent_ref.name)))
-                })
-                .collect();
+            let problems = parent_problems(&desired);
             writes.push(Write {
                 what: format!("HTTPRoute {key}"),
                 api: self.dynamic_api::<HttpRoute>(Some(&key.namespace)),
@@ -383,21 +378,20 @@ impl StatusWriter {
                 current.metadata.namespace.as_deref().unwrap_or_default(),
                 current.metadata.name.as_deref().unwrap_or_default(),
             );
-            let desired: Vec<(Value, &[Condition])> = ours
+            let desired: Vec<Parent> = ours
                 .get(&(key.namespace.as_str(), key.name.as_str()))
                 .map(|s| {
                     s.parents
                         .iter()
-                        .map(|p| {
-                            (
-                                json!({
-                                    "group": "gateway.networking.k8s.io",
-                                    "kind": "Gateway",
-                                    "namespace": p.gateway.namespace,
-                                    "name": p.gateway.name,
-                                }),
-                                p.conditions.as_slice(),
-                            )
+                        .map(|p| Parent {
+                            parent_ref: json!({
+                                "group": "gateway.networking.k8s.io",
+                                "kind": "Gateway",
+                                "namespace": p.gateway.namespace,
+                                "name": p.gateway.name,
+                            }),
+                            label: p.gateway.to_string(),
+                            conditions: &p.conditions,
                         })
                         .collect()
                 })
@@ -406,16 +400,7 @@ impl StatusWriter {
             let Some(body) = self.parents(&current_status, &desired, now) else {
                 continue;
             };
-            let problems = ours
-                .get(&(key.namespace.as_str(), key.name.as_str()))
-                .into_iter()
-                .flat_map(|s| s.parents.iter())
-                .flat_map(|p| {
-                    problems(&p.conditions)
-                        .into_iter()
-                        .map(|(r, m)| (r, format!("parent {}: {m}", p.gateway)))
-                })
-                .collect();
+            let problems = parent_problems(&desired);
             writes.push(Write {
                 what: format!("InferencePool {key}"),
                 api: Api::namespaced_with(self.client.clone(), &key.namespace, &ar),
@@ -438,7 +423,7 @@ impl StatusWriter {
 
     /// The `parents` status of a route or pool: other controllers' entries as
     /// they are, then ours. None when nothing would change.
-    fn parents(&self, current: &Value, ours: &[(Value, &[Condition])], now: &str) -> Option<Value> {
+    fn parents(&self, current: &Value, ours: &[Parent], now: &str) -> Option<Value> {
         let existing: Vec<Value> = current
             .get("parents")
             .and_then(Value::as_array)
@@ -448,16 +433,16 @@ impl StatusWriter {
             entry.get("controllerName").and_then(Value::as_str) == Some(&self.controller_name)
         };
         let mut parents: Vec<Value> = existing.iter().filter(|e| !is_ours(e)).cloned().collect();
-        for (parent_ref, conds) in ours {
+        for parent in ours {
             let old = existing
                 .iter()
                 .filter(|e| is_ours(e))
-                .find(|e| same(e.get("parentRef"), Some(parent_ref)))
+                .find(|e| same(e.get("parentRef"), Some(&parent.parent_ref)))
                 .and_then(|e| e.get("conditions"));
             parents.push(json!({
-                "parentRef": parent_ref,
+                "parentRef": parent.parent_ref,
                 "controllerName": self.controller_name,
-                "conditions": conditions(conds, old, now),
+                "conditions": conditions(parent.conditions, old, now),
             }));
         }
         let parents = Value::Array(parents);
@@ -467,6 +452,26 @@ impl StatusWriter {
             Some(json!({ "parents": parents }))
         }
     }
+}
+
+/// One entry of ours in a route's or pool's `parents`.
+struct Parent<'a> {
+    parent_ref: Value,
+    /// How the parent is named in Event notes.
+    label: String,
+    conditions: &'a [Condition],
+}
+
+/// The problems of every parent entry, each note naming its parent.
+fn parent_problems(parents: &[Parent]) -> Vec<(String, String)> {
+    parents
+        .iter()
+        .flat_map(|p| {
+            problems(p.conditions)
+                .into_iter()
+                .map(|(r, m)| (r, format!("parent {}: {m}", p.label)))
+        })
+        .collect()
 }
 
 fn route_parent_ref(p: &ParentRef) -> Value {
