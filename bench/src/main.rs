@@ -64,12 +64,16 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         swaps: usize,
     },
-    /// Translate natively in a loop, for a profiler (perf record ...).
+    /// Translate in a loop, for a profiler (perf record ...): natively, or
+    /// through the component with --component.
     Profile {
         #[arg(long, default_value_t = 10000)]
         routes: usize,
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Translate through this component instead of the native library.
+        #[arg(long)]
+        component: Option<std::path::PathBuf>,
     },
     /// Time from a file change to Envoy serving the change, with
     /// `infergate standalone` and a real Envoy (INFERGATE_BIN, INFERGATE_ENVOY).
@@ -115,10 +119,25 @@ fn main() -> anyhow::Result<()> {
             other,
             swaps,
         } => swap(&component, &other, swaps),
-        Command::Profile { routes, runs } => {
+        Command::Profile {
+            routes,
+            runs,
+            component,
+        } => {
             let snapshot = snapshot(&generate(routes, 8080))?;
-            for _ in 0..runs {
-                std::hint::black_box(infergate_translate::translate(&snapshot).ok());
+            match component {
+                None => {
+                    for _ in 0..runs {
+                        std::hint::black_box(infergate_translate::translate(&snapshot).ok());
+                    }
+                }
+                Some(path) => {
+                    let runtime = Runtime::new(Limits::default())?;
+                    let translator = runtime.load(&std::fs::read(&path)?)?;
+                    for _ in 0..runs {
+                        std::hint::black_box(runtime.translate(&translator, &snapshot).ok());
+                    }
+                }
             }
             Ok(())
         }
@@ -249,8 +268,8 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
         bytes.len() / 1024
     );
     println!(
-        "{:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>6} | {:>12}",
-        "routes", "parse", "native", "component", "transcode", "ratio", "envoy encode"
+        "{:>7} | {:>10} | {:>10} | {:>10} | {:>6} | {:>12} | {:>12}",
+        "routes", "parse", "native", "component", "ratio", "guest memory", "envoy encode"
     );
     for &n in routes {
         let files = generate(n, 8080);
@@ -260,7 +279,8 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
         let snapshot = snapshot(&files)?;
         let native_output = infergate_translate::translate(&snapshot)
             .map_err(|e| anyhow::anyhow!("native translation: {}", e.message))?;
-        let component_output = runtime.translate(&translator, &snapshot)?;
+        let (component_output, usage) = runtime.translate_measured(&translator, &snapshot);
+        let component_output = component_output?;
         anyhow::ensure!(
             native_output == component_output,
             "the component and the native library disagree on {n} routes"
@@ -279,14 +299,6 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
         );
         let native = median(runs, || infergate_translate::translate(&snapshot));
         let wasm = median(runs, || runtime.translate(&translator, &snapshot));
-        // The host-side share of the component path: the postcard round trip
-        // of the snapshot and the output between the host's and the guest's
-        // generated types, both directions.
-        let transcode = median(runs, || {
-            let a = postcard_round_trip(&snapshot);
-            let b = postcard_round_trip(&native_output);
-            (a, b)
-        });
         let encoding = median(runs, || {
             native_output
                 .gateways
@@ -295,21 +307,16 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
                 .sum::<usize>()
         });
         println!(
-            "{n:>7} | {:>10} | {:>10} | {:>10} | {:>10} | {:>5.2}x | {:>12}",
+            "{n:>7} | {:>10} | {:>10} | {:>10} | {:>5.2}x | {:>8} MiB | {:>12}",
             ms(parse),
             ms(native),
             ms(wasm),
-            ms(transcode),
             wasm.as_secs_f64() / native.as_secs_f64(),
+            usage.memory_peak_bytes >> 20,
             ms(encoding)
         );
     }
     Ok(())
-}
-
-fn postcard_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
-    let bytes = postcard::to_allocvec(value).expect("serialize");
-    postcard::from_bytes(&bytes).expect("deserialize")
 }
 
 // ------------------------------------------------------------ apply latency

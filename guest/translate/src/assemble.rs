@@ -10,18 +10,38 @@ use crate::gateways::{Evaluated, GatewayState};
 use crate::routes::{CompiledRoute, CompiledRule, RouteTable};
 
 pub fn gateway_irs(gateways: &Evaluated, table: &RouteTable) -> Vec<GatewayIr> {
+    let ages = route_ages(table);
     gateways
         .gateways
         .iter()
         .filter(|g| g.accepted())
-        .map(|g| gateway_ir(g, table))
+        .map(|g| gateway_ir(g, table, &ages))
         .collect()
 }
 
-fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
+/// Each route's place in the last precedence tie-breakers: oldest first, then
+/// by namespace/name. Indexed like [`RouteTable::routes`].
+fn route_ages(table: &RouteTable) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..table.routes.len()).collect();
+    order.sort_by_key(|&i| {
+        let meta = &table.routes[i].route.meta;
+        (
+            meta.creation_timestamp.as_str(),
+            meta.namespace.as_str(),
+            meta.name.as_str(),
+        )
+    });
+    let mut ages = vec![0; order.len()];
+    for (age, i) in order.into_iter().enumerate() {
+        ages[i] = age;
+    }
+    ages
+}
+
+fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> GatewayIr {
     // Listeners that share a port share one Envoy listener; their hostnames
     // become virtual hosts.
-    let mut ports: BTreeMap<u32, BTreeMap<String, Vec<Ranked>>> = BTreeMap::new();
+    let mut ports: BTreeMap<u32, BTreeMap<&str, Vec<Ranked>>> = BTreeMap::new();
     let mut clusters: BTreeMap<&str, usize> = BTreeMap::new();
     for listener in gateway.listeners.iter().filter(|l| l.usable) {
         let hosts = ports.entry(listener.listener.port).or_default();
@@ -33,10 +53,13 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
                 }
             }
             for host in &attachment.hostnames {
-                let routes = hosts.entry(host.clone()).or_default();
-                for rule in &compiled.rules {
-                    for (m, route_match) in rule.matches.iter().enumerate() {
-                        routes.push(Ranked::new(compiled, rule, m, route_match));
+                let routes = hosts.entry(host.as_str()).or_default();
+                for (r, rule) in compiled.rules.iter().enumerate() {
+                    for (m, route_match) in rule.matches().iter().enumerate() {
+                        routes.push(Ranked {
+                            key: precedence(route_match, ages[attachment.route], r, m),
+                            route: attachment.route,
+                        });
                     }
                 }
             }
@@ -50,9 +73,15 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
             let hosts = hosts
                 .into_iter()
                 .map(|(host, mut routes)| {
-                    routes.sort_by(|a, b| a.key.cmp(&b.key));
-                    routes.dedup_by(|a, b| a.route.name == b.route.name);
-                    (host, routes.into_iter().map(|r| r.route).collect())
+                    // A route attached through two listeners with the same
+                    // hostname appears twice; equal keys are the same match.
+                    routes.sort_unstable_by_key(|r| r.key);
+                    routes.dedup_by_key(|r| r.key);
+                    let routes = routes
+                        .iter()
+                        .map(|r| route_ir(&table.routes[r.route], r.key))
+                        .collect();
+                    (host.to_string(), routes)
                 })
                 .collect();
             (port, hosts)
@@ -96,65 +125,62 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable) -> GatewayIr {
 /// A virtual host's name and its routes in precedence order.
 type HostRoutes = (String, Vec<RouteIr>);
 
-/// A route with its precedence key.
-struct Ranked<'a> {
-    key: PrecedenceKey<'a>,
-    route: RouteIr,
+/// An Envoy route to be: its precedence key (which also says which rule and
+/// match it is) and its route's index in [`RouteTable::routes`].
+struct Ranked {
+    key: PrecedenceKey,
+    route: usize,
 }
 
 /// Gateway API precedence, most specific first: exact paths, then regular
 /// expressions, then prefixes (longer before shorter within each); then a
 /// method match; then more header matches; then more query matches; then
-/// the oldest route, then by namespace/name, then rule and match order.
-type PrecedenceKey<'a> = (
+/// the oldest route, then by namespace/name (the route's age from
+/// [`route_ages`]), then rule and match order. Integers only, so sorting
+/// tens of thousands of routes compares no strings.
+type PrecedenceKey = (
     u8,
     Reverse<usize>,
     Reverse<bool>,
     Reverse<usize>,
     Reverse<usize>,
-    &'a str,
-    &'a str,
-    &'a str,
+    usize,
     usize,
     usize,
 );
 
-impl<'a> Ranked<'a> {
-    fn new(
-        compiled: &CompiledRoute<'a>,
-        rule: &CompiledRule,
-        position: usize,
-        route_match: &RouteMatch,
-    ) -> Self {
-        let meta = &compiled.route.meta;
-        let (rank, length) = match &route_match.path {
-            Some(PathMatch::Exact(p)) => (0, p.len()),
-            Some(PathMatch::RegularExpression(p)) => (1, p.len()),
-            Some(PathMatch::Prefix(p)) => (2, p.trim_end_matches('/').len()),
-            None => (2, 0),
-        };
-        let key = (
-            rank,
-            Reverse(length),
-            Reverse(route_match.method.is_some()),
-            Reverse(route_match.headers.len()),
-            Reverse(route_match.query_params.len()),
-            meta.creation_timestamp.as_str(),
-            meta.namespace.as_str(),
-            meta.name.as_str(),
-            rule.index,
-            position,
-        );
-        let route = RouteIr {
-            name: format!(
-                "{}/{}/rule/{}/match/{}",
-                meta.namespace, meta.name, rule.index, position
-            ),
-            matches: route_match.clone(),
-            action: rule.action.clone(),
-            request_headers: rule.request_headers.clone(),
-            response_headers: rule.response_headers.clone(),
-        };
-        Ranked { key, route }
+fn precedence(route_match: &RouteMatch, age: usize, rule: usize, position: usize) -> PrecedenceKey {
+    let (rank, length) = match &route_match.path {
+        Some(PathMatch::Exact(p)) => (0, p.len()),
+        Some(PathMatch::RegularExpression(p)) => (1, p.len()),
+        Some(PathMatch::Prefix(p)) => (2, p.trim_end_matches('/').len()),
+        None => (2, 0),
+    };
+    (
+        rank,
+        Reverse(length),
+        Reverse(route_match.method.is_some()),
+        Reverse(route_match.headers.len()),
+        Reverse(route_match.query_params.len()),
+        age,
+        rule,
+        position,
+    )
+}
+
+/// The Envoy route for the rule and match that `key` names.
+fn route_ir(compiled: &CompiledRoute, key: PrecedenceKey) -> RouteIr {
+    let (rule_position, position) = (key.6, key.7);
+    let rule: &CompiledRule = &compiled.rules[rule_position];
+    let meta = &compiled.route.meta;
+    RouteIr {
+        name: format!(
+            "{}/{}/rule/{}/match/{}",
+            meta.namespace, meta.name, rule.index, position
+        ),
+        matches: rule.matches()[position].clone(),
+        action: rule.action.clone(),
+        request_headers: rule.request_headers.clone(),
+        response_headers: rule.response_headers.clone(),
     }
 }

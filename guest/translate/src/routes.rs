@@ -24,7 +24,7 @@ pub struct RouteTable<'a> {
 
 pub struct CompiledRoute<'a> {
     pub route: &'a HttpRoute,
-    pub rules: Vec<CompiledRule>,
+    pub rules: Vec<CompiledRule<'a>>,
 }
 
 impl CompiledRoute<'_> {
@@ -38,9 +38,10 @@ impl CompiledRoute<'_> {
 }
 
 /// One rule of a route, ready to become Envoy routes (one per match).
-pub struct CompiledRule {
+pub struct CompiledRule<'a> {
     pub index: usize,
-    pub matches: Vec<RouteMatch>,
+    /// The rule's matches, as written.
+    matches: &'a [RouteMatch],
     pub action: RouteAction,
     pub request_headers: HeaderModifier,
     pub response_headers: HeaderModifier,
@@ -49,6 +50,25 @@ pub struct CompiledRule {
     pub clusters: Vec<usize>,
     /// Why the rule is not valid; such a rule answers 500.
     pub invalid: Option<String>,
+}
+
+/// A rule without matches matches every request (a `/` prefix).
+static MATCH_EVERYTHING: [RouteMatch; 1] = [RouteMatch {
+    path: None,
+    headers: Vec::new(),
+    query_params: Vec::new(),
+    method: None,
+}];
+
+impl<'a> CompiledRule<'a> {
+    /// The rule's matches; one that matches everything if it has none.
+    pub fn matches(&self) -> &'a [RouteMatch] {
+        if self.matches.is_empty() {
+            &MATCH_EVERYTHING
+        } else {
+            self.matches
+        }
+    }
 }
 
 /// The response for traffic that matches a rule which cannot be served.
@@ -189,12 +209,11 @@ fn compile_rule<'a>(
     position: usize,
     rule: &'a RouteRule,
     first_problem: &mut Option<Problem>,
-) -> CompiledRule {
-    let label = rule
-        .name
-        .clone()
-        .map(|n| format!("rule {n:?}"))
-        .unwrap_or_else(|| format!("rules[{position}]"));
+) -> CompiledRule<'a> {
+    let label = || match &rule.name {
+        Some(name) => format!("rule {name:?}"),
+        None => format!("rules[{position}]"),
+    };
     let mut request_headers = HeaderModifier::default();
     let mut response_headers = HeaderModifier::default();
     let mut redirect = None;
@@ -208,7 +227,7 @@ fn compile_rule<'a>(
             RouteFilter::UrlRewrite(r) => rewrite = Some(r.clone()),
             RouteFilter::Unsupported(kind) => {
                 invalid.get_or_insert_with(|| {
-                    format!("{label}: filter type {kind:?} is not supported")
+                    format!("{}: filter type {kind:?} is not supported", label())
                 });
             }
         }
@@ -217,7 +236,7 @@ fn compile_rule<'a>(
         if let Some(PathMatch::Prefix(p) | PathMatch::Exact(p)) = &m.path
             && !p.starts_with('/')
         {
-            invalid.get_or_insert_with(|| format!("{label}: path {p:?} must start with \"/\""));
+            invalid.get_or_insert_with(|| format!("{}: path {p:?} must start with \"/\"", label()));
         }
     }
     if rewrite
@@ -230,20 +249,12 @@ fn compile_rule<'a>(
             .any(|m| !matches!(m.path, None | Some(PathMatch::Prefix(_))))
     {
         invalid.get_or_insert_with(|| {
-            format!("{label}: URLRewrite ReplacePrefixMatch needs PathPrefix matches only")
+            format!(
+                "{}: URLRewrite ReplacePrefixMatch needs PathPrefix matches only",
+                label()
+            )
         });
     }
-
-    let matches = if rule.matches.is_empty() {
-        vec![RouteMatch {
-            path: None,
-            headers: vec![],
-            query_params: vec![],
-            method: None,
-        }]
-    } else {
-        rule.matches.clone()
-    };
 
     let mut clusters = Vec::new();
     let mut weighted = Vec::new();
@@ -302,7 +313,7 @@ fn compile_rule<'a>(
     };
     CompiledRule {
         index: position,
-        matches,
+        matches: &rule.matches,
         action,
         request_headers,
         response_headers,

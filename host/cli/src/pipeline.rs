@@ -103,7 +103,6 @@ fn failure_reason(failure: &TranslateFailure) -> &'static str {
         TranslateFailure::Memory(_) => "memory",
         TranslateFailure::Trap(_) => "trap",
         TranslateFailure::Guest(_) => "guest_error",
-        TranslateFailure::Boundary(_) => "boundary",
     }
 }
 
@@ -164,7 +163,6 @@ impl Translation {
                 TranslateFailure::Memory(_) => "canary_memory",
                 TranslateFailure::Trap(_) => "canary_trap",
                 TranslateFailure::Guest(_) => "canary_guest_error",
-                TranslateFailure::Boundary(_) => "canary_boundary",
             };
             return Err(reject(
                 reason,

@@ -11,15 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "translator",
-        additional_derives: [serde::Serialize, serde::Deserialize],
-    });
-}
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 
 pub use infergate_model::WIT_PACKAGE;
 
@@ -87,8 +79,6 @@ pub enum TranslateFailure {
     Trap(String),
     #[error("the translation component reported an error: {0}")]
     Guest(String),
-    #[error("could not pass data across the component boundary: {0}")]
-    Boundary(String),
 }
 
 /// One wasmtime engine and the limits every translation runs under.
@@ -106,6 +96,11 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // For profiling: name the guest's compiled functions in
+        // /tmp/perf-<pid>.map, which `perf report` reads.
+        if std::env::var_os("INFERGATE_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)
             .map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
         let weak = engine.weak();
@@ -222,7 +217,7 @@ impl Runtime {
         let linker: Linker<StoreState> = Linker::new(&self.engine);
         let pre = linker
             .instantiate_pre(&component)
-            .and_then(bindings::TranslatorPre::new)
+            .and_then(infergate_model::TranslatorPre::new)
             .map_err(|source| LoadError::TypeMismatch {
                 expected: expected.clone(),
                 source,
@@ -244,8 +239,15 @@ impl Runtime {
         translator: &Translator,
         snapshot: &infergate_model::Snapshot,
     ) -> Result<infergate_model::Output, TranslateFailure> {
-        let input: bindings::exports::infergate::translator::translate::Snapshot =
-            transcode(snapshot)?;
+        self.translate_measured(translator, snapshot).0
+    }
+
+    /// As [`Runtime::translate`], also saying what the translation used.
+    pub fn translate_measured(
+        &self,
+        translator: &Translator,
+        snapshot: &infergate_model::Snapshot,
+    ) -> (Result<infergate_model::Output, TranslateFailure>, Usage) {
         let mut store = Store::new(
             &self.engine,
             StoreState {
@@ -253,22 +255,27 @@ impl Runtime {
                     .memory_size(self.limits.memory_bytes)
                     .trap_on_grow_failure(true)
                     .build(),
+                memory_peak: 0,
             },
         );
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| state);
         store.set_epoch_deadline(
             (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
         );
         let outcome = translator.pre.instantiate(&mut store).and_then(|instance| {
             instance
                 .infergate_translator_translate()
-                .call_translate(&mut store, &input)
+                .call_translate(&mut store, snapshot)
         });
-        match outcome {
-            Ok(Ok(output)) => transcode(&output),
+        let usage = Usage {
+            memory_peak_bytes: store.data().memory_peak,
+        };
+        let result = match outcome {
+            Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(TranslateFailure::Guest(error.message)),
             Err(error) => Err(self.classify(error)),
-        }
+        };
+        (result, usage)
     }
 
     fn classify(&self, error: wasmtime::Error) -> TranslateFailure {
@@ -286,14 +293,51 @@ impl Runtime {
     }
 }
 
+/// What one translation used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// The guest's linear memory at its largest, in bytes.
+    pub memory_peak_bytes: usize,
+}
+
 struct StoreState {
     limits: StoreLimits,
+    memory_peak: usize,
+}
+
+/// The store's limits, recording how far the memory grew.
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_peak = self.memory_peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
 }
 
 /// A loaded, checked component, ready to instantiate.
 #[derive(Clone)]
 pub struct Translator {
-    pre: bindings::TranslatorPre<StoreState>,
+    pre: infergate_model::TranslatorPre<StoreState>,
     info: Arc<ComponentInfo>,
 }
 
@@ -310,17 +354,6 @@ pub struct ComponentInfo {
     pub digest: String,
     pub wit_package: String,
     pub compile_time: Duration,
-}
-
-/// The host and guest sides have the same types, generated twice from the
-/// same WIT (wit-bindgen and wasmtime's bindgen); they cross over through a
-/// compact serde encoding.
-fn transcode<A: serde::Serialize, B: serde::de::DeserializeOwned>(
-    value: &A,
-) -> Result<B, TranslateFailure> {
-    let bytes =
-        postcard::to_allocvec(value).map_err(|e| TranslateFailure::Boundary(e.to_string()))?;
-    postcard::from_bytes(&bytes).map_err(|e| TranslateFailure::Boundary(e.to_string()))
 }
 
 /// sha256 of `bytes`, hex: the digest components are known by.

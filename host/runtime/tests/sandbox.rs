@@ -151,6 +151,31 @@ fn a_guest_that_allocates_without_end_is_stopped_at_its_memory_limit() {
 }
 
 #[test]
+fn the_real_component_reports_its_memory_and_a_tighter_limit_stops_it() {
+    let snapshot = example_snapshot("infergate.dev/gateway-controller");
+    let rt = runtime(Limits::default());
+    let translator = rt.load(&real_component()).expect("loads");
+    let (first, usage) = rt.translate_measured(&translator, &snapshot);
+    first.expect("translates");
+    assert!(usage.memory_peak_bytes > 0, "{usage:?}");
+    // The component's allocator never frees across calls, which is only
+    // right because every translation starts from a fresh memory.
+    let (second, again) = rt.translate_measured(&translator, &snapshot);
+    second.expect("translates again");
+    assert_eq!(again.memory_peak_bytes, usage.memory_peak_bytes);
+
+    let tight = runtime(Limits {
+        memory_bytes: usage.memory_peak_bytes - 1,
+        ..Limits::default()
+    });
+    let translator = tight.load(&real_component()).expect("loads");
+    let err = tight
+        .translate(&translator, &snapshot)
+        .expect_err("needs more memory than allowed");
+    assert!(matches!(err, TranslateFailure::Memory(_)), "{err}");
+}
+
+#[test]
 fn guest_traps_and_guest_errors_are_reported_as_such() {
     let rt = runtime(Limits::default());
     let translator = rt

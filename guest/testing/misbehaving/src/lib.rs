@@ -6,6 +6,9 @@
 //! the wire. Built with the feature `always-loop` or `always-alloc`, it
 //! misbehaves on every snapshot.
 
+// The contract's guest-side bindings exist only when built for WebAssembly.
+#![cfg(target_family = "wasm")]
+
 use infergate_model::{Guest, HeaderValue, Output, RouteAction, Snapshot, TranslateError};
 
 struct Misbehaving;
