@@ -64,6 +64,17 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         swaps: usize,
     },
+    /// Write the generated configuration (the one the benchmarks use) into a
+    /// directory, to run `infergate standalone` or `translate` on it.
+    Generate {
+        #[arg(long, default_value_t = 1000)]
+        routes: usize,
+        /// The Gateway listener's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Translate in a loop, for a profiler (perf record ...): natively, or
     /// through the component with --component.
     Profile {
@@ -119,6 +130,13 @@ fn main() -> anyhow::Result<()> {
             other,
             swaps,
         } => swap(&component, &other, swaps),
+        Command::Generate { routes, port, out } => {
+            std::fs::create_dir_all(&out)?;
+            for (name, text) in generate(routes, port) {
+                std::fs::write(out.join(name), text)?;
+            }
+            Ok(())
+        }
         Command::Profile {
             routes,
             runs,
@@ -253,6 +271,27 @@ fn median<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
     times[times.len() / 2]
 }
 
+/// Run `a` and `b` in turns, `runs` times each; their median durations.
+fn median_pair<A, B>(
+    runs: usize,
+    mut a: impl FnMut() -> A,
+    mut b: impl FnMut() -> B,
+) -> (Duration, Duration) {
+    let mut times_a = Vec::new();
+    let mut times_b = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        std::hint::black_box(a());
+        times_a.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(b());
+        times_b.push(started.elapsed());
+    }
+    times_a.sort();
+    times_b.sort();
+    (times_a[times_a.len() / 2], times_b[times_b.len() / 2])
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -297,8 +336,12 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
             "expected {} Envoy routes, got {routes_out}",
             2 * n
         );
-        let native = median(runs, || infergate_translate::translate(&snapshot));
-        let wasm = median(runs, || runtime.translate(&translator, &snapshot));
+        // Interleaved, so that both see the same machine (it is noisy).
+        let (native, wasm) = median_pair(
+            runs,
+            || infergate_translate::translate(&snapshot),
+            || runtime.translate(&translator, &snapshot),
+        );
         let encoding = median(runs, || {
             native_output
                 .gateways
@@ -393,6 +436,9 @@ fn apply(routes: &[usize], changes: usize) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(300));
         }
         latencies.sort();
+        if std::env::var_os("INFERGATE_BENCH_LOG").is_some() {
+            eprintln!("{}", infergate.log_text());
+        }
         println!(
             "{n:>7} | {:>12} | {:>10} | {:>10} | {:>10}",
             ms(first),

@@ -189,6 +189,7 @@ pub fn limits(args: &TranslationArgs) -> Limits {
     Limits {
         memory_bytes: args.translation_memory_mib << 20,
         deadline: Duration::from_millis(args.translation_timeout_ms),
+        ..Limits::default()
     }
 }
 
@@ -338,6 +339,7 @@ pub async fn translate_and_publish(
             return None;
         }
     };
+    let translated = started.elapsed();
     let nodes: Vec<(String, infergate_xds::encode::Resources)> = output
         .gateways
         .iter()
@@ -349,7 +351,8 @@ pub async fn translate_and_publish(
         gateways = node_ids.len(),
         routes = snapshot.http_routes.len(),
         pools = snapshot.inference_pools.len(),
-        translate_ms = started.elapsed().as_millis() as u64,
+        translate_ms = translated.as_millis() as u64,
+        encode_ms = (started.elapsed() - translated).as_millis() as u64,
         "configuration applied"
     );
     if let Some(fleet) = fleet {

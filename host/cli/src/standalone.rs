@@ -228,6 +228,7 @@ impl State {
         } else {
             "nothing served yet"
         };
+        let started = std::time::Instant::now();
         let resources = match self.files.read(&args.config) {
             Ok(r) => r,
             Err(errors) => {
@@ -252,6 +253,10 @@ impl State {
                 return;
             }
         };
+        tracing::debug!(
+            read_ms = started.elapsed().as_millis() as u64,
+            "files read into a snapshot"
+        );
         let Some(output) =
             pipeline::translate_and_publish(translation, &snapshot, cache, fleet, keeping).await
         else {
