@@ -42,15 +42,13 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     // Listeners that share a port share one Envoy listener; their hostnames
     // become virtual hosts.
     let mut ports: BTreeMap<u32, BTreeMap<&str, Vec<Ranked>>> = BTreeMap::new();
-    let mut clusters: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut clusters: Vec<usize> = Vec::new();
     for listener in gateway.listeners.iter().filter(|l| l.usable) {
         let hosts = ports.entry(listener.listener.port).or_default();
         for attachment in &listener.attachments {
             let compiled = &table.routes[attachment.route];
             for rule in &compiled.rules {
-                for &cluster in &rule.clusters {
-                    clusters.insert(&table.clusters[cluster].name, cluster);
-                }
+                clusters.extend(&rule.clusters);
             }
             for host in &attachment.hostnames {
                 let routes = hosts.entry(host.as_str()).or_default();
@@ -115,10 +113,16 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     GatewayIr {
         node_id: format!("{}/{}", gateway.namespace(), gateway.name()),
         listeners,
-        clusters: clusters
-            .into_values()
-            .map(|id| table.clusters[id].clone())
-            .collect(),
+        clusters: {
+            // Each cluster once, by name.
+            clusters.sort_unstable();
+            clusters.dedup();
+            clusters.sort_unstable_by_key(|&id| table.clusters[id].name.as_str());
+            clusters
+                .into_iter()
+                .map(|id| table.clusters[id].clone())
+                .collect()
+        },
     }
 }
 
