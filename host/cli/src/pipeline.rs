@@ -314,7 +314,7 @@ pub async fn swap_from_file(
     }
 }
 
-/// Translate `snapshot` (on a blocking thread), hand every Gateway's
+/// Translate `snapshot` (without blocking other tasks), hand every Gateway's
 /// resources to the xDS cache, log it, and bring the local Envoys (if any)
 /// in line. On failure, logs why (ending with `keeping`: what stays served)
 /// and returns None; nothing served changes.
@@ -326,16 +326,12 @@ pub async fn translate_and_publish(
     keeping: &str,
 ) -> Option<Output> {
     let started = Instant::now();
-    let component = translation.clone();
-    let input = snapshot.clone();
-    let output = match tokio::task::spawn_blocking(move || component.translate(&input)).await {
-        Ok(Ok(output)) => output,
-        Ok(Err(e)) => {
-            tracing::error!("translation failed: {e:#}; {keeping}");
-            return None;
-        }
+    // Translation is CPU-bound: this worker thread hands its other tasks over
+    // while it runs (the snapshot is borrowed, not copied for another thread).
+    let output = match tokio::task::block_in_place(|| translation.translate(snapshot)) {
+        Ok(output) => output,
         Err(e) => {
-            tracing::error!("translation task failed: {e}; {keeping}");
+            tracing::error!("translation failed: {e:#}; {keeping}");
             return None;
         }
     };
