@@ -89,6 +89,13 @@ fn a_component_swaps_in_under_traffic_and_broken_ones_are_refused() {
     let info = || http_get(metrics_port, "/info").unwrap_or_default();
     let production_digest = sha256_hex(&std::fs::read(production_component()).unwrap());
     assert!(info().contains(&production_digest), "{}", info());
+    // Operators size --translation-memory-mib by the guest memory's peak.
+    let guest_memory = counter(&metrics(), "infergate_translation_guest_memory_bytes");
+    assert!(
+        guest_memory > 0 && guest_memory <= 512 << 20,
+        "guest memory {guest_memory}; metrics:\n{}",
+        metrics()
+    );
 
     // Steady traffic on two threads for the whole test.
     let stop = Arc::new(AtomicBool::new(false));

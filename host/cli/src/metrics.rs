@@ -28,6 +28,7 @@ struct Inner {
     bucket_counts: [u64; BUCKETS.len()],
     duration_count: u64,
     duration_sum: f64,
+    guest_memory_bytes: Option<usize>,
     swaps: u64,
     rejections: BTreeMap<String, u64>,
     active: Option<ActiveComponent>,
@@ -39,9 +40,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// One translation ended: `outcome` is `ok` or the failure's kind.
-    pub fn translation(&self, outcome: &'static str, took: Duration) {
+    /// One translation ended: `outcome` is `ok` or the failure's kind;
+    /// `guest_memory` is the guest memory's peak in bytes.
+    pub fn translation(&self, outcome: &'static str, took: Duration, guest_memory: usize) {
         let mut inner = self.inner.lock().expect("metrics lock");
+        inner.guest_memory_bytes = Some(guest_memory);
         *inner.translations.entry(outcome).or_default() += 1;
         let seconds = took.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -101,6 +104,12 @@ impl Metrics {
             count = inner.duration_count,
             sum = inner.duration_sum
         );
+        if let Some(bytes) = inner.guest_memory_bytes {
+            let _ = writeln!(
+                out,
+                "# HELP infergate_translation_guest_memory_bytes Guest memory at its peak in the last translation (compare with --translation-memory-mib).\n# TYPE infergate_translation_guest_memory_bytes gauge\ninfergate_translation_guest_memory_bytes {bytes}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP infergate_component_swaps_total Components swapped in while running.\n# TYPE infergate_component_swaps_total counter\ninfergate_component_swaps_total {}",

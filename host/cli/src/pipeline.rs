@@ -135,12 +135,13 @@ impl Translation {
     pub fn translate(&self, snapshot: &Snapshot) -> anyhow::Result<Output> {
         let translator = self.active.read().expect("active lock").clone();
         let started = Instant::now();
-        let outcome = self.runtime.translate(&translator, snapshot);
+        let (outcome, usage) = self.runtime.translate_measured(&translator, snapshot);
         let label = match &outcome {
             Ok(_) => "ok",
             Err(failure) => failure_reason(failure),
         };
-        self.metrics.translation(label, started.elapsed());
+        self.metrics
+            .translation(label, started.elapsed(), usage.memory_peak_bytes);
         Ok(outcome?)
     }
 
