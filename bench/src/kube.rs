@@ -31,6 +31,18 @@ fn pod_ip(index: usize) -> String {
     )
 }
 
+/// Run `tasks`, `CONCURRENCY` at a time; the first error, if any.
+async fn concurrently<T, E>(
+    tasks: impl Iterator<Item = impl std::future::Future<Output = Result<T, E>>>,
+) -> Result<(), E> {
+    futures::stream::iter(tasks)
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .try_for_each(|r| r.map(|_| ()))
+}
+
 async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyhow::Result<()> {
     let cluster = Cluster::start("bench", true).await;
     grant_printed_rbac(&cluster, "default", true).await;
@@ -58,8 +70,8 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
     let pool_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &pool_ar);
     let route_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &route_ar);
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    futures::stream::iter(0..pools)
-        .map(|p| {
+    concurrently(
+        (0..pools).map(|p| {
             let (api, apply) = (pool_api.clone(), apply.clone());
             async move {
                 let body = json!({
@@ -69,14 +81,11 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
                 });
                 api.patch(&format!("pool-{p}"), &apply, &Patch::Apply(&body)).await.map(|_| ())
             }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    futures::stream::iter(0..routes)
-        .map(|r| {
+        }),
+    )
+    .await?;
+    concurrently(
+        (0..routes).map(|r| {
             let (api, apply) = (route_api.clone(), apply.clone());
             async move {
                 let body = json!({
@@ -92,15 +101,12 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
                 });
                 api.patch(&format!("route-{r}"), &apply, &Patch::Apply(&body)).await.map(|_| ())
             }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+        }),
+    )
+    .await?;
     // `pods` ready Pods, plus `changes` that become ready during the measurement.
-    futures::stream::iter(0..pods + changes)
-        .map(|i| {
+    concurrently(
+        (0..pods + changes).map(|i| {
             let (api, apply) = (pod_api.clone(), apply.clone());
             async move {
                 let name = format!("pod-{i}");
@@ -117,12 +123,9 @@ async fn bench(routes: usize, pools: usize, pods: usize, changes: usize) -> anyh
                 }});
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.map(|_| ())
             }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+        }),
+    )
+    .await?;
     println!(
         "created {routes} HTTPRoutes, {pools} InferencePools, {} Pods in {:.1} s",
         pods + changes,

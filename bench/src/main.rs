@@ -260,15 +260,15 @@ fn snapshot(files: &[(String, String)]) -> anyhow::Result<Snapshot> {
 
 /// Run `f` `runs` times and return the median duration.
 fn median<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
-    let mut times: Vec<Duration> = (0..runs.max(1))
-        .map(|_| {
-            let started = Instant::now();
-            std::hint::black_box(f());
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
+    middle(
+        (0..runs.max(1))
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(f());
+                started.elapsed()
+            })
+            .collect(),
+    )
 }
 
 /// Run `a` and `b` in turns, `runs` times each; their median durations.
@@ -287,9 +287,13 @@ fn median_pair<A, B>(
         std::hint::black_box(b());
         times_b.push(started.elapsed());
     }
-    times_a.sort();
-    times_b.sort();
-    (times_a[times_a.len() / 2], times_b[times_b.len() / 2])
+    (middle(times_a), middle(times_b))
+}
+
+/// The median of `times` (not empty).
+fn middle(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }
 
 fn ms(d: Duration) -> String {

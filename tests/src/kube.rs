@@ -526,6 +526,14 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("setting the status of Pod {name}: {e}"));
     }
 
+    /// An HTTPRoute `name` (in default, to Gateway gw) sending `path` to the
+    /// Service `name`, whose one endpoint is `ip:port`.
+    pub async fn route_to_endpoint(&self, name: &str, path: &str, ip: &str, port: u16) {
+        self.apply_yaml(&service_route(name, name, path)).await;
+        self.endpoint_slice("default", name, &[ip], port, None)
+            .await;
+    }
+
     /// An EndpointSlice for a Service, as the EndpointSlice controller would write it.
     pub async fn endpoint_slice(
         &self,

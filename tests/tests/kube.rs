@@ -19,18 +19,8 @@ async fn routes_and_status_from_the_api_server() {
     let b = NamedServer::start_on(&ip, "b");
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;
-    cluster
-        .apply_yaml(&service_route("svc-a", "svc-a", "/a"))
-        .await;
-    cluster
-        .apply_yaml(&service_route("svc-b", "svc-b", "/b"))
-        .await;
-    cluster
-        .endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None)
-        .await;
-    cluster
-        .endpoint_slice("default", "svc-b", &[ip.as_str()], b.port, None)
-        .await;
+    cluster.route_to_endpoint("svc-a", "/a", &ip, a.port).await;
+    cluster.route_to_endpoint("svc-b", "/b", &ip, b.port).await;
 
     let controller = Controller::start(&cluster, "one", &[]);
     let routes = cluster.routes("default").await;
@@ -90,22 +80,11 @@ async fn routes_and_status_from_the_api_server() {
             == Some(("False".into(), "BackendNotFound".into()))
     })
     .await;
-    let events = cluster
-        .dynamic("events.k8s.io", "v1", "Event", "events", Some("default"))
-        .await;
     assert!(
-        wait_until_async(Duration::from_secs(20), || async {
-            events
-                .list(&Default::default())
-                .await
-                .map(|l| {
-                    l.items.iter().any(|e| {
-                        e.data["regarding"]["name"] == "svc-a"
-                            && e.data["reason"] == "BackendNotFound"
-                            && e.data["type"] == "Warning"
-                    })
-                })
-                .unwrap_or(false)
+        event_appears(&cluster, |e| {
+            e["regarding"]["name"] == "svc-a"
+                && e["reason"] == "BackendNotFound"
+                && e["type"] == "Warning"
         })
         .await,
         "no BackendNotFound Event for svc-a"
@@ -115,6 +94,21 @@ async fn routes_and_status_from_the_api_server() {
         get(listener_port, "/b/x", &[]).map(|r| r.1),
         Some("b".into())
     );
+}
+
+/// Whether an Event in namespace default that `wanted` accepts shows up
+/// within 20 seconds.
+async fn event_appears(cluster: &Cluster, wanted: impl Fn(&serde_json::Value) -> bool) -> bool {
+    let events = cluster
+        .dynamic("events.k8s.io", "v1", "Event", "events", Some("default"))
+        .await;
+    wait_until_async(Duration::from_secs(20), || async {
+        events
+            .list(&Default::default())
+            .await
+            .is_ok_and(|l| l.items.iter().any(|e| wanted(&e.data)))
+    })
+    .await
 }
 
 async fn wait_until_async<F, Fut>(timeout: Duration, mut check: F) -> bool
@@ -141,12 +135,7 @@ async fn a_rejected_component_is_an_event_on_our_gateway_class() {
     let listener_port = infergate_e2e::free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;
-    cluster
-        .apply_yaml(&service_route("svc-a", "svc-a", "/a"))
-        .await;
-    cluster
-        .endpoint_slice("default", "svc-a", &[ip.as_str()], a.port, None)
-        .await;
+    cluster.route_to_endpoint("svc-a", "/a", &ip, a.port).await;
     let component = cluster.dir.0.join("translator.wasm");
     std::fs::copy(infergate_e2e::production_component(), &component).unwrap();
     let controller = Controller::start(
@@ -173,25 +162,14 @@ async fn a_rejected_component_is_an_event_on_our_gateway_class() {
     .unwrap();
     std::fs::rename(&staged, &component).unwrap();
     controller.wait_for_log("rejected", Duration::from_secs(20));
-    let events = cluster
-        .dynamic("events.k8s.io", "v1", "Event", "events", Some("default"))
-        .await;
     assert!(
-        wait_until_async(Duration::from_secs(20), || async {
-            events
-                .list(&Default::default())
-                .await
-                .map(|l| {
-                    l.items.iter().any(|e| {
-                        e.data["regarding"]["kind"] == "GatewayClass"
-                            && e.data["regarding"]["name"] == "infergate"
-                            && e.data["reason"] == "ComponentRejected"
-                            && e.data["note"]
-                                .as_str()
-                                .is_some_and(|n| n.contains("0.0.9") || n.contains("version"))
-                    })
-                })
-                .unwrap_or(false)
+        event_appears(&cluster, |e| {
+            e["regarding"]["kind"] == "GatewayClass"
+                && e["regarding"]["name"] == "infergate"
+                && e["reason"] == "ComponentRejected"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("0.0.9") || n.contains("version"))
         })
         .await,
         "no ComponentRejected Event on GatewayClass infergate; controller log:\n{}",

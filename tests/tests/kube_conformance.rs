@@ -343,30 +343,28 @@ async fn upstream_conformance_manifests() {
         "127.0.2.1:3000",
     );
     // 14. appProtocol: h2c to the pool on 3001, HTTP/1.1 to the http pool.
-    let r = post(
-        PRIMARY_GW,
-        "appprotocol-h2c.example.com",
-        "/inferencepool-app-protocol-h2c",
-        &[],
-    );
-    assert!(served_by(&r).ends_with(":3001"), "{r:?}");
-    assert_eq!(
-        r.as_ref().and_then(|r| r.header("x-request-protocol")),
-        Some("HTTP/2.0"),
-        "{r:?}"
-    );
-    let r = post(
-        PRIMARY_GW,
-        "appprotocol-http.example.com",
-        "/inferencepool-app-protocol-http",
-        &[],
-    );
-    assert!(served_by(&r).ends_with(":3000"), "{r:?}");
-    assert_eq!(
-        r.as_ref().and_then(|r| r.header("x-request-protocol")),
-        Some("HTTP/1.1"),
-        "{r:?}"
-    );
+    for (host, path, port, protocol) in [
+        (
+            "appprotocol-h2c.example.com",
+            "/inferencepool-app-protocol-h2c",
+            ":3001",
+            "HTTP/2.0",
+        ),
+        (
+            "appprotocol-http.example.com",
+            "/inferencepool-app-protocol-http",
+            ":3000",
+            "HTTP/1.1",
+        ),
+    ] {
+        let r = post(PRIMARY_GW, host, path, &[]);
+        assert!(served_by(&r).ends_with(port), "{r:?}");
+        assert_eq!(
+            r.as_ref().and_then(|r| r.header("x-request-protocol")),
+            Some(protocol),
+            "{r:?}"
+        );
+    }
     // 11. Weighted 70/30 across two pools, 200 requests.
     let mut primary = 0;
     for _ in 0..200 {

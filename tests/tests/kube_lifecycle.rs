@@ -267,10 +267,7 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
     cluster
-        .apply_yaml(&service_route("plain", "plain", "/plain"))
-        .await;
-    cluster
-        .endpoint_slice("default", "plain", &[ip.as_str()], plain.port, None)
+        .route_to_endpoint("plain", "/plain", &ip, plain.port)
         .await;
 
     // Feature on, CRD missing: said clearly, everything else served.
