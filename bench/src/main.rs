@@ -407,8 +407,8 @@ fn apply(routes: &[usize], changes: usize) -> anyhow::Result<()> {
     let server = NamedServer::start("probe");
     println!("file change -> Envoy serving it (infergate standalone, debounce 50 ms, real Envoy)");
     println!(
-        "{:>7} | {:>12} | {:>10} | {:>10} | {:>10}",
-        "routes", "first config", "p50", "max", "changes"
+        "{:>7} | {:>12} | {:>10} | {:>10} | {:>16} | {:>16} | {:>7}",
+        "routes", "first config", "p50", "max", "controller p50", "Envoy p50", "changes"
     );
     for &n in routes {
         let config = TempDir::new("bench-config");
@@ -427,15 +427,21 @@ fn apply(routes: &[usize], changes: usize) -> anyhow::Result<()> {
         wait_for(&mut infergate, listener, "v0", Duration::from_secs(120))?;
         let first = started.elapsed();
         let mut latencies = vec![];
+        // Write -> the controller's "configuration applied" line (in our xDS
+        // cache), and from there -> Envoy serving it.
+        let (mut controller, mut envoy) = (vec![], vec![]);
         for version in 1..=changes {
             let expected = format!("v{version}");
+            let applied_before = applied_times(&infergate.log_text()).len();
+            let written = seconds_of_day(std::time::SystemTime::now());
             std::fs::write(config.0.join(PROBE), probe_yaml(version))?;
-            latencies.push(wait_for(
-                &mut infergate,
-                listener,
-                &expected,
-                Duration::from_secs(30),
-            )?);
+            let latency = wait_for(&mut infergate, listener, &expected, Duration::from_secs(30))?;
+            latencies.push(latency);
+            if let Some(&applied) = applied_times(&infergate.log_text()).get(applied_before) {
+                let published = Duration::from_secs_f64((applied - written).max(0.0));
+                controller.push(published);
+                envoy.push(latency.saturating_sub(published));
+            }
             // Let the watcher settle so changes do not merge.
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -443,15 +449,55 @@ fn apply(routes: &[usize], changes: usize) -> anyhow::Result<()> {
         if std::env::var_os("INFERGATE_BENCH_LOG").is_some() {
             eprintln!("{}", infergate.log_text());
         }
+        let split = |times: Vec<Duration>| {
+            if times.is_empty() {
+                "-".to_string()
+            } else {
+                ms(middle(times))
+            }
+        };
         println!(
-            "{n:>7} | {:>12} | {:>10} | {:>10} | {:>10}",
+            "{n:>7} | {:>12} | {:>10} | {:>10} | {:>16} | {:>16} | {:>7}",
             ms(first),
             ms(latencies[latencies.len() / 2]),
             ms(*latencies.last().expect("at least one change")),
+            split(controller),
+            split(envoy),
             latencies.len()
         );
     }
     Ok(())
+}
+
+/// When (seconds into the UTC day) each "configuration applied" line of
+/// the controller's log was written.
+fn applied_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("configuration applied"))
+        .filter_map(|l| {
+            // 2026-11-26T16:27:17.962267Z ...
+            let time = l
+                .split_whitespace()
+                .next()?
+                .split('T')
+                .nth(1)?
+                .strip_suffix('Z')?;
+            let mut parts = time.split(':');
+            let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(
+                h.parse::<f64>().ok()? * 3600.0
+                    + m.parse::<f64>().ok()? * 60.0
+                    + s.parse::<f64>().ok()?,
+            )
+        })
+        .collect()
+}
+
+fn seconds_of_day(t: std::time::SystemTime) -> f64 {
+    let since = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    (since.as_secs() % 86_400) as f64 + f64::from(since.subsec_micros()) / 1e6
 }
 
 /// Poll the probe route until it answers with `expected`; return how long it took.
