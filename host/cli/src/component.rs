@@ -47,7 +47,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
         .map_err(|e| pipeline::all_errors(&e))?;
     inputs.push(("the built-in canary configuration".into(), built_in));
     for dir in &args.configs {
-        let resources = crate::standalone::read_resources(dir)
+        let resources = crate::files::read_resources(dir)
             .map_err(|e| pipeline::all_errors(&e))
             .with_context(|| format!("reading {}", dir.display()))?;
         inputs.push((dir.display().to_string(), resources));

@@ -2,6 +2,7 @@
 
 mod component;
 mod envoy;
+mod files;
 mod metrics;
 mod pipeline;
 mod run;
@@ -286,7 +287,7 @@ fn main() -> anyhow::Result<()> {
 
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     let resources =
-        standalone::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
+        files::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
     let snapshot = pipeline::snapshot(&resources, &args.translation, standalone::DEFAULT_ADDRESS)?;
     let output = if args.native {
         infergate_translate::translate(&snapshot)

@@ -337,19 +337,16 @@ pub async fn translate_and_publish(
         }
     };
     let translated = started.elapsed();
-    let nodes: Vec<(String, infergate_xds::encode::Resources)> = output
-        .gateways
-        .iter()
-        .map(|g| (g.node_id.clone(), infergate_xds::encode::gateway(g)))
-        .collect();
-    let node_ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-    cache.replace_all(nodes);
+    let encoded = cache.publish(&output.gateways);
+    let node_ids: Vec<String> = output.gateways.iter().map(|g| g.node_id.clone()).collect();
     tracing::info!(
         gateways = node_ids.len(),
         routes = snapshot.http_routes.len(),
         pools = snapshot.inference_pools.len(),
         translate_ms = translated.as_millis() as u64,
         encode_ms = (started.elapsed() - translated).as_millis() as u64,
+        virtual_hosts_encoded = encoded.virtual_hosts_encoded,
+        virtual_hosts_reused = encoded.virtual_hosts_reused,
         "configuration applied"
     );
     if let Some(fleet) = fleet {

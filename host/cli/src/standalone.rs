@@ -1,105 +1,21 @@
 //! Standalone mode: a directory of YAML, watched, served to local Envoys.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use infergate_model::{Condition, ConditionStatus, Output, Statuses};
-use infergate_resources::{ResourceError, Resources};
 use infergate_xds::SnapshotCache;
 use notify::Watcher;
 use tokio::sync::mpsc;
 
 use crate::StandaloneArgs;
 use crate::envoy::{Fleet, find_binary};
+use crate::files::SnapshotFiles;
 use crate::pipeline::{self, Translation};
 
 /// Where Gateway listeners bind when their spec.addresses says nothing.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1";
-
-/// Read one YAML file, or every *.yaml / *.yml file of a directory (sorted,
-/// not recursive). All errors of all files are returned together.
-pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
-    FileCache::default().read(path)
-}
-
-/// The parsed resources of each file, kept with the text they came from, so
-/// that a change re-parses only the files that changed.
-#[derive(Default)]
-pub struct FileCache {
-    files: std::collections::HashMap<PathBuf, (String, Resources)>,
-}
-
-impl FileCache {
-    /// As [`read_resources`], parsing only files whose text changed since the
-    /// last call. Objects defined in two files are errors, as within one.
-    pub fn read(&mut self, path: &Path) -> Result<Resources, Vec<ResourceError>> {
-        let mut files: Vec<PathBuf> = if path.is_dir() {
-            match std::fs::read_dir(path) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.is_file()
-                            && matches!(
-                                p.extension().and_then(|e| e.to_str()),
-                                Some("yaml" | "yml")
-                            )
-                    })
-                    .collect(),
-                Err(e) => return Err(vec![io_error(path, e)]),
-            }
-        } else {
-            vec![path.to_path_buf()]
-        };
-        files.sort();
-        // Files that are gone are forgotten.
-        self.files.retain(|p, _| files.contains(p));
-        let mut resources = Resources::default();
-        let mut errors = Vec::new();
-        for file in files {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(e) => {
-                    errors.push(io_error(&file, e));
-                    continue;
-                }
-            };
-            let unchanged = self.files.get(&file).is_some_and(|(old, _)| *old == text);
-            if !unchanged {
-                let mut parsed = Resources::default();
-                match parsed.add_yaml(&file.display().to_string(), &text) {
-                    Ok(()) => {
-                        self.files.insert(file.clone(), (text, parsed));
-                    }
-                    Err(e) => {
-                        self.files.remove(&file);
-                        errors.extend(e);
-                        continue;
-                    }
-                }
-            }
-            let (_, parsed) = &self.files[&file];
-            if let Err(e) = resources.merge_from(parsed) {
-                errors.extend(e);
-            }
-        }
-        if errors.is_empty() {
-            Ok(resources)
-        } else {
-            Err(errors)
-        }
-    }
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
-    ResourceError::new(
-        infergate_resources::Source::document(&path.display().to_string(), 0),
-        None,
-        None,
-        e.to_string(),
-    )
-}
 
 pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     if !args.config.is_dir() {
@@ -155,9 +71,8 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     });
 
     let mut state = State {
-        files: FileCache::default(),
+        files: SnapshotFiles::default(),
         last: None,
-        last_snapshot: None,
     };
     state
         .apply(&args, &translation, &cache, fleet.as_mut())
@@ -198,7 +113,7 @@ async fn swap(args: &StandaloneArgs, translation: &Arc<Translation>, state: &Sta
     matches!(
         pipeline::swap_from_file(
             translation,
-            state.last_snapshot.clone(),
+            state.files.snapshot().cloned(),
             pipeline::settings(&args.translation, DEFAULT_ADDRESS),
         )
         .await,
@@ -207,12 +122,11 @@ async fn swap(args: &StandaloneArgs, translation: &Arc<Translation>, state: &Sta
 }
 
 struct State {
-    /// Parsed files, re-parsed only when their text changes.
-    files: FileCache,
+    /// The configuration files as a snapshot (also a new component's canary
+    /// input), re-parsed only where their text changes.
+    files: SnapshotFiles,
     /// The last output that was served.
     last: Option<Output>,
-    /// The snapshot it came from: a new component's canary input.
-    last_snapshot: Option<infergate_model::Snapshot>,
 }
 
 impl State {
@@ -229,36 +143,27 @@ impl State {
             "nothing served yet"
         };
         let started = std::time::Instant::now();
-        let resources = match self.files.read(&args.config) {
-            Ok(r) => r,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("{e}");
-                }
-                tracing::error!(
-                    "configuration not applied ({} errors); {keeping}",
-                    errors.len()
-                );
-                return;
+        let settings = pipeline::settings(&args.translation, DEFAULT_ADDRESS);
+        if let Err(errors) = self.files.read(&args.config, &settings) {
+            for e in &errors {
+                tracing::error!("{e}");
             }
-        };
-        for skipped in &resources.skipped {
+            tracing::error!(
+                "configuration not applied ({} errors); {keeping}",
+                errors.len()
+            );
+            return;
+        }
+        for skipped in self.files.skipped() {
             tracing::debug!("{skipped}");
         }
-        let snapshot = match pipeline::snapshot(&resources, &args.translation, DEFAULT_ADDRESS) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                tracing::error!("configuration not applied; {keeping}");
-                return;
-            }
-        };
         tracing::debug!(
             read_ms = started.elapsed().as_millis() as u64,
             "files read into a snapshot"
         );
+        let snapshot = self.files.snapshot().expect("read succeeded");
         let Some(output) =
-            pipeline::translate_and_publish(translation, &snapshot, cache, fleet, keeping).await
+            pipeline::translate_and_publish(translation, snapshot, cache, fleet, keeping).await
         else {
             return;
         };
@@ -283,7 +188,6 @@ impl State {
             }
         }
         self.last = Some(output);
-        self.last_snapshot = Some(snapshot);
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
-use crate::encode::Resources;
+use crate::encode::Packed;
+use crate::encoder::{EncodeStats, Encoder};
 
 /// One type's resources for one node. The version is a digest of the
 /// content, so an unchanged type is never re-sent.
@@ -19,12 +20,16 @@ pub struct TypeSnapshot {
 
 #[derive(Clone, Debug, Default)]
 pub struct NodeSnapshot {
-    pub types: HashMap<&'static str, TypeSnapshot>,
+    /// Shared with the streams sending them: a stream copies only the
+    /// resources it sends.
+    pub types: HashMap<&'static str, Arc<TypeSnapshot>>,
 }
 
 /// Snapshots by Envoy node id; streams are told when anything changes.
 pub struct SnapshotCache {
-    nodes: Mutex<HashMap<String, NodeSnapshot>>,
+    nodes: Mutex<HashMap<String, Arc<NodeSnapshot>>>,
+    /// Remembers what [`SnapshotCache::publish`] encoded last.
+    encoder: Mutex<Encoder>,
     changes: watch::Sender<u64>,
 }
 
@@ -32,27 +37,42 @@ impl SnapshotCache {
     pub fn new() -> Arc<Self> {
         Arc::new(SnapshotCache {
             nodes: Mutex::new(HashMap::new()),
+            encoder: Mutex::new(Encoder::new()),
             changes: watch::Sender::new(0),
         })
     }
 
-    /// Replace every node's resources at once. Nodes that are no longer
-    /// listed keep an empty snapshot, so their Envoy drops what it had.
-    pub fn replace_all(&self, nodes: Vec<(String, Resources)>) {
-        let mut current = self.nodes.lock().expect("snapshot cache lock");
-        let mut next: HashMap<String, NodeSnapshot> = current
-            .keys()
-            .map(|k| (k.clone(), snapshot(Resources::default())))
-            .collect();
-        for (node, resources) in nodes {
-            next.insert(node, snapshot(resources));
-        }
-        *current = next;
-        drop(current);
-        self.changes.send_modify(|generation| *generation += 1);
+    /// Encode every Gateway (re-using the encoding of what did not change
+    /// since the last call) and replace all nodes' resources with them.
+    pub fn publish(&self, gateways: &[infergate_model::GatewayIr]) -> EncodeStats {
+        let (nodes, stats) = self.encoder.lock().expect("encoder lock").encode(gateways);
+        self.replace_all(nodes);
+        stats
     }
 
-    pub fn get(&self, node: &str) -> Option<NodeSnapshot> {
+    /// Replace every node's resources at once (typed [`crate::encode::Resources`]
+    /// or already [`Packed`]). Nodes that are no longer listed keep an empty
+    /// snapshot, so their Envoy drops what it had.
+    pub fn replace_all<R: Into<Packed>>(&self, nodes: Vec<(String, R)>) {
+        let mut next: HashMap<String, Arc<NodeSnapshot>> = nodes
+            .into_iter()
+            .map(|(node, resources)| (node, Arc::new(snapshot(resources.into()))))
+            .collect();
+        let mut current = self.nodes.lock().expect("snapshot cache lock");
+        for gone in current.keys() {
+            if !next.contains_key(gone) {
+                let empty = crate::encode::Resources::default().into_packed();
+                next.insert(gone.clone(), Arc::new(snapshot(empty)));
+            }
+        }
+        let previous = std::mem::replace(&mut *current, next);
+        drop(current);
+        self.changes.send_modify(|generation| *generation += 1);
+        // The streams are told first; the old resources are freed after.
+        drop(previous);
+    }
+
+    pub fn get(&self, node: &str) -> Option<Arc<NodeSnapshot>> {
         self.nodes
             .lock()
             .expect("snapshot cache lock")
@@ -65,10 +85,9 @@ impl SnapshotCache {
     }
 }
 
-fn snapshot(resources: Resources) -> NodeSnapshot {
+fn snapshot(packed: Packed) -> NodeSnapshot {
     NodeSnapshot {
-        types: resources
-            .into_packed()
+        types: packed
             .into_iter()
             .map(|(type_url, resources)| {
                 let mut hasher = DefaultHasher::new();
@@ -78,10 +97,10 @@ fn snapshot(resources: Resources) -> NodeSnapshot {
                 }
                 (
                     type_url,
-                    TypeSnapshot {
+                    Arc::new(TypeSnapshot {
                         version: format!("{:016x}", hasher.finish()),
                         resources,
-                    },
+                    }),
                 )
             })
             .collect(),

@@ -92,9 +92,18 @@ pub struct Resources {
     pub routes: Vec<RouteConfiguration>,
 }
 
+/// Resources packed for xDS: (type URL, [(name, packed)]) in [`TYPE_ORDER`].
+pub type Packed = Vec<(&'static str, Vec<(String, Any)>)>;
+
+impl From<Resources> for Packed {
+    fn from(resources: Resources) -> Packed {
+        resources.into_packed()
+    }
+}
+
 impl Resources {
     /// (type URL, [(name, packed)]) in [`TYPE_ORDER`].
-    pub fn into_packed(self) -> Vec<(&'static str, Vec<(String, Any)>)> {
+    pub fn into_packed(self) -> Packed {
         vec![
             (
                 CLUSTER_TYPE,
@@ -147,10 +156,18 @@ fn seconds(s: i64) -> Duration {
 
 pub fn gateway(gateway: &ir::GatewayIr) -> Resources {
     Resources {
+        routes: gateway.listeners.iter().map(route_configuration).collect(),
+        ..gateway_without_routes(gateway)
+    }
+}
+
+/// All but the route configurations, which [`crate::Encoder`] assembles.
+pub(crate) fn gateway_without_routes(gateway: &ir::GatewayIr) -> Resources {
+    Resources {
         clusters: gateway.clusters.iter().map(cluster).collect(),
         endpoints: gateway.clusters.iter().map(load_assignment).collect(),
         listeners: gateway.listeners.iter().map(listener).collect(),
-        routes: gateway.listeners.iter().map(route_configuration).collect(),
+        routes: vec![],
     }
 }
 
@@ -463,17 +480,24 @@ fn ext_proc_per_route(picker: Option<&ir::EndpointPickerIr>) -> Any {
 
 fn route_configuration(l: &ir::ListenerIr) -> RouteConfiguration {
     RouteConfiguration {
+        virtual_hosts: l.virtual_hosts.iter().map(virtual_host).collect(),
+        ..route_configuration_without_hosts(l)
+    }
+}
+
+/// The listener's route configuration but for its virtual hosts.
+pub(crate) fn route_configuration_without_hosts(l: &ir::ListenerIr) -> RouteConfiguration {
+    RouteConfiguration {
         name: l.name.clone(),
-        virtual_hosts: l
-            .virtual_hosts
-            .iter()
-            .map(|vh| VirtualHost {
-                name: vh.name.clone(),
-                domains: vh.domains.clone(),
-                routes: vh.routes.iter().map(route).collect(),
-                ..Default::default()
-            })
-            .collect(),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn virtual_host(vh: &ir::VirtualHostIr) -> VirtualHost {
+    VirtualHost {
+        name: vh.name.clone(),
+        domains: vh.domains.clone(),
+        routes: vh.routes.iter().map(route).collect(),
         ..Default::default()
     }
 }

@@ -135,11 +135,11 @@ async fn serve_stream(
             nonces += 1;
             let resources = current
                 .resources
-                .into_iter()
+                .iter()
                 .filter(|(name, _)| {
                     subscription.names.is_empty() || subscription.names.contains(name)
                 })
-                .map(|(_, any)| any)
+                .map(|(_, any)| any.clone())
                 .collect();
             let response = DiscoveryResponse {
                 version_info: current.version.clone(),
@@ -148,7 +148,7 @@ async fn serve_stream(
                 nonce: nonces.to_string(),
                 ..Default::default()
             };
-            subscription.sent_version = Some(current.version);
+            subscription.sent_version = Some(current.version.clone());
             subscription.nonce = nonces.to_string();
             if tx.send(Ok(response)).await.is_err() {
                 return;

@@ -1,0 +1,465 @@
+//! A directory of YAML as resources: read all at once ([`read_resources`],
+//! for `translate` and `component check`), or kept as a snapshot across
+//! changes ([`SnapshotFiles`], for standalone mode).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use infergate_model::{Settings, Snapshot};
+use infergate_resources::{ResourceError, Resources, Source};
+
+/// The *.yaml / *.yml files of a directory (sorted, not recursive), or the
+/// one file `path` names.
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Vec<ResourceError>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| vec![io_error(path, e)])?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
+    ResourceError::new(
+        Source::document(&path.display().to_string(), 0),
+        None,
+        None,
+        e.to_string(),
+    )
+}
+
+/// Read one YAML file, or every YAML file of a directory. All errors of all
+/// files are returned together.
+pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
+    let mut resources = Resources::default();
+    let mut errors = Vec::new();
+    for file in yaml_files(path)? {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                if let Err(e) = resources.add_yaml(&file.display().to_string(), &text) {
+                    errors.extend(e);
+                }
+            }
+            Err(e) => errors.push(io_error(&file, e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The list fields of a snapshot, each with its index into [`Counts`].
+macro_rules! for_each_kind {
+    ($apply:ident) => {
+        $apply!(
+            namespaces = 0,
+            gateway_classes = 1,
+            gateways = 2,
+            http_routes = 3,
+            reference_grants = 4,
+            services = 5,
+            endpoint_slices = 6,
+            pods = 7,
+            inference_pools = 8
+        )
+    };
+}
+
+/// How many objects of each kind a file holds.
+type Counts = [usize; 9];
+
+fn counts(part: &Snapshot) -> Counts {
+    macro_rules! count {
+        ($($field:ident = $i:expr),*) => {{
+            let mut counts = Counts::default();
+            $(counts[$i] = part.$field.len();)*
+            counts
+        }};
+    }
+    for_each_kind!(count)
+}
+
+fn empty(settings: Settings) -> Snapshot {
+    Snapshot {
+        settings,
+        namespaces: vec![],
+        gateway_classes: vec![],
+        gateways: vec![],
+        http_routes: vec![],
+        reference_grants: vec![],
+        services: vec![],
+        endpoint_slices: vec![],
+        pods: vec![],
+        inference_pools: vec![],
+    }
+}
+
+/// What is kept of one file: its text (to tell whether it changed), where
+/// each of its objects is defined, what it skipped, and how many objects of
+/// each kind it put in the snapshot.
+struct FileEntry {
+    path: PathBuf,
+    text: String,
+    origins: Vec<((String, String, String), Source)>,
+    skipped: Vec<String>,
+    counts: Counts,
+}
+
+/// A directory of YAML kept as one snapshot. A change re-parses and
+/// converts only the files whose text changed; the objects of the others
+/// are moved, not copied, into the new snapshot (at 10,000 HTTPRoutes
+/// converting or copying everything took about as long as translating it).
+#[derive(Default)]
+pub struct SnapshotFiles {
+    settings: Option<Settings>,
+    /// In the order their objects appear in the snapshot (sorted paths).
+    files: Vec<FileEntry>,
+    snapshot: Option<Snapshot>,
+}
+
+/// Where a file's objects in the next snapshot come from.
+enum Plan {
+    /// The objects of `files[i]`, unchanged.
+    Keep(usize),
+    /// A file that is new or changed, converted.
+    New(Box<(FileEntry, Snapshot)>),
+}
+
+impl SnapshotFiles {
+    /// The snapshot of the files in `path` as they are now. On any error
+    /// (unreadable, invalid YAML or resource, an object defined in two files)
+    /// every error is returned and the snapshot stays what it was.
+    pub fn read(
+        &mut self,
+        path: &Path,
+        settings: &Settings,
+    ) -> Result<&Snapshot, Vec<ResourceError>> {
+        let paths = yaml_files(path)?;
+        let same_settings = self.settings.as_ref() == Some(settings);
+        let known: HashMap<&Path, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_path(), i))
+            .collect();
+        let mut plans = Vec::with_capacity(paths.len());
+        let mut errors = Vec::new();
+        for path in paths {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(io_error(&path, e));
+                    continue;
+                }
+            };
+            match known.get(path.as_path()) {
+                Some(&i) if same_settings && self.files[i].text == text => {
+                    plans.push(Plan::Keep(i))
+                }
+                _ => match convert(path, text, settings) {
+                    Ok(converted) => plans.push(Plan::New(Box::new(converted))),
+                    Err(e) => errors.extend(e),
+                },
+            }
+        }
+        errors.extend(self.defined_twice(&plans));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        self.assemble(plans, settings);
+        Ok(self.snapshot.as_ref().expect("assembled"))
+    }
+
+    /// The snapshot of the last successful [`SnapshotFiles::read`].
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
+    }
+
+    /// Documents the last successful read skipped, with why.
+    pub fn skipped(&self) -> impl Iterator<Item = &String> {
+        self.files.iter().flat_map(|f| &f.skipped)
+    }
+
+    /// An error for each object that two of the planned files define.
+    fn defined_twice(&self, plans: &[Plan]) -> Vec<ResourceError> {
+        let mut first: HashMap<&(String, String, String), &Source> = HashMap::new();
+        let mut errors = Vec::new();
+        for plan in plans {
+            let entry = match plan {
+                Plan::Keep(i) => &self.files[*i],
+                Plan::New(new) => &new.0,
+            };
+            for (key, source) in &entry.origins {
+                if let Some(earlier) = first.insert(key, source) {
+                    let (kind, namespace, name) = key;
+                    let name = if namespace.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{namespace}/{name}")
+                    };
+                    errors.push(ResourceError::new(
+                        source.clone(),
+                        Some((kind.clone(), Some(name))),
+                        None,
+                        format!("defined twice; first defined at {earlier}"),
+                    ));
+                    first.insert(key, earlier);
+                }
+            }
+        }
+        errors
+    }
+
+    /// The next snapshot: kept files' objects moved out of the current one,
+    /// new files' objects from their conversion, in `plans` order.
+    fn assemble(&mut self, plans: Vec<Plan>, settings: &Settings) {
+        let mut old = self
+            .snapshot
+            .take()
+            .unwrap_or_else(|| empty(settings.clone()));
+        let old_counts: Vec<Counts> = self.files.iter().map(|f| f.counts).collect();
+        let mut old_files: Vec<Option<FileEntry>> = self.files.drain(..).map(Some).collect();
+        let mut next = empty(settings.clone());
+        let mut parts: Vec<Option<Snapshot>> = Vec::with_capacity(plans.len());
+        let mut entries = Vec::with_capacity(plans.len());
+        let mut sources = Vec::with_capacity(plans.len());
+        for plan in plans {
+            match plan {
+                Plan::Keep(i) => {
+                    entries.push(old_files[i].take().expect("each file planned once"));
+                    sources.push(Some(i));
+                    parts.push(None);
+                }
+                Plan::New(new) => {
+                    let (entry, part) = *new;
+                    entries.push(entry);
+                    sources.push(None);
+                    parts.push(Some(part));
+                }
+            }
+        }
+        macro_rules! move_objects {
+            ($($field:ident = $i:expr),*) => {$(
+                // The old snapshot's objects, by the file (old index) they came from.
+                let mut chunks = split(std::mem::take(&mut old.$field), old_counts.iter().map(|c| c[$i]));
+                for (source, part) in sources.iter().zip(parts.iter_mut()) {
+                    match (source, part) {
+                        (Some(i), _) => next.$field.append(&mut chunks[*i]),
+                        (None, Some(part)) => next.$field.append(&mut part.$field),
+                        (None, None) => unreachable!("a new file has its part"),
+                    }
+                }
+            )*};
+        }
+        for_each_kind!(move_objects);
+        self.files = entries;
+        self.settings = Some(settings.clone());
+        self.snapshot = Some(next);
+    }
+}
+
+/// `objects` cut into consecutive runs of the given lengths.
+fn split<T>(objects: Vec<T>, lengths: impl Iterator<Item = usize>) -> Vec<Vec<T>> {
+    let mut objects = objects.into_iter();
+    lengths
+        .map(|n| objects.by_ref().take(n).collect())
+        .collect()
+}
+
+/// Parse and convert one file.
+fn convert(
+    path: PathBuf,
+    text: String,
+    settings: &Settings,
+) -> Result<(FileEntry, Snapshot), Vec<ResourceError>> {
+    let mut resources = Resources::default();
+    resources.add_yaml(&path.display().to_string(), &text)?;
+    let part = resources.to_snapshot(settings.clone())?;
+    let mut origins: Vec<_> = resources.origins.into_iter().collect();
+    // Document order, so that errors about them come in that order.
+    origins.sort_by_key(|(_, source)| match source {
+        Source::Document { index, .. } => *index,
+        Source::Api => 0,
+    });
+    Ok((
+        FileEntry {
+            path,
+            text,
+            origins,
+            skipped: resources.skipped,
+            counts: counts(&part),
+        },
+        part,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: infergate}
+spec: {controllerName: infergate.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: infergate
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+";
+
+    fn route(name: &str, path: &str) -> String {
+        format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{matches: [{{path: {{type: PathPrefix, value: {path}}}}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec: {{ports: [{{port: 80}}]}}
+"
+        )
+    }
+
+    fn settings(address: &str) -> Settings {
+        Settings {
+            controller_name: "infergate.dev/gateway-controller".into(),
+            inference_extension: false,
+            default_address: address.into(),
+        }
+    }
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("infergate-files-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+
+        fn write(&self, file: &str, text: &str) {
+            std::fs::write(self.0.join(file), text).unwrap();
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// What reading and converting every file afresh gives.
+    fn fresh(dir: &Dir, settings: &Settings) -> Snapshot {
+        read_resources(&dir.0)
+            .unwrap()
+            .to_snapshot(settings.clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_kept_snapshot_follows_every_kind_of_file_change() {
+        let dir = Dir::new("changes");
+        dir.write("a.yaml", GATEWAY);
+        dir.write(
+            "c.yaml",
+            &format!("{}{}", route("c1", "/c1"), route("c2", "/c2")),
+        );
+        dir.write("e.yml", &route("e", "/e"));
+        dir.write("notes.txt", "not YAML, not read");
+        let settings = settings("127.0.0.1");
+        let mut files = SnapshotFiles::default();
+        let check = |files: &mut SnapshotFiles, what: &str| {
+            let expected = fresh(&dir, &settings);
+            let kept = files.read(&dir.0, &settings).unwrap().clone();
+            assert_eq!(kept, expected, "after {what}");
+            expected
+        };
+        check(&mut files, "the first read");
+        dir.write(
+            "c.yaml",
+            &format!("{}{}", route("c1", "/changed"), route("c3", "/c3")),
+        );
+        check(&mut files, "a file changed");
+        dir.write("b.yaml", &route("b", "/b"));
+        let snapshot = check(&mut files, "a file added before others");
+        let names: Vec<&str> = snapshot
+            .http_routes
+            .iter()
+            .map(|r| r.meta.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["b", "c1", "c3", "e"],
+            "file order, then document order"
+        );
+        std::fs::remove_file(dir.0.join("c.yaml")).unwrap();
+        check(&mut files, "a file removed");
+        check(&mut files, "nothing changed");
+        assert_eq!(files.snapshot().unwrap().services.len(), 2);
+    }
+
+    #[test]
+    fn an_error_changes_nothing_and_names_the_file_and_object() {
+        let dir = Dir::new("errors");
+        dir.write("a.yaml", GATEWAY);
+        dir.write("b.yaml", &route("b", "/b"));
+        let settings = settings("127.0.0.1");
+        let mut files = SnapshotFiles::default();
+        let good = files.read(&dir.0, &settings).unwrap().clone();
+
+        dir.write("b.yaml", &format!("{}  bad: [", route("b", "/changed")));
+        let errors = files.read(&dir.0, &settings).unwrap_err();
+        assert!(errors[0].to_string().contains("b.yaml"), "{errors:?}");
+        assert_eq!(files.snapshot(), Some(&good));
+
+        dir.write("b.yaml", &route("b", "/b"));
+        dir.write("c.yaml", &route("b", "/again"));
+        let errors = files.read(&dir.0, &settings).unwrap_err();
+        let text = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            text.contains(
+                "c.yaml: document 1 (HTTPRoute default/b): defined twice; first defined at"
+            ) && text.contains("b.yaml: document 1"),
+            "{text}"
+        );
+        assert_eq!(files.snapshot(), Some(&good));
+
+        // Fixed: read again, from the files as they are.
+        std::fs::remove_file(dir.0.join("c.yaml")).unwrap();
+        assert_eq!(files.read(&dir.0, &settings).unwrap(), &good);
+    }
+
+    #[test]
+    fn other_settings_convert_every_file_again() {
+        let dir = Dir::new("settings");
+        dir.write("a.yaml", GATEWAY);
+        dir.write("b.yaml", &route("b", "/b"));
+        let mut files = SnapshotFiles::default();
+        files.read(&dir.0, &settings("127.0.0.1")).unwrap();
+        let other = settings("127.0.0.9");
+        assert_eq!(files.read(&dir.0, &other).unwrap(), &fresh(&dir, &other));
+    }
+}
