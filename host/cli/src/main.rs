@@ -46,7 +46,8 @@ enum Command {
     /// Translate YAML offline and print, per Gateway, the Envoy resources (Envoy's JSON mapping: listeners,
     /// routes, clusters, endpoints) and every status; runs nothing. `--ir` prints the IR instead.
     Translate(TranslateArgs),
-    /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server.
+    /// Print the Envoy bootstrap that points an Envoy at an infergate xDS server. Run that Envoy with
+    /// `--ignore-unknown-dynamic-fields`, as infergate runs its own: large route updates apply faster.
     Bootstrap(BootstrapArgs),
     /// Work with translation components.
     #[command(subcommand)]
