@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use infergate_model::{Settings, Snapshot};
-use infergate_resources::{ResourceError, Resources, Source};
+use infergate_resources::{ResourceError, Resources, Source, empty_snapshot};
 
 /// The *.yaml / *.yml files of a directory (sorted, not recursive), or the
 /// one file `path` names.
@@ -85,21 +85,6 @@ fn counts(part: &Snapshot) -> Counts {
         }};
     }
     for_each_kind!(count)
-}
-
-fn empty(settings: Settings) -> Snapshot {
-    Snapshot {
-        settings,
-        namespaces: vec![],
-        gateway_classes: vec![],
-        gateways: vec![],
-        http_routes: vec![],
-        reference_grants: vec![],
-        services: vec![],
-        endpoint_slices: vec![],
-        pods: vec![],
-        inference_pools: vec![],
-    }
 }
 
 /// What is kept of one file: its text (to tell whether it changed), where
@@ -224,10 +209,10 @@ impl SnapshotFiles {
         let mut old = self
             .snapshot
             .take()
-            .unwrap_or_else(|| empty(settings.clone()));
+            .unwrap_or_else(|| empty_snapshot(settings.clone()));
         let old_counts: Vec<Counts> = self.files.iter().map(|f| f.counts).collect();
         let mut old_files: Vec<Option<FileEntry>> = self.files.drain(..).map(Some).collect();
-        let mut next = empty(settings.clone());
+        let mut next = empty_snapshot(settings.clone());
         let mut parts: Vec<Option<Snapshot>> = Vec::with_capacity(plans.len());
         let mut entries = Vec::with_capacity(plans.len());
         let mut sources = Vec::with_capacity(plans.len());

@@ -104,10 +104,26 @@ fn wire_name<T: Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
+/// A snapshot with `settings` and no objects.
+pub fn empty_snapshot(settings: m::Settings) -> m::Snapshot {
+    m::Snapshot {
+        settings,
+        namespaces: vec![],
+        gateway_classes: vec![],
+        gateways: vec![],
+        http_routes: vec![],
+        reference_grants: vec![],
+        services: vec![],
+        endpoint_slices: vec![],
+        pods: vec![],
+        inference_pools: vec![],
+    }
+}
+
 pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec<ResourceError>> {
     let mut errors = Vec::new();
     let mut s = m::Snapshot {
-        settings,
+        settings: settings.clone(),
         namespaces: r
             .namespaces
             .iter()
@@ -125,13 +141,7 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
                 controller_name: gc.spec.controller_name.clone(),
             })
             .collect(),
-        gateways: vec![],
-        http_routes: vec![],
-        reference_grants: vec![],
-        services: vec![],
-        endpoint_slices: vec![],
-        pods: vec![],
-        inference_pools: vec![],
+        ..empty_snapshot(settings)
     };
     for gw in &r.gateways {
         let mut cx = Ctx {

@@ -9,6 +9,7 @@ mod convert;
 mod errors;
 mod inference_pool;
 
+pub use convert::empty_snapshot;
 pub use errors::{ResourceError, Source};
 pub use inference_pool::{
     EndpointPickerRef, InferencePool, InferencePoolSpec, LabelSelector as PoolSelector, PickerPort,
