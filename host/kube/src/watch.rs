@@ -206,19 +206,27 @@ impl Watches {
                 }
             }
         }
-        // Sorted, so that equal cluster states give equal snapshots.
-        fn key(m: &kube::api::ObjectMeta) -> (Option<String>, Option<String>) {
-            (m.namespace.clone(), m.name.clone())
+        // Sorted, so that equal cluster states give equal snapshots (by
+        // namespace and name, compared in place: no key copies).
+        fn by_name(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> std::cmp::Ordering {
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
         }
-        resources.namespaces.sort_by_key(|o| key(&o.metadata));
-        resources.gateway_classes.sort_by_key(|o| key(&o.metadata));
-        resources.gateways.sort_by_key(|o| key(&o.metadata));
-        resources.http_routes.sort_by_key(|o| key(&o.metadata));
-        resources.reference_grants.sort_by_key(|o| key(&o.metadata));
-        resources.services.sort_by_key(|o| key(&o.metadata));
-        resources.endpoint_slices.sort_by_key(|o| key(&o.metadata));
-        resources.pods.sort_by_key(|o| key(&o.metadata));
-        resources.inference_pools.sort_by_key(|o| key(&o.metadata));
+        macro_rules! sort {
+            ($($kind:ident),*) => {$(
+                resources.$kind.sort_by(|a, b| by_name(&a.metadata, &b.metadata));
+            )*};
+        }
+        sort!(
+            namespaces,
+            gateway_classes,
+            gateways,
+            http_routes,
+            reference_grants,
+            services,
+            endpoint_slices,
+            pods,
+            inference_pools
+        );
         if errors.is_empty() {
             Ok(resources)
         } else {
