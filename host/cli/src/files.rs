@@ -119,14 +119,12 @@ enum Plan {
 }
 
 impl SnapshotFiles {
-    /// The snapshot of the files in `path` as they are now. On any error
-    /// (unreadable, invalid YAML or resource, an object defined in two files)
-    /// every error is returned and the snapshot stays what it was.
-    pub fn read(
-        &mut self,
-        path: &Path,
-        settings: &Settings,
-    ) -> Result<&Snapshot, Vec<ResourceError>> {
+    /// Bring the snapshot ([`SnapshotFiles::snapshot`]) up to date with the
+    /// files in `path`; true if it changed (a file was added, removed or
+    /// changed, or this is the first read). On any error (unreadable, invalid
+    /// YAML or resource, an object defined in two files) every error is
+    /// returned and the snapshot stays what it was.
+    pub fn read(&mut self, path: &Path, settings: &Settings) -> Result<bool, Vec<ResourceError>> {
         let paths = yaml_files(path)?;
         let same_settings = self.settings.as_ref() == Some(settings);
         let known: HashMap<&Path, usize> = self
@@ -159,8 +157,17 @@ impl SnapshotFiles {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let unchanged = self.snapshot.is_some()
+            && plans.len() == self.files.len()
+            && plans
+                .iter()
+                .enumerate()
+                .all(|(j, plan)| matches!(plan, Plan::Keep(i) if *i == j));
+        if unchanged {
+            return Ok(false);
+        }
         self.assemble(plans, settings);
-        Ok(self.snapshot.as_ref().expect("assembled"))
+        Ok(true)
     }
 
     /// The snapshot of the last successful [`SnapshotFiles::read`].
@@ -374,8 +381,9 @@ spec: {{ports: [{{port: 80}}]}}
         let mut files = SnapshotFiles::default();
         let check = |files: &mut SnapshotFiles, what: &str| {
             let expected = fresh(&dir, &settings);
-            let kept = files.read(&dir.0, &settings).unwrap().clone();
-            assert_eq!(kept, expected, "after {what}");
+            let changed = files.read(&dir.0, &settings).unwrap();
+            assert_eq!(changed, what != "nothing changed", "after {what}");
+            assert_eq!(files.snapshot(), Some(&expected), "after {what}");
             expected
         };
         check(&mut files, "the first read");
@@ -409,7 +417,8 @@ spec: {{ports: [{{port: 80}}]}}
         dir.write("b.yaml", &route("b", "/b"));
         let settings = settings("127.0.0.1");
         let mut files = SnapshotFiles::default();
-        let good = files.read(&dir.0, &settings).unwrap().clone();
+        assert!(files.read(&dir.0, &settings).unwrap());
+        let good = files.snapshot().unwrap().clone();
 
         dir.write("b.yaml", &format!("{}  bad: [", route("b", "/changed")));
         let errors = files.read(&dir.0, &settings).unwrap_err();
@@ -432,9 +441,10 @@ spec: {{ports: [{{port: 80}}]}}
         );
         assert_eq!(files.snapshot(), Some(&good));
 
-        // Fixed: read again, from the files as they are.
+        // Fixed: the files are as they were, so the snapshot has not changed.
         std::fs::remove_file(dir.0.join("c.yaml")).unwrap();
-        assert_eq!(files.read(&dir.0, &settings).unwrap(), &good);
+        assert!(!files.read(&dir.0, &settings).unwrap());
+        assert_eq!(files.snapshot(), Some(&good));
     }
 
     #[test]
@@ -445,6 +455,7 @@ spec: {{ports: [{{port: 80}}]}}
         let mut files = SnapshotFiles::default();
         files.read(&dir.0, &settings("127.0.0.1")).unwrap();
         let other = settings("127.0.0.9");
-        assert_eq!(files.read(&dir.0, &other).unwrap(), &fresh(&dir, &other));
+        assert!(files.read(&dir.0, &other).unwrap());
+        assert_eq!(files.snapshot(), Some(&fresh(&dir, &other)));
     }
 }

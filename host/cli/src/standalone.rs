@@ -73,9 +73,10 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let mut state = State {
         files: SnapshotFiles::default(),
         last: None,
+        read_failed: false,
     };
     state
-        .apply(&args, &translation, &cache, fleet.as_mut())
+        .apply(&args, &translation, &cache, fleet.as_mut(), true)
         .await;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -85,14 +86,14 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 // Debounce: editors write files in several steps.
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
                 while changed.try_recv().is_ok() {}
-                state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+                state.apply(&args, &translation, &cache, fleet.as_mut(), false).await;
             }
             Some(()) = component_changed.recv() => {
                 // Copies and builds write the file in several steps.
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms.max(200))).await;
                 while component_changed.try_recv().is_ok() {}
                 if swap(&args, &translation, &state).await {
-                    state.apply(&args, &translation, &cache, fleet.as_mut()).await;
+                    state.apply(&args, &translation, &cache, fleet.as_mut(), true).await;
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -127,6 +128,8 @@ struct State {
     files: SnapshotFiles,
     /// The last output that was served.
     last: Option<Output>,
+    /// The last read of the files failed.
+    read_failed: bool,
 }
 
 impl State {
@@ -136,6 +139,8 @@ impl State {
         translation: &Arc<Translation>,
         cache: &Arc<SnapshotCache>,
         fleet: Option<&mut Fleet>,
+        // Translate even if the files did not change (a new component).
+        retranslate: bool,
     ) {
         let keeping = if self.last.is_some() {
             "still serving the last good configuration"
@@ -144,16 +149,33 @@ impl State {
         };
         let started = std::time::Instant::now();
         let settings = pipeline::settings(&args.translation, DEFAULT_ADDRESS);
-        if let Err(errors) = self.files.read(&args.config, &settings) {
-            for e in &errors {
-                tracing::error!("{e}");
+        let changed = match self.files.read(&args.config, &settings) {
+            Ok(changed) => changed,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    "configuration not applied ({} errors); {keeping}",
+                    errors.len()
+                );
+                self.read_failed = true;
+                return;
             }
-            tracing::error!(
-                "configuration not applied ({} errors); {keeping}",
-                errors.len()
-            );
+        };
+        if !changed && !retranslate && self.last.is_some() {
+            // Touched, rewritten with the same text, or back to what is
+            // served after an error: nothing to translate.
+            if std::mem::take(&mut self.read_failed) {
+                tracing::info!(
+                    "configuration files are valid again and as served; nothing to apply"
+                );
+            } else {
+                tracing::debug!("configuration files unchanged; nothing to apply");
+            }
             return;
         }
+        self.read_failed = false;
         for skipped in self.files.skipped() {
             tracing::debug!("{skipped}");
         }
