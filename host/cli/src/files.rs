@@ -3,6 +3,7 @@
 //! changes ([`SnapshotFiles`], for standalone mode).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 
 use infergate_model::{Settings, Snapshot};
@@ -190,20 +191,15 @@ impl SnapshotFiles {
                 Plan::New(new) => &new.0,
             };
             for (key, source) in &entry.origins {
-                if let Some(earlier) = first.insert(key, source) {
-                    let (kind, namespace, name) = key;
-                    let name = if namespace.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{namespace}/{name}")
-                    };
-                    errors.push(ResourceError::new(
+                match first.entry(key) {
+                    Entry::Occupied(earlier) => errors.push(ResourceError::defined_twice(
+                        key,
                         source.clone(),
-                        Some((kind.clone(), Some(name))),
-                        None,
-                        format!("defined twice; first defined at {earlier}"),
-                    ));
-                    first.insert(key, earlier);
+                        earlier.get(),
+                    )),
+                    Entry::Vacant(slot) => {
+                        slot.insert(source);
+                    }
                 }
             }
         }
@@ -220,21 +216,23 @@ impl SnapshotFiles {
         let old_counts: Vec<Counts> = self.files.iter().map(|f| f.counts).collect();
         let mut old_files: Vec<Option<FileEntry>> = self.files.drain(..).map(Some).collect();
         let mut next = empty_snapshot(settings.clone());
-        let mut parts: Vec<Option<Snapshot>> = Vec::with_capacity(plans.len());
+        /// A file's objects: the old snapshot's of file `i`, or converted anew.
+        enum Part {
+            Old(usize),
+            New(Box<Snapshot>),
+        }
+        let mut parts = Vec::with_capacity(plans.len());
         let mut entries = Vec::with_capacity(plans.len());
-        let mut sources = Vec::with_capacity(plans.len());
         for plan in plans {
             match plan {
                 Plan::Keep(i) => {
                     entries.push(old_files[i].take().expect("each file planned once"));
-                    sources.push(Some(i));
-                    parts.push(None);
+                    parts.push(Part::Old(i));
                 }
                 Plan::New(new) => {
                     let (entry, part) = *new;
                     entries.push(entry);
-                    sources.push(None);
-                    parts.push(Some(part));
+                    parts.push(Part::New(Box::new(part)));
                 }
             }
         }
@@ -242,11 +240,10 @@ impl SnapshotFiles {
             ($($field:ident = $i:expr),*) => {$(
                 // The old snapshot's objects, by the file (old index) they came from.
                 let mut chunks = split(std::mem::take(&mut old.$field), old_counts.iter().map(|c| c[$i]));
-                for (source, part) in sources.iter().zip(parts.iter_mut()) {
-                    match (source, part) {
-                        (Some(i), _) => next.$field.append(&mut chunks[*i]),
-                        (None, Some(part)) => next.$field.append(&mut part.$field),
-                        (None, None) => unreachable!("a new file has its part"),
+                for part in &mut parts {
+                    match part {
+                        Part::Old(i) => next.$field.append(&mut chunks[*i]),
+                        Part::New(part) => next.$field.append(&mut part.$field),
                     }
                 }
             )*};
@@ -426,8 +423,14 @@ spec: {{ports: [{{port: 80}}]}}
         assert_eq!(files.snapshot(), Some(&good));
 
         dir.write("b.yaml", &route("b", "/b"));
-        dir.write("c.yaml", &route("b", "/again"));
+        // HTTPRoute b again, and a Service that is new.
+        let again = route("b", "/again").replace(
+            "metadata: {name: b}\nspec: {ports",
+            "metadata: {name: c}\nspec: {ports",
+        );
+        dir.write("c.yaml", &again);
         let errors = files.read(&dir.0, &settings).unwrap_err();
+        assert_eq!(errors.len(), 1, "only the object defined twice: {errors:?}");
         let text = errors
             .iter()
             .map(|e| e.to_string())

@@ -53,6 +53,25 @@ impl ResourceError {
     }
 }
 
+impl ResourceError {
+    /// The object `key` (kind, namespace, name) at `source` was already
+    /// defined at `first` (in another file).
+    pub fn defined_twice(key: &(String, String, String), source: Source, first: &Source) -> Self {
+        let (kind, namespace, name) = key;
+        let name = if namespace.is_empty() {
+            name.clone()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        ResourceError::new(
+            source,
+            Some((kind.clone(), Some(name))),
+            None,
+            format!("defined twice; first defined at {first}"),
+        )
+    }
+}
+
 impl fmt::Display for ResourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;

@@ -182,35 +182,6 @@ impl Resources {
         Ok(())
     }
 
-    /// Add a copy of `other` (the resources of another file). An object that
-    /// both define is an error naming both places, and then nothing is added.
-    pub fn merge_from(&mut self, other: &Resources) -> Result<(), Vec<ResourceError>> {
-        let errors: Vec<ResourceError> = other
-            .origins
-            .iter()
-            .filter_map(|(key, source)| {
-                let first = self.origins.get(key)?;
-                let (kind, namespace, name) = key;
-                let name = if namespace.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{namespace}/{name}")
-                };
-                Some(ResourceError::new(
-                    source.clone(),
-                    Some((kind.clone(), Some(name))),
-                    None,
-                    format!("defined twice; first defined at {first}"),
-                ))
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        self.extend(other.clone());
-        Ok(())
-    }
-
     fn extend(&mut self, other: Resources) {
         self.namespaces.extend(other.namespaces);
         self.gateway_classes.extend(other.gateway_classes);
@@ -249,36 +220,4 @@ fn decode<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, (String
             e.into_inner().to_string(),
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SERVICE: &str =
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
-
-    #[test]
-    fn an_object_in_two_files_is_an_error_naming_both_and_nothing_is_merged() {
-        let mut first = Resources::default();
-        first.add_yaml("a.yaml", SERVICE).unwrap();
-        let mut second = Resources::default();
-        second
-            .add_yaml("b.yaml", &format!("{SERVICE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{ports: [{{port: 81}}]}}\n"))
-            .unwrap();
-        let mut merged = Resources::default();
-        merged.merge_from(&first).unwrap();
-        let errors = merged.merge_from(&second).unwrap_err();
-        assert_eq!(errors.len(), 1);
-        let text = errors[0].to_string();
-        assert!(
-            text.contains("b.yaml") && text.contains("a.yaml") && text.contains("default/web"),
-            "{text}"
-        );
-        assert_eq!(
-            merged.services.len(),
-            1,
-            "nothing of the second file is merged"
-        );
-    }
 }
