@@ -32,20 +32,20 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package this crate was generated from, `name@version`.
-pub const WIT_PACKAGE: &str = "infergate:translator@0.1.0";
+pub const WIT_PACKAGE: &str = "infergate:translator@0.2.0";
 
 pub use exports::infergate::translator::translate::*;
 
 impl Condition {
     pub fn new(
-        condition_type: &str,
+        condition_type: ConditionType,
         ok: bool,
         reason: &str,
         message: impl Into<String>,
         observed_generation: i64,
     ) -> Self {
         Condition {
-            condition_type: condition_type.to_string(),
+            condition_type,
             status: if ok {
                 ConditionStatus::True
             } else {
@@ -55,6 +55,92 @@ impl Condition {
             message: message.into(),
             observed_generation,
         }
+    }
+}
+
+impl ConditionType {
+    /// The condition type as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Accepted => "Accepted",
+            ConditionType::Programmed => "Programmed",
+            ConditionType::ResolvedRefs => "ResolvedRefs",
+            ConditionType::Conflicted => "Conflicted",
+            ConditionType::PartiallyInvalid => "PartiallyInvalid",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The API group of Gateway API.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The API group of the Inference Extension's InferencePool.
+pub const INFERENCE_GROUP: &str = "inference.networking.k8s.io";
+
+impl RefKind {
+    /// The reference's group and kind; the case for a known pair, else `other`.
+    pub fn new(group: &str, kind: &str) -> Self {
+        match (group, kind) {
+            (GATEWAY_GROUP, "Gateway") => RefKind::Gateway,
+            ("", "Service") => RefKind::Service,
+            (INFERENCE_GROUP, "InferencePool") => RefKind::InferencePool,
+            _ => RefKind::Other(GroupKind {
+                group: group.to_string(),
+                kind: kind.to_string(),
+            }),
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        match self {
+            RefKind::Gateway => GATEWAY_GROUP,
+            RefKind::Service => "",
+            RefKind::InferencePool => INFERENCE_GROUP,
+            RefKind::Other(gk) => &gk.group,
+        }
+    }
+
+    pub fn kind(&self) -> &str {
+        match self {
+            RefKind::Gateway => "Gateway",
+            RefKind::Service => "Service",
+            RefKind::InferencePool => "InferencePool",
+            RefKind::Other(gk) => &gk.kind,
+        }
+    }
+
+    /// Whether this names `group` and `kind`, whichever case carries them.
+    pub fn is(&self, group: &str, kind: &str) -> bool {
+        self.group() == group && self.kind() == kind
+    }
+}
+
+impl Output {
+    /// Checks what the types alone cannot: every route names a rule of its
+    /// virtual host. The host checks a component's output with this before
+    /// it uses it.
+    pub fn check_references(&self) -> Result<(), String> {
+        for gateway in &self.gateways {
+            for listener in &gateway.listeners {
+                for vh in &listener.virtual_hosts {
+                    if let Some(r) = vh.routes.iter().find(|r| r.rule as usize >= vh.rules.len()) {
+                        return Err(format!(
+                            "Gateway {}: virtual host {:?} has {} rules, but a route refers to rule {}",
+                            gateway.node_id,
+                            vh.name,
+                            vh.rules.len(),
+                            r.rule
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +186,31 @@ impl Default for HeaderModifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ref_kind_names_known_pairs_by_their_case_and_keeps_others() {
+        for (group, kind) in [
+            (GATEWAY_GROUP, "Gateway"),
+            ("", "Service"),
+            (INFERENCE_GROUP, "InferencePool"),
+            ("example.com", "Service"),
+            ("", "ConfigMap"),
+        ] {
+            let r = RefKind::new(group, kind);
+            assert_eq!((r.group(), r.kind()), (group, kind));
+            assert!(r.is(group, kind));
+            assert_eq!(
+                matches!(r, RefKind::Other(_)),
+                group == "example.com" || kind == "ConfigMap"
+            );
+        }
+        // An `other` that spells a known pair still answers for it.
+        let spelled = RefKind::Other(GroupKind {
+            group: String::new(),
+            kind: "Service".into(),
+        });
+        assert!(spelled.is("", "Service"));
+    }
 
     #[test]
     fn wit_package_constant_matches_the_wit_file() {

@@ -2,9 +2,12 @@
 //! in Gateway API precedence order.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
-use infergate_model::{GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, VirtualHostIr};
+use infergate_model::{
+    GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, RuleIr, VirtualHostIr,
+};
 
 use crate::gateways::{Evaluated, GatewayState};
 use crate::routes::{CompiledRoute, CompiledRule, RouteTable};
@@ -26,7 +29,7 @@ fn route_ages(table: &RouteTable) -> Vec<usize> {
     order.sort_by_key(|&i| {
         let meta = &table.routes[i].route.meta;
         (
-            meta.creation_timestamp.as_str(),
+            meta.creation_timestamp,
             meta.namespace.as_str(),
             meta.name.as_str(),
         )
@@ -75,11 +78,8 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
                     // hostname appears twice; equal keys are the same match.
                     routes.sort_unstable_by_key(|r| r.key);
                     routes.dedup_by_key(|r| r.key);
-                    let routes = routes
-                        .iter()
-                        .map(|r| route_ir(&table.routes[r.route], r.key))
-                        .collect();
-                    (host.to_string(), routes)
+                    let (rules, routes) = host_routes(table, &routes);
+                    (host.to_string(), rules, routes)
                 })
                 .collect();
             (port, hosts)
@@ -91,10 +91,15 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
         for (port, hosts) in &mut ports {
             let virtual_hosts = hosts
                 .iter_mut()
-                .map(|(host, routes)| VirtualHostIr {
+                .map(|(host, rules, routes)| VirtualHostIr {
                     name: format!("{address}:{port}/{host}"),
                     domains: vec![host.clone()],
                     // The last address takes the routes, the others copy them.
+                    rules: if last {
+                        std::mem::take(rules)
+                    } else {
+                        rules.clone()
+                    },
                     routes: if last {
                         std::mem::take(routes)
                     } else {
@@ -126,8 +131,8 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     }
 }
 
-/// A virtual host's name and its routes in precedence order.
-type HostRoutes = (String, Vec<RouteIr>);
+/// A virtual host's name, its rules, and its routes in precedence order.
+type HostRoutes = (String, Vec<RuleIr>, Vec<RouteIr>);
 
 /// An Envoy route to be: its precedence key (which also says which rule and
 /// match it is) and its route's index in [`RouteTable::routes`].
@@ -172,19 +177,63 @@ fn precedence(route_match: &RouteMatch, age: usize, rule: usize, position: usize
     )
 }
 
-/// The Envoy route for the rule and match that `key` names.
-fn route_ir(compiled: &CompiledRoute, key: PrecedenceKey) -> RouteIr {
-    let (rule_position, position) = (key.6, key.7);
-    let rule: &CompiledRule = &compiled.rules[rule_position];
+/// A virtual host's routes, `ranked` in precedence order, and the rules they
+/// belong to, each once, in the order of their first route.
+fn host_routes(table: &RouteTable, ranked: &[Ranked]) -> (Vec<RuleIr>, Vec<RouteIr>) {
+    let mut rules = Vec::new();
+    let mut rule_ids: HashMap<(usize, usize), u32, BuildHasherDefault<PairHasher>> =
+        HashMap::default();
+    let routes = ranked
+        .iter()
+        .map(|r| {
+            let compiled = &table.routes[r.route];
+            let (rule, position) = (r.key.6, r.key.7);
+            let id = *rule_ids.entry((r.route, rule)).or_insert_with(|| {
+                rules.push(rule_ir(compiled, &compiled.rules[rule]));
+                (rules.len() - 1) as u32
+            });
+            RouteIr {
+                matches: compiled.rules[rule].matches()[position].clone(),
+                rule: id,
+                match_index: position as u32,
+            }
+        })
+        .collect();
+    (rules, routes)
+}
+
+fn rule_ir(compiled: &CompiledRoute, rule: &CompiledRule) -> RuleIr {
     let meta = &compiled.route.meta;
-    RouteIr {
-        name: format!(
-            "{}/{}/rule/{}/match/{}",
-            meta.namespace, meta.name, rule.index, position
-        ),
-        matches: rule.matches()[position].clone(),
+    RuleIr {
+        name: format!("{}/{}/rule/{}", meta.namespace, meta.name, rule.index),
         action: rule.action.clone(),
         request_headers: rule.request_headers.clone(),
         response_headers: rule.response_headers.clone(),
+    }
+}
+
+/// Hashes the (route, rule) index pairs of [`host_routes`]: two small
+/// integers need no SipHash.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step: rotate, mix in, multiply by an odd constant.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }

@@ -67,12 +67,13 @@ pub fn resolve(
 ) -> Result<Resolved, Problem> {
     match kinds
         .iter()
-        .find(|k| k.handles(&backend.group, &backend.kind))
+        .find(|k| k.handles(backend.kind.group(), backend.kind.kind()))
     {
         Some(kind) => kind.resolve(index, route, backend),
         None => {
-            let hint = if backend.group == crate::index::INFERENCE_GROUP
-                && backend.kind == "InferencePool"
+            let hint = if backend
+                .kind
+                .is(crate::index::INFERENCE_GROUP, "InferencePool")
             {
                 "; InferencePool backends need the inference extension (--enable-inference-extension, Helm value inferenceExtension.enabled)"
             } else {
@@ -103,10 +104,11 @@ pub fn target_namespace<'a>(route: &'a HttpRoute, backend: &'a BackendRef) -> &'
 }
 
 fn group_kind(backend: &BackendRef) -> String {
-    if backend.group.is_empty() {
-        backend.kind.clone()
+    let (group, kind) = (backend.kind.group(), backend.kind.kind());
+    if group.is_empty() {
+        kind.to_string()
     } else {
-        format!("{}/{}", backend.group, backend.kind)
+        format!("{group}/{kind}")
     }
 }
 
@@ -119,8 +121,8 @@ pub fn check_grant(index: &Index, route: &HttpRoute, backend: &BackendRef) -> Re
         name: &route.meta.name,
     };
     let to = RefEnd {
-        group: &backend.group,
-        kind: &backend.kind,
+        group: backend.kind.group(),
+        kind: backend.kind.kind(),
         namespace: target_namespace(route, backend),
         name: &backend.name,
     };

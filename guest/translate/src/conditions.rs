@@ -1,13 +1,13 @@
 //! Condition types and reasons of Gateway API and the Inference Extension,
 //! and the one place that builds a condition.
 
-use infergate_model::Condition;
+use infergate_model::{Condition, ConditionType};
 
-pub const ACCEPTED: &str = "Accepted";
-pub const PROGRAMMED: &str = "Programmed";
-pub const RESOLVED_REFS: &str = "ResolvedRefs";
-pub const CONFLICTED: &str = "Conflicted";
-pub const PARTIALLY_INVALID: &str = "PartiallyInvalid";
+pub const ACCEPTED: ConditionType = ConditionType::Accepted;
+pub const PROGRAMMED: ConditionType = ConditionType::Programmed;
+pub const RESOLVED_REFS: ConditionType = ConditionType::ResolvedRefs;
+pub const CONFLICTED: ConditionType = ConditionType::Conflicted;
+pub const PARTIALLY_INVALID: ConditionType = ConditionType::PartiallyInvalid;
 
 pub mod reason {
     pub const ACCEPTED: &str = "Accepted";
@@ -38,7 +38,7 @@ pub mod reason {
 
 /// A condition that is True with `reason`.
 pub fn ok(
-    condition_type: &str,
+    condition_type: ConditionType,
     reason: &str,
     message: impl Into<String>,
     generation: i64,
@@ -48,7 +48,7 @@ pub fn ok(
 
 /// A condition that is False with `reason`.
 pub fn fail(
-    condition_type: &str,
+    condition_type: ConditionType,
     reason: &str,
     message: impl Into<String>,
     generation: i64,

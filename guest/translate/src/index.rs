@@ -7,8 +7,7 @@ use infergate_model::{
     Snapshot, SocketAddress,
 };
 
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-pub const INFERENCE_GROUP: &str = "inference.networking.k8s.io";
+pub use infergate_model::{GATEWAY_GROUP, INFERENCE_GROUP};
 
 type Key<'a> = (&'a str, &'a str);
 

@@ -66,7 +66,7 @@ fn pool_cluster(index: &Index, pool: &InferencePool, picked: bool) -> ClusterIr 
     let mut endpoints: Vec<SocketAddress> = index
         .pods(&pool.meta.namespace)
         .iter()
-        .filter(|pod| pod.ready && selector::matches_labels(&pool.selector, &pod.meta.labels))
+        .filter(|pod| pod.ready && selector::matches_labels(&pool.selector, &pod.labels))
         .flat_map(|pod| {
             pod.ips.iter().flat_map(|ip| {
                 pool.target_ports.iter().map(|&port| SocketAddress {
@@ -105,11 +105,11 @@ pub fn picker(
         return Ok(None);
     };
     let namespace = &pool.meta.namespace;
-    if !r.group.is_empty() || r.kind != "Service" {
-        let kind = if r.group.is_empty() {
-            r.kind.clone()
+    if !r.kind.is("", "Service") {
+        let kind = if r.kind.group().is_empty() {
+            r.kind.kind().to_string()
         } else {
-            format!("{}/{}", r.group, r.kind)
+            format!("{}/{}", r.kind.group(), r.kind.kind())
         };
         return Err(format!(
             "endpointPickerRef: kind {kind} is not supported; the picker must be a core Service"
@@ -188,7 +188,7 @@ pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStat
             continue; // no parent of ours
         };
         for backend in route.rules.iter().flat_map(|r| &r.backend_refs) {
-            if backend.group != INFERENCE_GROUP || backend.kind != "InferencePool" {
+            if !backend.kind.is(INFERENCE_GROUP, "InferencePool") {
                 continue;
             }
             if backends::check_grant(index, route, backend).is_err() {

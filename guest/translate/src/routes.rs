@@ -108,8 +108,8 @@ impl<'a, 'i> Resolver<'a, 'i> {
     ) -> Result<ResolvedIds, Problem> {
         let key = (
             route.meta.namespace.as_str(),
-            backend.group.as_str(),
-            backend.kind.as_str(),
+            backend.kind.group(),
+            backend.kind.kind(),
             backends::target_namespace(route, backend),
             backend.name.as_str(),
             backend.port,
@@ -340,7 +340,7 @@ fn attach(
     parent: &ParentRef,
     position: usize,
 ) -> Option<RouteParentStatus> {
-    if parent.group != GATEWAY_GROUP || parent.kind != "Gateway" {
+    if !parent.kind.is(GATEWAY_GROUP, "Gateway") {
         return None;
     }
     let namespace = parent.namespace.as_deref().unwrap_or(&route.meta.namespace);

@@ -103,6 +103,7 @@ fn failure_reason(failure: &TranslateFailure) -> &'static str {
         TranslateFailure::Memory(_) => "memory",
         TranslateFailure::Trap(_) => "trap",
         TranslateFailure::Guest(_) => "guest_error",
+        TranslateFailure::Inconsistent(_) => "inconsistent_output",
     }
 }
 
@@ -164,6 +165,7 @@ impl Translation {
                 TranslateFailure::Memory(_) => "canary_memory",
                 TranslateFailure::Trap(_) => "canary_trap",
                 TranslateFailure::Guest(_) => "canary_guest_error",
+                TranslateFailure::Inconsistent(_) => "canary_inconsistent_output",
             };
             return Err(reject(
                 reason,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use infergate_model::{Condition, ConditionStatus, Output, Statuses};
+use infergate_model::{Condition, ConditionStatus, ConditionType, Output, Statuses};
 use infergate_xds::SnapshotCache;
 use notify::Watcher;
 use tokio::sync::mpsc;
@@ -216,9 +216,12 @@ impl State {
 /// Log each condition that says something is wrong, once per change.
 fn report_problems(statuses: &Statuses) {
     let bad = |c: &Condition| {
-        (c.status == ConditionStatus::False && c.condition_type != "Conflicted")
+        (c.status == ConditionStatus::False && c.condition_type != ConditionType::Conflicted)
             || (c.status == ConditionStatus::True
-                && matches!(c.condition_type.as_str(), "Conflicted" | "PartiallyInvalid"))
+                && matches!(
+                    c.condition_type,
+                    ConditionType::Conflicted | ConditionType::PartiallyInvalid
+                ))
     };
     for gw in &statuses.gateways {
         for c in gw.conditions.iter().filter(|c| bad(c)) {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use gateway_api::apis::standard::{
     gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
 };
-use infergate_model::{Condition, ConditionStatus, ObjectRef, ParentRef, Statuses};
+use infergate_model::{Condition, ConditionStatus, ConditionType, ObjectRef, ParentRef, Statuses};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -475,7 +475,7 @@ fn parent_problems(parents: &[Parent]) -> Vec<(String, String)> {
 }
 
 fn route_parent_ref(p: &ParentRef) -> Value {
-    let mut v = json!({ "group": p.group, "kind": p.kind, "name": p.name });
+    let mut v = json!({ "group": p.kind.group(), "kind": p.kind.kind(), "name": p.name });
     if let Some(ns) = &p.namespace {
         v["namespace"] = json!(ns);
     }
@@ -505,13 +505,13 @@ fn conditions(conditions: &[Condition], old: Option<&Value>, now: &str) -> Value
                     .into_iter()
                     .flatten()
                     .find(|o| {
-                        o.get("type").and_then(Value::as_str) == Some(&c.condition_type)
+                        o.get("type").and_then(Value::as_str) == Some(c.condition_type.as_str())
                             && o.get("status").and_then(Value::as_str) == Some(status)
                     })
                     .and_then(|o| o.get("lastTransitionTime").cloned())
                     .unwrap_or_else(|| json!(now));
                 json!({
-                    "type": c.condition_type,
+                    "type": c.condition_type.as_str(),
                     "status": status,
                     "reason": c.reason,
                     "message": truncate(&c.message, 32768),
@@ -530,10 +530,13 @@ fn problems(conditions: &[Condition]) -> Vec<(String, String)> {
         .filter(|c| {
             (c.status == ConditionStatus::False
                 && matches!(
-                    c.condition_type.as_str(),
-                    "Accepted" | "ResolvedRefs" | "Programmed"
+                    c.condition_type,
+                    ConditionType::Accepted
+                        | ConditionType::ResolvedRefs
+                        | ConditionType::Programmed
                 ))
-                || (c.status == ConditionStatus::True && c.condition_type == "Conflicted")
+                || (c.status == ConditionStatus::True
+                    && c.condition_type == ConditionType::Conflicted)
         })
         .map(|c| {
             (
@@ -622,14 +625,20 @@ mod tests {
     fn transition_time_is_kept_while_the_status_stays() {
         let old = json!([{"type": "Accepted", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
         let kept = conditions(
-            &[Condition::new("Accepted", true, "Accepted", "ok", 3)],
+            &[Condition::new(
+                ConditionType::Accepted,
+                true,
+                "Accepted",
+                "ok",
+                3,
+            )],
             Some(&old),
             "2026-11-26T00:00:00Z",
         );
         assert_eq!(kept[0]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         let flipped = conditions(
             &[Condition::new(
-                "Accepted",
+                ConditionType::Accepted,
                 false,
                 "NoMatchingParent",
                 "no",

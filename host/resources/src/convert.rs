@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::{ResourceError, Resources};
 
 const DEFAULT_NAMESPACE: &str = "default";
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+use m::GATEWAY_GROUP;
 
 /// Collects errors for one object.
 struct Ctx<'a> {
@@ -72,17 +72,7 @@ fn meta(meta: &ObjectMeta, namespaced: bool) -> m::ObjectMeta {
             String::new()
         },
         generation: meta.generation.unwrap_or(0),
-        labels: labels(meta.labels.as_ref()),
-        creation_timestamp: meta
-            .creation_timestamp
-            .as_ref()
-            .map(|t| {
-                serde_json::to_value(t)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default(),
+        creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
     }
 }
 
@@ -94,6 +84,19 @@ fn labels(map: Option<&BTreeMap<String, String>>) -> Vec<m::Label> {
             value: v.clone(),
         })
         .collect()
+}
+
+/// A reference's group and kind, with the API's defaults for unset fields.
+fn ref_kind(
+    group: &Option<String>,
+    kind: &Option<String>,
+    default_group: &str,
+    default_kind: &str,
+) -> m::RefKind {
+    m::RefKind::new(
+        group.as_deref().unwrap_or(default_group),
+        kind.as_deref().unwrap_or(default_kind),
+    )
 }
 
 /// The wire name of a serde enum value (e.g. `GET` for a method).
@@ -184,8 +187,7 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
             .flatten()
             .enumerate()
             .map(|(i, p)| m::ParentRef {
-                group: p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.into()),
-                kind: p.kind.clone().unwrap_or_else(|| "Gateway".into()),
+                kind: ref_kind(&p.group, &p.kind, GATEWAY_GROUP, "Gateway"),
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 section_name: p.section_name.clone(),
@@ -329,6 +331,7 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
             .any(|c| c.type_ == "Ready" && c.status == "True");
         s.pods.push(m::Pod {
             meta: meta(&pod.metadata, true),
+            labels: labels(pod.metadata.labels.as_ref()),
             ips,
             ready,
         });
@@ -419,8 +422,7 @@ fn route_rule(cx: &mut Ctx, i: usize, rule: &HttpRouteRules) -> m::RouteRule {
                 );
             }
             m::BackendRef {
-                group: b.group.clone().unwrap_or_default(),
-                kind: b.kind.clone().unwrap_or_else(|| "Service".into()),
+                kind: ref_kind(&b.group, &b.kind, "", "Service"),
                 namespace: b.namespace.clone(),
                 name: b.name.clone(),
                 port: cx.opt_port(format!("spec.rules[{i}].backendRefs[{j}].port"), b.port),
@@ -577,8 +579,7 @@ fn inference_pool(cx: &mut Ctx, pool: &crate::InferencePool) -> m::InferencePool
         .endpoint_picker_ref
         .as_ref()
         .map(|r| m::EndpointPickerRef {
-            group: r.group.clone().unwrap_or_default(),
-            kind: r.kind.clone().unwrap_or_else(|| "Service".into()),
+            kind: ref_kind(&r.group, &r.kind, "", "Service"),
             name: r.name.clone(),
             port: r
                 .port

@@ -84,6 +84,8 @@ pub enum TranslateFailure {
     Trap(String),
     #[error("the translation component reported an error: {0}")]
     Guest(String),
+    #[error("the translation component's output is inconsistent: {0}")]
+    Inconsistent(String),
 }
 
 /// One wasmtime engine and the limits every translation runs under.
@@ -294,7 +296,10 @@ impl Runtime {
             memory_peak_bytes: store.data().memory_peak,
         };
         let result = match outcome {
-            Ok(Ok(output)) => Ok(output),
+            Ok(Ok(output)) => output
+                .check_references()
+                .map(|()| output)
+                .map_err(TranslateFailure::Inconsistent),
             Ok(Err(error)) => Err(TranslateFailure::Guest(error.message)),
             Err(error) => Err(self.classify(error)),
         };

@@ -36,7 +36,10 @@ fn example_snapshot(controller: &str) -> Snapshot {
     resources
         .add_yaml(
             "example.yaml",
-            include_str!("../../../guest/translate/testdata/weighted-backends.in.yaml"),
+            // The GatewayClass names the same controller, so that the
+            // Gateway is translated whatever the behaviour selected.
+            &include_str!("../../../guest/translate/testdata/weighted-backends.in.yaml")
+                .replace("infergate.dev/gateway-controller", controller),
         )
         .expect("example parses");
     resources
@@ -190,6 +193,30 @@ fn guest_traps_and_guest_errors_are_reported_as_such() {
         .expect_err("errors");
     assert!(
         matches!(&err, TranslateFailure::Guest(m) if m == "deliberate error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn output_whose_routes_name_missing_rules_is_refused() {
+    let rt = runtime(Limits::default());
+    let translator = rt
+        .load(&test_component("infergate-test-misbehaving"))
+        .expect("loads");
+    // The same component translates the snapshot consistently otherwise.
+    let good = rt
+        .translate(&translator, &example_snapshot("test:ok"))
+        .expect("translates");
+    assert!(good.gateways.iter().any(|g| {
+        g.listeners
+            .iter()
+            .any(|l| l.virtual_hosts.iter().any(|vh| !vh.routes.is_empty()))
+    }));
+    let err = rt
+        .translate(&translator, &example_snapshot("test:dangling"))
+        .expect_err("refused");
+    assert!(
+        matches!(&err, TranslateFailure::Inconsistent(m) if m.contains("virtual host") && m.contains("refers to rule 0")),
         "{err}"
     );
 }

@@ -387,7 +387,7 @@ fn http_filters(l: &ir::ListenerIr) -> Vec<HttpFilter> {
 fn pickers(l: &ir::ListenerIr) -> impl Iterator<Item = &ir::EndpointPickerIr> {
     l.virtual_hosts
         .iter()
-        .flat_map(|vh| &vh.routes)
+        .flat_map(|vh| &vh.rules)
         .filter_map(|r| match &r.action {
             ir::RouteAction::Forward(f) => Some(&f.clusters),
             _ => None,
@@ -497,7 +497,11 @@ pub(crate) fn virtual_host(vh: &ir::VirtualHostIr) -> VirtualHost {
     VirtualHost {
         name: vh.name.clone(),
         domains: vh.domains.clone(),
-        routes: vh.routes.iter().map(route).collect(),
+        routes: vh
+            .routes
+            .iter()
+            .map(|r| route(r, vh.rules.get(r.rule as usize)))
+            .collect(),
         ..Default::default()
     }
 }
@@ -608,8 +612,22 @@ fn header_options(m: &ir::HeaderModifier) -> Vec<HeaderValueOption> {
         .collect()
 }
 
-fn route(r: &ir::RouteIr) -> route::Route {
-    let action = match &r.action {
+/// The Envoy route for match `r` of `rule`. The runtime rejects output whose
+/// routes name a rule their virtual host does not have; should one get here
+/// anyway, its route answers 500 rather than taking the controller down.
+fn route(r: &ir::RouteIr, rule: Option<&ir::RuleIr>) -> route::Route {
+    let Some(rule) = rule else {
+        return route::Route {
+            name: format!("missing-rule/{}/match/{}", r.rule, r.match_index),
+            r#match: Some(route_match(&r.matches)),
+            action: Some(route::route::Action::DirectResponse(DirectResponseAction {
+                status: 500,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+    };
+    let action = match &rule.action {
         ir::RouteAction::Forward(forward) => {
             route::route::Action::Route(forward_action(forward, &r.matches))
         }
@@ -628,18 +646,18 @@ fn route(r: &ir::RouteIr) -> route::Route {
         }
     };
     let mut out = route::Route {
-        name: r.name.clone(),
+        name: format!("{}/match/{}", rule.name, r.match_index),
         r#match: Some(route_match(&r.matches)),
         action: Some(action),
-        request_headers_to_add: header_options(&r.request_headers),
-        request_headers_to_remove: r.request_headers.remove.clone(),
-        response_headers_to_add: header_options(&r.response_headers),
-        response_headers_to_remove: r.response_headers.remove.clone(),
+        request_headers_to_add: header_options(&rule.request_headers),
+        request_headers_to_remove: rule.request_headers.remove.clone(),
+        response_headers_to_add: header_options(&rule.response_headers),
+        response_headers_to_remove: rule.response_headers.remove.clone(),
         ..Default::default()
     };
     // A route to InferencePools turns the picker on (each weighted cluster
     // says which picker, or none for a plain Service among them).
-    if let ir::RouteAction::Forward(forward) = &r.action
+    if let ir::RouteAction::Forward(forward) = &rule.action
         && let Some(first) = forward
             .clusters
             .iter()

@@ -1,6 +1,7 @@
 //! A test component. The snapshot's controller name selects a misbehaviour:
 //! `test:loop` spins forever, `test:alloc` allocates without end,
-//! `test:trap` panics, `test:error` returns an error. Any other name
+//! `test:trap` panics, `test:error` returns an error, `test:dangling`
+//! returns routes that name rules their virtual host lacks. Any other name
 //! translates as the real component does and adds the response header
 //! `x-infergate-component: test` to every route, so a swap is visible on
 //! the wire. Built with the feature `always-loop` or `always-alloc`, it
@@ -40,14 +41,25 @@ impl Guest for Misbehaving {
             "test:error" => Err(TranslateError {
                 message: "deliberate error".into(),
             }),
+            "test:dangling" => {
+                let mut output = infergate_translate::translate(&input)?;
+                for gateway in &mut output.gateways {
+                    for listener in &mut gateway.listeners {
+                        for host in &mut listener.virtual_hosts {
+                            host.rules.clear();
+                        }
+                    }
+                }
+                Ok(output)
+            }
             _ => {
                 let mut output = infergate_translate::translate(&input)?;
                 for gateway in &mut output.gateways {
                     for listener in &mut gateway.listeners {
                         for host in &mut listener.virtual_hosts {
-                            for route in &mut host.routes {
-                                if !matches!(route.action, RouteAction::Redirect(_)) {
-                                    route.response_headers.set.push(HeaderValue {
+                            for rule in &mut host.rules {
+                                if !matches!(rule.action, RouteAction::Redirect(_)) {
+                                    rule.response_headers.set.push(HeaderValue {
                                         name: "x-infergate-component".into(),
                                         value: "test".into(),
                                     });
