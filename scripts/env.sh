@@ -2,8 +2,12 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # One target directory per Rust toolchain, shared by clones: dependencies
 # (wasmtime, envoy-types, kube) are built once per machine, and cargo's
-# fingerprints rebuild whatever changed. Workspace crates of clones at other
-# paths get their own artifacts (their path is part of cargo's hash); the
+# fingerprints rebuild whatever changed. Clones share their workspace crates'
+# artifacts too (cargo hashes a crate's path relative to the workspace, not
+# the clone's location) and rebuild them when their files are newer than the
+# last build: a fresh clone (CI) rebuilds them all. A clone whose files are
+# older than another clone's last build may reuse that build; after building
+# another clone, touch the changed files (or `cargo clean -p CRATE`). The
 # binaries in debug/ are those of the clone that built last, which is why the
 # scripts build before they test. Run two clones' builds one after the other.
 TOOLCHAIN_KEY="$(rustc -vV 2>/dev/null | sha256sum | cut -c1-12)"

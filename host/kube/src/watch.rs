@@ -179,12 +179,13 @@ impl Watches {
     /// Every object the watches hold, as the resources a snapshot is made of.
     /// InferencePools that do not decode are errors naming the pool and field.
     pub fn resources(&self) -> Result<Resources, Vec<ResourceError>> {
-        fn all<K>(store: &Store<K>) -> Vec<K>
+        // The stores' own objects, shared: nothing is copied.
+        fn all<K>(store: &Store<K>) -> Vec<std::sync::Arc<K>>
         where
             K: kube::Resource + Clone + 'static,
             K::DynamicType: std::hash::Hash + Eq + Clone,
         {
-            store.state().iter().map(|o| (**o).clone()).collect()
+            store.state()
         }
         let mut resources = Resources {
             namespaces: all(&self.namespaces),
@@ -201,7 +202,7 @@ impl Watches {
             resources.pods = all(&pool_watch.pods);
             for object in pool_watch.pools.state() {
                 match decode_pool(&object) {
-                    Ok(pool) => resources.inference_pools.push(pool),
+                    Ok(pool) => resources.inference_pools.push(std::sync::Arc::new(pool)),
                     Err(e) => errors.push(e),
                 }
             }

@@ -24,19 +24,22 @@ use infergate_model::{Settings, Snapshot};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 
-/// Every object a snapshot is built from, as Kubernetes types.
+/// Every object a snapshot is built from, as Kubernetes types. Shared
+/// (`Arc`): in a cluster the objects are the watch caches' own, so that
+/// taking stock of a cluster copies no object.
 #[derive(Default, Clone, Debug)]
 pub struct Resources {
-    pub namespaces: Vec<Namespace>,
-    pub gateway_classes: Vec<GatewayClass>,
-    pub gateways: Vec<Gateway>,
-    pub http_routes: Vec<HttpRoute>,
-    pub reference_grants: Vec<ReferenceGrant>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub pods: Vec<Pod>,
-    pub inference_pools: Vec<InferencePool>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub http_routes: Vec<Arc<HttpRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub inference_pools: Vec<Arc<InferencePool>>,
     /// Documents that were skipped, with why (kinds infergate does not read).
     pub skipped: Vec<String>,
     /// Where each object was read from, by (kind, namespace, name).
@@ -168,15 +171,15 @@ impl Resources {
         self.origins.insert(key, source.clone());
         let located = |(field, message): (String, String)| err(Some(&field), message);
         match kind_name {
-            "Namespace" => self.namespaces.push(decode(value).map_err(located)?),
-            "GatewayClass" => self.gateway_classes.push(decode(value).map_err(located)?),
-            "Gateway" => self.gateways.push(decode(value).map_err(located)?),
-            "HTTPRoute" => self.http_routes.push(decode(value).map_err(located)?),
-            "ReferenceGrant" => self.reference_grants.push(decode(value).map_err(located)?),
-            "Service" => self.services.push(decode(value).map_err(located)?),
-            "EndpointSlice" => self.endpoint_slices.push(decode(value).map_err(located)?),
-            "Pod" => self.pods.push(decode(value).map_err(located)?),
-            "InferencePool" => self.inference_pools.push(decode(value).map_err(located)?),
+            "Namespace" => self.namespaces.push(Arc::new(decode(value).map_err(located)?)),
+            "GatewayClass" => self.gateway_classes.push(Arc::new(decode(value).map_err(located)?)),
+            "Gateway" => self.gateways.push(Arc::new(decode(value).map_err(located)?)),
+            "HTTPRoute" => self.http_routes.push(Arc::new(decode(value).map_err(located)?)),
+            "ReferenceGrant" => self.reference_grants.push(Arc::new(decode(value).map_err(located)?)),
+            "Service" => self.services.push(Arc::new(decode(value).map_err(located)?)),
+            "EndpointSlice" => self.endpoint_slices.push(Arc::new(decode(value).map_err(located)?)),
+            "Pod" => self.pods.push(Arc::new(decode(value).map_err(located)?)),
+            "InferencePool" => self.inference_pools.push(Arc::new(decode(value).map_err(located)?)),
             _ => unreachable!("KINDS lists only the kinds matched here"),
         }
         Ok(())
