@@ -170,16 +170,21 @@ impl Resources {
         }
         self.origins.insert(key, source.clone());
         let located = |(field, message): (String, String)| err(Some(&field), message);
+        macro_rules! push {
+            ($kind:ident) => {
+                self.$kind.push(Arc::new(decode(value).map_err(located)?))
+            };
+        }
         match kind_name {
-            "Namespace" => self.namespaces.push(Arc::new(decode(value).map_err(located)?)),
-            "GatewayClass" => self.gateway_classes.push(Arc::new(decode(value).map_err(located)?)),
-            "Gateway" => self.gateways.push(Arc::new(decode(value).map_err(located)?)),
-            "HTTPRoute" => self.http_routes.push(Arc::new(decode(value).map_err(located)?)),
-            "ReferenceGrant" => self.reference_grants.push(Arc::new(decode(value).map_err(located)?)),
-            "Service" => self.services.push(Arc::new(decode(value).map_err(located)?)),
-            "EndpointSlice" => self.endpoint_slices.push(Arc::new(decode(value).map_err(located)?)),
-            "Pod" => self.pods.push(Arc::new(decode(value).map_err(located)?)),
-            "InferencePool" => self.inference_pools.push(Arc::new(decode(value).map_err(located)?)),
+            "Namespace" => push!(namespaces),
+            "GatewayClass" => push!(gateway_classes),
+            "Gateway" => push!(gateways),
+            "HTTPRoute" => push!(http_routes),
+            "ReferenceGrant" => push!(reference_grants),
+            "Service" => push!(services),
+            "EndpointSlice" => push!(endpoint_slices),
+            "Pod" => push!(pods),
+            "InferencePool" => push!(inference_pools),
             _ => unreachable!("KINDS lists only the kinds matched here"),
         }
         Ok(())
