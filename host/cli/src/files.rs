@@ -443,6 +443,14 @@ spec: {{ports: [{{port: 80}}]}}
             "{text}"
         );
         assert_eq!(files.snapshot(), Some(&good));
+        // Reading the directory at once (`translate`, `component check`) refuses it too.
+        let at_once = read_resources(&dir.0).unwrap_err();
+        assert!(
+            at_once[0]
+                .to_string()
+                .contains("(HTTPRoute default/b): defined twice"),
+            "{at_once:?}"
+        );
 
         // Fixed: the files are as they were, so the snapshot has not changed.
         std::fs::remove_file(dir.0.join("c.yaml")).unwrap();

@@ -43,8 +43,11 @@ pub struct Resources {
     /// Documents that were skipped, with why (kinds infergate does not read).
     pub skipped: Vec<String>,
     /// Where each object was read from, by (kind, namespace, name).
-    pub origins: std::collections::HashMap<(String, String, String), Source>,
+    pub origins: Origins,
 }
+
+/// Where objects were read from, by (kind, namespace, name).
+pub type Origins = std::collections::HashMap<(String, String, String), Source>;
 
 /// The kinds infergate reads, with the apiVersions it accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -66,8 +69,10 @@ const KINDS: &[(&str, &[&str])] = &[
 ];
 
 impl Resources {
-    /// Parse a multi-document YAML text. On any error nothing from this text
-    /// is kept: the caller's resources are left as they were.
+    /// Parse a multi-document YAML text. An object already defined, in this
+    /// text or an earlier one, is an error naming both places. On any error
+    /// nothing from this text is kept: the caller's resources are left as
+    /// they were.
     pub fn add_yaml(&mut self, file: &str, text: &str) -> Result<(), Vec<ResourceError>> {
         let mut staged = Resources::default();
         let mut errors = Vec::new();
@@ -81,7 +86,7 @@ impl Resources {
                     break;
                 }
             };
-            if let Err(e) = staged.add_value(source, value) {
+            if let Err(e) = staged.add_value(source, value, &self.origins) {
                 errors.push(e);
             }
         }
@@ -99,6 +104,7 @@ impl Resources {
         &mut self,
         source: Source,
         value: serde_yaml_ng::Value,
+        earlier: &Origins,
     ) -> Result<(), ResourceError> {
         if value.is_null() {
             return Ok(()); // an empty document, e.g. a trailing `---`
@@ -162,11 +168,8 @@ impl Resources {
             namespace.to_string(),
             name.clone().unwrap_or_default(),
         );
-        if let Some(first) = self.origins.get(&key) {
-            return Err(err(
-                None,
-                format!("defined twice; first defined at {first}"),
-            ));
+        if let Some(first) = self.origins.get(&key).or_else(|| earlier.get(&key)) {
+            return Err(ResourceError::defined_twice(&key, source.clone(), first));
         }
         self.origins.insert(key, source.clone());
         let located = |(field, message): (String, String)| err(Some(&field), message);
@@ -228,4 +231,45 @@ fn decode<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, (String
             e.into_inner().to_string(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn an_object_defined_in_an_earlier_text_is_an_error_naming_both_and_nothing_is_added() {
+        let mut resources = Resources::default();
+        resources.add_yaml("a.yaml", SERVICE).unwrap();
+        let other = "---\napiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec: {ports: [{port: 81}]}\n";
+        let errors = resources
+            .add_yaml("b.yaml", &format!("{SERVICE}{other}"))
+            .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let text = errors[0].to_string();
+        assert!(
+            text.contains(
+                "b.yaml: document 1 (Service default/web): defined twice; first defined at a.yaml: document 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(resources.services.len(), 1, "nothing of b.yaml is added");
+    }
+
+    #[test]
+    fn an_object_defined_twice_in_one_text_is_an_error_naming_both() {
+        let mut resources = Resources::default();
+        let errors = resources
+            .add_yaml("a.yaml", &format!("{SERVICE}---\n{SERVICE}"))
+            .unwrap_err();
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("a.yaml: document 2 (Service default/web): defined twice; first defined at a.yaml: document 1"),
+            "{text}"
+        );
+        assert!(resources.services.is_empty());
+    }
 }
