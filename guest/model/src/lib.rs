@@ -144,6 +144,18 @@ impl Output {
     }
 }
 
+/// `kind` for the core group, else `group/kind`, as errors and statuses
+/// name a kind.
+impl std::fmt::Display for RefKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group().is_empty() {
+            f.write_str(self.kind())
+        } else {
+            write!(f, "{}/{}", self.group(), self.kind())
+        }
+    }
+}
+
 impl ObjectRef {
     pub fn new(namespace: &str, name: &str) -> Self {
         ObjectRef {
@@ -204,6 +216,11 @@ mod tests {
                 group == "example.com" || kind == "ConfigMap"
             );
         }
+        assert_eq!(RefKind::Service.to_string(), "Service");
+        assert_eq!(
+            RefKind::InferencePool.to_string(),
+            "inference.networking.k8s.io/InferencePool"
+        );
         // An `other` that spells a known pair still answers for it.
         let spelled = RefKind::Other(GroupKind {
             group: String::new(),

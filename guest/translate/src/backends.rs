@@ -84,7 +84,7 @@ pub fn resolve(
                 format!(
                     "backendRef {}: kind {} is not supported{hint}",
                     describe(route, backend),
-                    group_kind(backend)
+                    backend.kind
                 ),
             ))
         }
@@ -101,15 +101,6 @@ pub fn target_namespace<'a>(route: &'a HttpRoute, backend: &'a BackendRef) -> &'
         .namespace
         .as_deref()
         .unwrap_or(&route.meta.namespace)
-}
-
-fn group_kind(backend: &BackendRef) -> String {
-    let (group, kind) = (backend.kind.group(), backend.kind.kind());
-    if group.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{group}/{kind}")
-    }
 }
 
 /// A cross-namespace reference from an HTTPRoute must be granted.

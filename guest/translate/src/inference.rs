@@ -106,13 +106,9 @@ pub fn picker(
     };
     let namespace = &pool.meta.namespace;
     if !r.kind.is("", "Service") {
-        let kind = if r.kind.group().is_empty() {
-            r.kind.kind().to_string()
-        } else {
-            format!("{}/{}", r.kind.group(), r.kind.kind())
-        };
         return Err(format!(
-            "endpointPickerRef: kind {kind} is not supported; the picker must be a core Service"
+            "endpointPickerRef: kind {} is not supported; the picker must be a core Service",
+            r.kind
         ));
     }
     let Some(number) = r.port else {
