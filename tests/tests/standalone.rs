@@ -174,7 +174,7 @@ fn a_broken_file_leaves_routing_as_it_was_and_the_error_names_file_and_field() {
     let log = s.infergate.log_text();
     assert!(reported, "the error was not reported; log:\n{log}");
     assert!(
-        log.contains("routes.yaml: document 1 (HTTPRoute r)"),
+        log.contains("routes.yaml: document 1 (HTTPRoute default/r)"),
         "names file, document and object:\n{log}"
     );
     assert!(
@@ -360,4 +360,148 @@ fn translate_prints_envoy_resources_and_statuses_without_running_anything() {
         .unwrap();
     let ir: serde_json::Value = serde_json::from_slice(&ir.stdout).expect("JSON");
     assert!(ir["gateways"][0]["listeners"].is_array() && ir["gateways"][0].get("node").is_none());
+}
+
+/// Routes of another team on the same listener, each with a value that Envoy
+/// refuses (and would refuse the listener's whole route configuration for).
+const REFUSED_BY_ENVOY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: regex}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: /(abc}}]
+    backendRefs: [{name: blue, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /fine}}]
+    backendRefs: [{name: green, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pseudo-header}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /pseudo}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: ':path', value: /x}]}
+    backendRefs: [{name: blue, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: upper-case}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [Example.com, example.com]
+  rules:
+  - backendRefs: [{name: blue, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: query-in-prefix}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /a?b}}]
+    backendRefs: [{name: blue, port: 80}]
+";
+
+/// (type, status, reason, message) of each condition of `route` on its first parent.
+fn route_conditions(status_file: &std::path::Path, route: &str) -> Vec<[String; 4]> {
+    let text = std::fs::read_to_string(status_file).unwrap_or_default();
+    let statuses: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).unwrap_or(serde_yaml_ng::Value::Null);
+    statuses["http_routes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["route"]["name"].as_str() == Some(route))
+        .flat_map(|r| {
+            r["parents"][0]["conditions"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| {
+            ["condition_type", "status", "reason", "message"]
+                .map(|k| c[k].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_route_envoy_would_refuse_is_refused_in_its_status_and_never_freezes_the_listener() {
+    let status = TempDir::new("refused-status");
+    let status_file = status.0.join("status.yaml");
+    let s = start(
+        "refused",
+        PATH_AND_HEADER,
+        &["--status-file", status_file.to_str().unwrap()],
+    );
+    assert_eq!(served_by(&s, "/other", &[]), "blue");
+    write(&s.infergate.config, "other-team.yaml", REFUSED_BY_ENVOY);
+    let reported = wait_until(Duration::from_secs(10), || {
+        !route_conditions(&status_file, "query-in-prefix").is_empty()
+    });
+    assert!(reported, "no status; log:\n{}", s.infergate.log_text());
+
+    // Each bad value is named in its route's status.
+    let accepted = |route: &str| {
+        route_conditions(&status_file, route)
+            .into_iter()
+            .find(|c| c[0] == "Accepted")
+            .unwrap_or_else(|| panic!("{route}: no Accepted condition"))
+    };
+    for (route, field) in [
+        (
+            "pseudo-header",
+            "filters[0].requestHeaderModifier.set[0].name",
+        ),
+        ("upper-case", "spec.hostnames[0]"),
+        ("query-in-prefix", "matches[0].path.value"),
+    ] {
+        let [_, status, reason, message] = accepted(route);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "UnsupportedValue"),
+            "{route}: {message}"
+        );
+        assert!(
+            message.contains(field),
+            "{route}: the message names {field}: {message}"
+        );
+    }
+    let partly = route_conditions(&status_file, "regex");
+    assert!(
+        partly.iter().any(|c| c[0] == "PartiallyInvalid"
+            && c[1] == "True"
+            && c[3].contains("matches[0].path.value")
+            && c[3].contains("left out")),
+        "regex: {partly:?}"
+    );
+
+    // The valid rule of the partly invalid route is served, and the other
+    // team's route keeps following its edits.
+    assert!(
+        wait_until(Duration::from_secs(10), || get(s.listener, "/fine", &[])
+            .is_some_and(|r| r.0 == 200 && r.1 == "green")),
+        "the valid rule of a partly invalid route is not served; log:\n{}",
+        s.infergate.log_text()
+    );
+    write(
+        &s.infergate.config,
+        "routes.yaml",
+        &route("  - backendRefs: [{name: green, port: 80}]\n"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || served_by(&s, "/other", &[])
+            == "green"),
+        "an edit of a good route was not applied; log:\n{}",
+        s.infergate.log_text()
+    );
+    assert!(
+        !s.infergate.log_text().contains("NACK"),
+        "Envoy refused a configuration:\n{}",
+        s.infergate.log_text()
+    );
 }

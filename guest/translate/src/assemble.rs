@@ -56,6 +56,9 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
             for host in &attachment.hostnames {
                 let routes = hosts.entry(host.as_str()).or_default();
                 for (r, rule) in compiled.rules.iter().enumerate() {
+                    if rule.left_out {
+                        continue;
+                    }
                     for (m, route_match) in rule.matches().iter().enumerate() {
                         routes.push(Ranked {
                             key: precedence(route_match, ages[attachment.route], r, m),

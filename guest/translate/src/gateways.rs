@@ -7,7 +7,7 @@ use infergate_model::{
 
 use crate::conditions::{self as c, fail, ok, reason};
 use crate::index::{GATEWAY_GROUP, Index};
-use crate::{hostname, selector};
+use crate::{hostname, selector, validate};
 
 /// The GatewayClasses and Gateways this controller owns, evaluated.
 pub struct Evaluated<'a> {
@@ -69,6 +69,7 @@ pub fn evaluate<'a>(index: &Index<'a>) -> Evaluated<'a> {
         (&a.gateway.meta.namespace, &a.gateway.meta.name)
             .cmp(&(&b.gateway.meta.namespace, &b.gateway.meta.name))
     });
+    mark_port_conflicts(&mut gateways);
     Evaluated {
         class_statuses,
         gateways,
@@ -126,6 +127,19 @@ fn evaluate_listener(listener: &Listener, generation: i64) -> ListenerState<'_> 
                 "listener {:?}: protocol {:?} is not supported; use HTTP",
                 listener.name, listener.protocol
             ),
+            generation,
+        ));
+    } else if let Some(Err(why)) = listener
+        .hostname
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| validate::hostname(h, true))
+    {
+        accepted = false;
+        conditions.push(fail(
+            c::ACCEPTED,
+            reason::UNSUPPORTED_VALUE,
+            format!("listener {:?}: hostname: {why}", listener.name),
             generation,
         ));
     } else if !(1..=65535).contains(&listener.port) {
@@ -242,6 +256,78 @@ fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
             )
         };
         state.conditions.push(programmed);
+    }
+}
+
+/// Two Gateways' Envoys cannot share an address and port: with SO_REUSEPORT
+/// both would bind and the kernel would split the traffic between them. The
+/// older Gateway (then the first by namespace/name) keeps the port; the
+/// newer one's listener there is not accepted, with reason PortUnavailable.
+/// An unspecified address (0.0.0.0, ::) overlaps every address.
+fn mark_port_conflicts(gateways: &mut [GatewayState]) {
+    let mut order: Vec<usize> = (0..gateways.len()).collect();
+    order.sort_by_key(|&i| {
+        let meta = &gateways[i].gateway.meta;
+        (meta.creation_timestamp, &meta.namespace, &meta.name)
+    });
+    // (address, port, "namespace/name") of the ports already taken.
+    let mut taken: Vec<(std::net::IpAddr, u32, String)> = Vec::new();
+    for i in order {
+        let gateway = &mut gateways[i];
+        let owner = format!("{}/{}", gateway.namespace(), gateway.name());
+        let generation = gateway.gateway.meta.generation;
+        let addresses: Vec<std::net::IpAddr> = gateway
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let mut claimed = Vec::new();
+        for state in gateway.listeners.iter_mut().filter(|l| l.usable) {
+            let port = state.listener.port;
+            let clash = taken.iter().find(|(address, p, _)| {
+                *p == port && addresses.iter().any(|a| overlaps(a, address))
+            });
+            if let Some((address, _, other)) = clash {
+                state.usable = false;
+                let message = format!(
+                    "listener {:?}: port {port} on {address} is already used by Gateway {other}",
+                    state.listener.name
+                );
+                set(
+                    &mut state.conditions,
+                    fail(c::ACCEPTED, reason::PORT_UNAVAILABLE, message, generation),
+                );
+                set(
+                    &mut state.conditions,
+                    fail(
+                        c::PROGRAMMED,
+                        reason::INVALID,
+                        "listener is not accepted",
+                        generation,
+                    ),
+                );
+            } else {
+                claimed.extend(addresses.iter().map(|a| (*a, port, owner.clone())));
+            }
+        }
+        taken.extend(claimed);
+    }
+}
+
+fn overlaps(a: &std::net::IpAddr, b: &std::net::IpAddr) -> bool {
+    a == b
+        || (a.is_unspecified() && a.is_ipv4() == b.is_ipv4())
+        || (b.is_unspecified() && a.is_ipv4() == b.is_ipv4())
+}
+
+/// Replace the condition of `condition`'s type in place (or add it).
+fn set(conditions: &mut Vec<Condition>, condition: Condition) {
+    match conditions
+        .iter_mut()
+        .find(|c| c.condition_type == condition.condition_type)
+    {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
     }
 }
 

@@ -109,7 +109,13 @@ impl<'a> Index<'a> {
                 continue;
             };
             for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
-                for address in &endpoint.addresses {
+                // Envoy refuses a whole endpoint assignment for one address
+                // that is not an IP, so such an address is left out here.
+                for address in endpoint
+                    .addresses
+                    .iter()
+                    .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+                {
                     out.push(SocketAddress {
                         address: address.clone(),
                         port: number,

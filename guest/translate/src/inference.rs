@@ -68,7 +68,12 @@ fn pool_cluster(index: &Index, pool: &InferencePool, picked: bool) -> ClusterIr 
         .iter()
         .filter(|pod| pod.ready && selector::matches_labels(&pool.selector, &pod.labels))
         .flat_map(|pod| {
-            pod.ips.iter().flat_map(|ip| {
+            // An IP that is not one would make Envoy refuse every endpoint.
+            let ips = pod
+                .ips
+                .iter()
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
+            ips.flat_map(|ip| {
                 pool.target_ports.iter().map(|&port| SocketAddress {
                     address: ip.clone(),
                     port,

@@ -23,6 +23,7 @@ pub mod index;
 pub mod inference;
 pub mod routes;
 pub mod selector;
+pub mod validate;
 
 pub use infergate_model as model;
 use infergate_model::{Output, Snapshot, Statuses, TranslateError};

@@ -5,14 +5,15 @@ use std::collections::HashMap;
 
 use infergate_model::{
     BackendRef, ClusterIr, Condition, DirectResponse, EndpointPickerIr, ForwardAction,
-    HeaderModifier, HttpRoute, HttpRouteStatus, ParentRef, PathMatch, RouteAction, RouteFilter,
-    RouteMatch, RouteParentStatus, RouteRule, UrlRewrite, WeightedCluster,
+    HeaderModifier, HttpRoute, HttpRouteStatus, ParentRef, PathMatch, PathModifier, RouteAction,
+    RouteFilter, RouteMatch, RouteParentStatus, RouteRule, UrlRewrite, WeightedCluster,
 };
 
 use crate::backends::{self, BackendKind, Problem};
 use crate::conditions::{self as c, fail, ok, reason};
 use crate::gateways::{Attachment, Evaluated, GatewayState};
 use crate::index::{GATEWAY_GROUP, Index};
+use crate::validate;
 
 /// Every HTTPRoute, compiled, and their statuses.
 pub struct RouteTable<'a> {
@@ -25,6 +26,8 @@ pub struct RouteTable<'a> {
 pub struct CompiledRoute<'a> {
     pub route: &'a HttpRoute,
     pub rules: Vec<CompiledRule<'a>>,
+    /// Why `spec.hostnames` cannot be served; such a route is not accepted.
+    pub invalid_hostnames: Option<String>,
 }
 
 impl CompiledRoute<'_> {
@@ -48,8 +51,10 @@ pub struct CompiledRule<'a> {
     /// Clusters the action sends to (the pool and picker clusters
     /// included), as indexes into [`RouteTable::clusters`].
     pub clusters: Vec<usize>,
-    /// Why the rule is not valid; such a rule answers 500.
+    /// Why the rule is not valid; such a rule answers 500, or is left out.
     pub invalid: Option<String>,
+    /// The rule's matches cannot be given to Envoy: it gets no Envoy routes.
+    pub left_out: bool,
 }
 
 /// A rule without matches matches every request (a `/` prefix).
@@ -200,7 +205,19 @@ fn compile<'a>(
         .enumerate()
         .map(|(i, rule)| compile_rule(resolver, route, i, rule, &mut first_problem))
         .collect();
-    (CompiledRoute { route, rules }, first_problem)
+    let invalid_hostnames = route.hostnames.iter().enumerate().find_map(|(i, h)| {
+        validate::hostname(h, true)
+            .err()
+            .map(|why| format!("spec.hostnames[{i}]: {why}"))
+    });
+    (
+        CompiledRoute {
+            route,
+            rules,
+            invalid_hostnames,
+        },
+        first_problem,
+    )
 }
 
 fn compile_rule<'a>(
@@ -232,17 +249,23 @@ fn compile_rule<'a>(
             }
         }
     }
-    for m in &rule.matches {
-        if let Some(PathMatch::Prefix(p) | PathMatch::Exact(p)) = &m.path
-            && !p.starts_with('/')
-        {
-            invalid.get_or_insert_with(|| format!("{}: path {p:?} must start with \"/\"", label()));
-        }
+    // A match Envoy would refuse cannot be given to Envoy at all: the rule is
+    // left out, so the listener's other routes are still configured.
+    let mut left_out = false;
+    if let Err(why) = validate::route_matches(&rule.matches) {
+        invalid.get_or_insert_with(|| format!("{}: {why}", label()));
+        left_out = true;
+    }
+    if let Err(why) = validate::filters(&rule.filters) {
+        invalid.get_or_insert_with(|| format!("{}: {why}", label()));
+    }
+    if let Err(why) = validate_weights(&rule.backend_refs) {
+        invalid.get_or_insert_with(|| format!("{}: {why}", label()));
     }
     if rewrite
         .as_ref()
         .and_then(|r| r.path.as_ref())
-        .is_some_and(|p| matches!(p, infergate_model::PathModifier::ReplacePrefixMatch(_)))
+        .is_some_and(|p| matches!(p, PathModifier::ReplacePrefixMatch(_)))
         && rule
             .matches
             .iter()
@@ -298,6 +321,9 @@ fn compile_rule<'a>(
 
     let action = if invalid.is_some() {
         clusters.clear();
+        // Nothing of an invalid rule reaches Envoy but its 500.
+        request_headers = HeaderModifier::default();
+        response_headers = HeaderModifier::default();
         internal_error()
     } else if let Some(r) = redirect {
         clusters.clear();
@@ -319,7 +345,23 @@ fn compile_rule<'a>(
         response_headers,
         clusters,
         invalid,
+        left_out,
     }
+}
+
+/// Each weight within Gateway API's bound, and their sum within Envoy's.
+fn validate_weights(refs: &[BackendRef]) -> Result<(), String> {
+    for (i, r) in refs.iter().enumerate() {
+        validate::weight(r.weight).map_err(|why| format!("backendRefs[{i}].weight: {why}"))?;
+    }
+    let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(format!(
+            "backendRefs: the weights add up to {total}, more than Envoy's limit of {}",
+            u32::MAX
+        ));
+    }
+    Ok(())
 }
 
 fn merge(into: &mut HeaderModifier, from: &HeaderModifier) {
@@ -363,13 +405,24 @@ fn attach(
         ),
         Some(p) => fail(c::RESOLVED_REFS, p.reason, p.message.clone(), generation),
     });
-    let invalid = compiled.invalid_rules();
+    let invalid: Vec<String> = compiled
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let what = if r.left_out {
+                "the rule is left out"
+            } else {
+                "the rule answers 500"
+            };
+            r.invalid.as_ref().map(|why| format!("{why}; {what}"))
+        })
+        .collect();
     if !invalid.is_empty() && invalid.len() < compiled.rules.len() {
         conditions.push(Condition::new(
             c::PARTIALLY_INVALID,
             true,
             reason::UNSUPPORTED_VALUE,
-            format!("{}; such rules answer 500", invalid.join("; ")),
+            invalid.join("; "),
             generation,
         ));
     }
@@ -396,6 +449,9 @@ fn accept(
                 gateway.name()
             ),
         ));
+    }
+    if let Some(why) = &compiled.invalid_hostnames {
+        return Err((reason::UNSUPPORTED_VALUE, why.clone()));
     }
     let candidates: Vec<usize> = gateway
         .listeners

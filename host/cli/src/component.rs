@@ -64,11 +64,22 @@ pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
             let started = std::time::Instant::now();
             let extension = if inference { "on" } else { "off" };
             match runtime.translate(&translator, &snapshot) {
-                Ok(output) => println!(
-                    "  canary {name} (inference extension {extension}): ok in {} ms, {} gateways",
-                    started.elapsed().as_millis(),
-                    output.gateways.len()
-                ),
+                Ok(mut output) => {
+                    let problems = infergate_translate::validate::output(&mut output);
+                    if problems.is_empty() {
+                        println!(
+                            "  canary {name} (inference extension {extension}): ok in {} ms, {} gateways",
+                            started.elapsed().as_millis(),
+                            output.gateways.len()
+                        );
+                    } else {
+                        ok = false;
+                        println!(
+                            "  canary {name} (inference extension {extension}): FAILED: values Envoy would refuse: {}",
+                            problems.join("; ")
+                        );
+                    }
+                }
                 Err(e) => {
                     ok = false;
                     println!("  canary {name} (inference extension {extension}): FAILED: {e}");

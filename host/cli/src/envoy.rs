@@ -23,12 +23,20 @@ pub const ENVOY_FLAGS: [&str; 4] = [
     "warn",
 ];
 
-/// An Envoy bootstrap that takes everything from ADS at `xds`.
+/// An Envoy bootstrap that takes everything from ADS at `xds`. Its runtime
+/// raises RE2's program-size limit to what the translation's regex check
+/// allows for (`infergate_translate::validate`), so that no accepted regular
+/// expression, and no generated prefix rewrite, is refused by Envoy.
 pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
     format!(
         r#"node:
   id: "{node}"
   cluster: infergate
+layered_runtime:
+  layers:
+  - name: infergate
+    static_layer:
+      re2.max_program_size.error_level: {re2_limit}
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
@@ -59,7 +67,8 @@ static_resources:
               socket_address: {{ address: "{ip}", port_value: {port} }}
 "#,
         ip = xds.ip(),
-        port = xds.port()
+        port = xds.port(),
+        re2_limit = infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
     )
 }
 

@@ -9,8 +9,16 @@ use std::path::{Path, PathBuf};
 use infergate_model::{Settings, Snapshot};
 use infergate_resources::{ResourceError, Resources, Source, empty_snapshot};
 
+/// The largest configuration file read; a larger one is an error, not an
+/// out-of-memory kill (`-f /dev/zero`).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// The deepest nesting of YAML flow collections (`[`, `{`) accepted; parsing
+/// pathological nesting is slow (quadratic) and Kubernetes objects need few levels.
+pub const MAX_FLOW_NESTING: usize = 64;
+
 /// The *.yaml / *.yml files of a directory (sorted, not recursive), or the
-/// one file `path` names.
+/// one file `path` names. Entries that are not regular files (FIFOs,
+/// devices) are skipped with a warning: reading one could block forever.
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Vec<ResourceError>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
@@ -18,12 +26,97 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, Vec<ResourceError>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| vec![io_error(path, e)])?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            let regular = p.is_file();
+            if !regular && !p.is_dir() {
+                tracing::warn!(file = %p.display(), "skipped: not a regular file");
+            }
+            regular
         })
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// A configuration file's text, within the bounds above; a leading UTF-8
+/// byte order mark is dropped.
+// The error path is cold and its errors end up in a Vec anyway.
+#[allow(clippy::result_large_err)]
+pub fn read_text(path: &Path) -> Result<String, ResourceError> {
+    use std::io::Read;
+    let fail = |message: String| {
+        ResourceError::new(
+            Source::document(&path.display().to_string(), 0),
+            None,
+            None,
+            message,
+        )
+    };
+    // Looked at before opening: opening a FIFO blocks until it has a writer.
+    let metadata = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !metadata.is_file() {
+        return Err(fail(
+            "not a regular file (a FIFO or device could block or never end); give a file or a directory".into(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} MiB, the most infergate reads from one file; split it",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        fail(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
+    if let Some(line) = too_deep(&text) {
+        return Err(fail(format!(
+            "line {line}: YAML flow collections ([ ], {{ }}) nested deeper than {MAX_FLOW_NESTING} levels"
+        )));
+    }
+    Ok(text)
+}
+
+/// The line where flow collections first nest deeper than
+/// [`MAX_FLOW_NESTING`], ignoring quoted text and comments. Brackets inside
+/// plain scalars count too, so a pathological file is refused before the
+/// YAML parser spends seconds on it.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let mut quote = None;
+        let mut previous = ' ';
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if previous.is_whitespace() => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_NESTING {
+                        return Some(n + 1);
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+    }
+    None
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
@@ -41,14 +134,17 @@ pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
     let mut resources = Resources::default();
     let mut errors = Vec::new();
     for file in yaml_files(path)? {
-        match std::fs::read_to_string(&file) {
+        match read_text(&file) {
             Ok(text) => {
                 if let Err(e) = resources.add_yaml(&file.display().to_string(), &text) {
                     errors.extend(e);
                 }
             }
-            Err(e) => errors.push(io_error(&file, e)),
+            Err(e) => errors.push(e),
         }
+    }
+    for skipped in &resources.skipped {
+        tracing::warn!("{skipped}");
     }
     if errors.is_empty() {
         Ok(resources)
@@ -137,10 +233,10 @@ impl SnapshotFiles {
         let mut plans = Vec::with_capacity(paths.len());
         let mut errors = Vec::new();
         for path in paths {
-            let text = match std::fs::read_to_string(&path) {
+            let text = match read_text(&path) {
                 Ok(text) => text,
                 Err(e) => {
-                    errors.push(io_error(&path, e));
+                    errors.push(e);
                     continue;
                 }
             };
@@ -468,5 +564,62 @@ spec: {{ports: [{{port: 80}}]}}
         let other = settings("127.0.0.9");
         assert!(files.read(&dir.0, &other).unwrap());
         assert_eq!(files.snapshot(), Some(&fresh(&dir, &other)));
+    }
+
+    #[test]
+    fn files_are_read_within_bounds() {
+        let dir = Dir::new("bounds");
+        // A byte order mark is accepted.
+        dir.write("bom.yaml", &format!("\u{feff}{GATEWAY}"));
+        assert_eq!(
+            read_resources(&dir.0.join("bom.yaml"))
+                .unwrap()
+                .gateways
+                .len(),
+            1
+        );
+
+        // Pathological nesting is refused before the YAML parser sees it.
+        dir.write(
+            "deep.yaml",
+            &format!("x: {}{}", "[".repeat(40_000), "]".repeat(40_000)),
+        );
+        let started = std::time::Instant::now();
+        let error = read_text(&dir.0.join("deep.yaml")).unwrap_err().to_string();
+        assert!(error.contains("nested deeper than 64"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Brackets in quoted text and comments do not count.
+        dir.write(
+            "quoted.yaml",
+            &format!("x: \"{}\" # {}\n", "[".repeat(100), "{".repeat(100)),
+        );
+        assert!(read_text(&dir.0.join("quoted.yaml")).is_ok());
+        std::fs::remove_file(dir.0.join("quoted.yaml")).unwrap();
+
+        // Not a regular file: refused, never read.
+        let error = read_text(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        let fifo = dir.0.join("fifo.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let error = read_text(&fifo).unwrap_err().to_string();
+            assert!(error.contains("not a regular file"), "{error}");
+            // In a directory it is skipped; the other files are read.
+            assert_eq!(
+                read_resources(&dir.0).map(|r| r.gateways.len()).ok(),
+                None,
+                "deep.yaml is still an error"
+            );
+            std::fs::remove_file(dir.0.join("deep.yaml")).unwrap();
+            assert_eq!(read_resources(&dir.0).unwrap().gateways.len(), 1);
+        } else {
+            panic!("mkfifo is needed for this test");
+        }
+
+        // Too large: refused without reading it all.
+        let big = std::fs::File::create(dir.0.join("big.yaml")).unwrap();
+        big.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let error = read_text(&dir.0.join("big.yaml")).unwrap_err().to_string();
+        assert!(error.contains("larger than 64 MiB"), "{error}");
     }
 }

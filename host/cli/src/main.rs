@@ -85,11 +85,11 @@ pub struct TranslationArgs {
     /// Route to InferencePool backends (Gateway API Inference Extension). Off by default.
     #[arg(long)]
     enable_inference_extension: bool,
-    /// Memory limit of one translation, in MiB.
-    #[arg(long, default_value_t = 512)]
-    translation_memory_mib: usize,
-    /// Time limit of one translation, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    /// Memory limit of one translation, in MiB (at least 1).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    translation_memory_mib: u64,
+    /// Time limit of one translation, in milliseconds (at least 1; there is no "no limit").
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     translation_timeout_ms: u64,
     /// Where compiled components are cached (by content hash and engine), so a component seen before
     /// loads without compiling. Default: $HOME/.cache/infergate/components. Keep it private to this user.

@@ -139,12 +139,10 @@ impl Metrics {
 /// Serve `/metrics` and `/info` on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
     use http_body_util::Full;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    let limits = infergate_serving::Limits::default();
+    infergate_serving::accept_loop(listener, limits, std::future::pending(), move |stream| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        async move {
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let (status, kind, body) = match req.uri().path() {
@@ -166,11 +164,12 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
                         )
                     }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = infergate_serving::http1(limits)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Now as RFC 3339 (UTC, seconds), without a date library.

@@ -143,7 +143,13 @@ impl Translation {
         };
         self.metrics
             .translation(label, started.elapsed(), usage.memory_peak_bytes);
-        Ok(outcome?)
+        let mut output = outcome?;
+        // Whatever the component, nothing Envoy would refuse reaches Envoy
+        // (it would refuse the whole resource, freezing its neighbours).
+        for problem in infergate_translate::validate::output(&mut output) {
+            tracing::error!("the translation component's output: {problem}");
+        }
+        Ok(output)
     }
 
     /// Check `bytes` as a replacement and swap it in: load (checks the WIT
@@ -159,17 +165,32 @@ impl Translation {
             .runtime
             .load_cached(bytes, self.cache_dir.as_deref())
             .map_err(|e| reject(load_reason(&e), e.to_string()))?;
-        if let Err(failure) = self.runtime.translate(&translator, canary) {
-            let reason = match failure {
-                TranslateFailure::Deadline(_) => "canary_deadline",
-                TranslateFailure::Memory(_) => "canary_memory",
-                TranslateFailure::Trap(_) => "canary_trap",
-                TranslateFailure::Guest(_) => "canary_guest_error",
-                TranslateFailure::Inconsistent(_) => "canary_inconsistent_output",
-            };
+        let mut output = match self.runtime.translate(&translator, canary) {
+            Ok(output) => output,
+            Err(failure) => {
+                let reason = match failure {
+                    TranslateFailure::Deadline(_) => "canary_deadline",
+                    TranslateFailure::Memory(_) => "canary_memory",
+                    TranslateFailure::Trap(_) => "canary_trap",
+                    TranslateFailure::Guest(_) => "canary_guest_error",
+                    TranslateFailure::Inconsistent(_) => "canary_inconsistent_output",
+                };
+                return Err(reject(
+                    reason,
+                    format!(
+                        "the canary translation of the current configuration failed: {failure}"
+                    ),
+                ));
+            }
+        };
+        let problems = infergate_translate::validate::output(&mut output);
+        if !problems.is_empty() {
             return Err(reject(
-                reason,
-                format!("the canary translation of the current configuration failed: {failure}"),
+                "canary_refused_by_envoy",
+                format!(
+                    "the canary translation of the current configuration produced values Envoy would refuse: {}",
+                    problems.join("; ")
+                ),
             ));
         }
         let active = describe(&self.path, &translator);
@@ -190,7 +211,7 @@ impl Translation {
 
 pub fn limits(args: &TranslationArgs) -> Limits {
     Limits {
-        memory_bytes: args.translation_memory_mib << 20,
+        memory_bytes: (args.translation_memory_mib as usize) << 20,
         deadline: Duration::from_millis(args.translation_timeout_ms),
         ..Limits::default()
     }

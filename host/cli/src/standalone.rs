@@ -177,7 +177,7 @@ impl State {
         }
         self.read_failed = false;
         for skipped in self.files.skipped() {
-            tracing::debug!("{skipped}");
+            tracing::warn!("{skipped}");
         }
         tracing::debug!(
             read_ms = started.elapsed().as_millis() as u64,

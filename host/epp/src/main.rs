@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             metrics_staleness_threshold: args.metrics_staleness_threshold,
             scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
             max_body_bytes: args.max_body_bytes,
+            metrics_limits: infergate_serving::Limits::default(),
         })
         .await?,
     );

@@ -48,6 +48,8 @@ pub struct Config {
     pub metrics_staleness_threshold: Duration,
     pub scrape_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Connections and read timeouts of the metrics server.
+    pub metrics_limits: infergate_serving::Limits,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             metrics_staleness_threshold: Duration::from_secs(2),
             scrape_timeout: Duration::from_secs(1),
             max_body_bytes: 16 << 20,
+            metrics_limits: infergate_serving::Limits::default(),
         }
     }
 }
@@ -187,6 +190,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     );
     tokio::spawn(serve_metrics(
         metrics,
+        config.metrics_limits,
         scheduler.clone(),
         counters,
         config.pool.clone(),
@@ -283,19 +287,18 @@ async fn scrape_one(
 
 async fn serve_metrics(
     listener: TcpListener,
+    limits: infergate_serving::Limits,
     scheduler: Arc<Scheduler>,
     counters: Arc<Counters>,
     pool: String,
     mut stopped: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => return,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    infergate_serving::accept_loop(listener, limits, stop, move |stream| {
         let (scheduler, counters, pool) = (scheduler.clone(), counters.clone(), pool.clone());
-        tokio::spawn(async move {
+        async move {
             let service = hyper::service::service_fn(move |_req| {
                 let text = metrics_text(&scheduler, &counters, &pool);
                 async move {
@@ -307,11 +310,12 @@ async fn serve_metrics(
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = infergate_serving::http1(limits)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn metrics_text(scheduler: &Scheduler, counters: &Counters, pool: &str) -> String {

@@ -944,3 +944,51 @@ async fn a_certificate_of_your_own_is_served_and_verifies() {
     let error = format!("{:#}", missing.err().expect("no certificate, no start"));
     assert!(error.contains("/nonexistent/tls.crt"), "{error}");
 }
+
+/// Idle clients of the metrics port cannot starve the picker: over its
+/// connection limit they wait in the backlog, silent ones are dropped after
+/// the header read timeout, and the ext_proc port answers throughout.
+#[tokio::test]
+async fn idle_metrics_clients_starve_neither_the_metrics_nor_the_ext_proc_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let handle = infergate_epp::start(Config {
+        grpc_port: 0,
+        grpc_health_port: 0,
+        metrics_port: 0,
+        endpoints: unreachable_endpoints(),
+        metrics_limits: infergate_serving::Limits {
+            max_connections: 16,
+            header_read_timeout: Duration::from_millis(500),
+        },
+        ..Config::default()
+    })
+    .await
+    .expect("the picker starts");
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(
+            tokio::net::TcpStream::connect(handle.metrics)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut health = HealthClient::new(tls_channel(handle.grpc).await);
+    let reply = tokio::time::timeout(
+        EXPECT,
+        health.check(HealthCheckRequest {
+            service: "liveness".into(),
+        }),
+    )
+    .await
+    .expect("the ext_proc port answers while the metrics port is flooded")
+    .expect("a health answer");
+    assert_eq!(reply.into_inner().status, ServingStatus::Serving as i32);
+    // The idle connections are dropped in turn, and /metrics answers again
+    // while they are still open on the client's side.
+    let text = tokio::time::timeout(Duration::from_secs(30), metrics_text(&handle))
+        .await
+        .expect("/metrics answers once the silent clients are dropped");
+    assert!(text.contains("infergate_epp_picks_total"), "{text}");
+    drop(idle);
+}

@@ -35,6 +35,7 @@ impl Ctx<'_> {
             .meta
             .namespace
             .clone()
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         let origin = self.resources.origin(self.kind, &namespace, &name);
         let name = format!("{namespace}/{name}");
@@ -67,6 +68,7 @@ fn meta(meta: &ObjectMeta, namespaced: bool) -> m::ObjectMeta {
         namespace: if namespaced {
             meta.namespace
                 .clone()
+                .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
         } else {
             String::new()
@@ -267,6 +269,11 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
         });
     }
     for slice in &r.endpoint_slices {
+        // FQDN slices name hosts to resolve, which infergate does not do (as
+        // other Gateway API implementations, it routes to IP addresses only).
+        if slice.address_type == "FQDN" {
+            continue;
+        }
         let mut cx = Ctx {
             resources: r,
             kind: "EndpointSlice",
@@ -299,6 +306,24 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
                 })
             })
             .collect();
+        for (i, e) in slice.endpoints.iter().enumerate() {
+            for (j, address) in e.addresses.iter().enumerate() {
+                let fits = match slice.address_type.as_str() {
+                    "IPv4" => address.parse::<std::net::Ipv4Addr>().is_ok(),
+                    "IPv6" => address.parse::<std::net::Ipv6Addr>().is_ok(),
+                    _ => false,
+                };
+                if !fits {
+                    cx.error(
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        format!(
+                            "{address:?} is not an address of the slice's addressType {:?} (IPv4, IPv6; FQDN slices are ignored)",
+                            slice.address_type
+                        ),
+                    );
+                }
+            }
+        }
         s.endpoint_slices.push(m::EndpointSlice {
             meta: meta(&slice.metadata, true),
             service_name,
@@ -569,6 +594,52 @@ fn filter(cx: &mut Ctx, i: usize, j: usize, f: &HttpRouteRulesFilters) -> m::Rou
 
 fn inference_pool(cx: &mut Ctx, pool: &crate::InferencePool) -> m::InferencePool {
     let spec = &pool.spec;
+    // The rules of the InferencePool v1 CRD, which the API server enforces
+    // and files must meet too: a pool must never select a whole namespace.
+    let labels_count = spec.selector.match_labels.len();
+    if labels_count == 0 {
+        cx.error(
+            "spec.selector.matchLabels".into(),
+            "at least one label is required (an empty selector would select every Pod of the namespace)",
+        );
+    } else if labels_count > 64 {
+        cx.error(
+            "spec.selector.matchLabels".into(),
+            format!("{labels_count} labels; at most 64 are allowed"),
+        );
+    }
+    if spec.selector.match_expressions.is_some() {
+        cx.error(
+            "spec.selector.matchExpressions".into(),
+            "is not part of InferencePool v1; select Pods with matchLabels",
+        );
+    }
+    if spec.target_ports.is_empty() || spec.target_ports.len() > 8 {
+        cx.error(
+            "spec.targetPorts".into(),
+            format!(
+                "{} ports; between 1 and 8 are required",
+                spec.target_ports.len()
+            ),
+        );
+    }
+    for (i, p) in spec.target_ports.iter().enumerate() {
+        if spec.target_ports[..i].iter().any(|q| q.number == p.number) {
+            cx.error(
+                format!("spec.targetPorts[{i}].number"),
+                format!("port {} is listed twice", p.number),
+            );
+        }
+    }
+    if let Some(protocol) = &spec.app_protocol
+        && protocol != "http"
+        && protocol != "kubernetes.io/h2c"
+    {
+        cx.error(
+            "spec.appProtocol".into(),
+            format!("{protocol:?} is not http or kubernetes.io/h2c"),
+        );
+    }
     let target_ports = spec
         .target_ports
         .iter()

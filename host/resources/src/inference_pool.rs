@@ -29,6 +29,10 @@ pub struct InferencePoolSpec {
 pub struct LabelSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// Not part of InferencePool v1 (its CRD prunes it); read only to refuse
+    /// it in files rather than ignore it silently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_expressions: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

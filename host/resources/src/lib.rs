@@ -8,6 +8,7 @@
 mod convert;
 mod errors;
 mod inference_pool;
+mod names;
 
 pub use convert::empty_snapshot;
 pub use errors::{ResourceError, Source};
@@ -117,10 +118,27 @@ impl Resources {
             .and_then(|m| m.get("name"))
             .and_then(|v| v.as_str())
             .map(str::to_string);
+        // Objects are named "namespace/name" in every error, as the
+        // conversion's errors name them.
+        let cluster_scoped = matches!(kind.as_deref(), Some("Namespace" | "GatewayClass"));
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|v| v.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(if cluster_scoped { "" } else { "default" })
+            .to_string();
+        let label = name.as_ref().map(|n| {
+            if cluster_scoped {
+                n.clone()
+            } else {
+                format!("{namespace}/{n}")
+            }
+        });
         let err = |field: Option<&str>, message: String| {
             ResourceError::new(
                 source.clone(),
-                kind.clone().map(|k| (k, name.clone())),
+                kind.clone().map(|k| (k, label.clone())),
                 field.map(str::to_string),
                 message,
             )
@@ -132,8 +150,17 @@ impl Resources {
             ));
         };
         let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind_name) else {
+            let near = KINDS.iter().map(|(k, _)| *k).find(|k| {
+                k.eq_ignore_ascii_case(kind_name)
+                    || kind_name
+                        .strip_suffix('s')
+                        .is_some_and(|singular| k.eq_ignore_ascii_case(singular))
+            });
+            let hint = near
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
             self.skipped.push(format!(
-                "{source}: kind {kind_name} is not read by infergate"
+                "{source}: skipped: kind {kind_name:?} is not read by infergate{hint}"
             ));
             return Ok(());
         };
@@ -154,18 +181,23 @@ impl Resources {
         if name.as_deref().is_none_or(str::is_empty) {
             return Err(err(Some("metadata.name"), "is required".into()));
         }
-        let namespace = value
-            .get("metadata")
-            .and_then(|m| m.get("namespace"))
-            .and_then(|v| v.as_str())
-            .unwrap_or(if kind_name == "Namespace" || kind_name == "GatewayClass" {
-                ""
-            } else {
-                "default"
-            });
+        // Names as the API server requires them: generated Envoy names join
+        // them with "/", which no valid name contains, so they cannot collide.
+        let name_rule = if kind_name == "Service" || kind_name == "Namespace" {
+            names::dns_label
+        } else {
+            names::dns_subdomain
+        };
+        if let Err(why) = name_rule(name.as_deref().unwrap_or_default()) {
+            return Err(err(Some("metadata.name"), why));
+        }
+        // An empty namespace means the default one, as for kubectl.
+        if !cluster_scoped && let Err(why) = names::dns_label(&namespace) {
+            return Err(err(Some("metadata.namespace"), why));
+        }
         let key = (
             kind_name.to_string(),
-            namespace.to_string(),
+            namespace.clone(),
             name.clone().unwrap_or_default(),
         );
         if let Some(first) = self.origins.get(&key).or_else(|| earlier.get(&key)) {
@@ -271,5 +303,147 @@ mod tests {
             "{text}"
         );
         assert!(resources.services.is_empty());
+    }
+
+    /// Every error of converting `yaml`, as text.
+    fn conversion_errors(yaml: &str) -> String {
+        let mut resources = Resources::default();
+        let added = resources.add_yaml("a.yaml", yaml);
+        let converted = added.and_then(|()| {
+            resources
+                .to_snapshot(Settings {
+                    controller_name: "c".into(),
+                    inference_extension: true,
+                    default_address: "127.0.0.1".into(),
+                })
+                .map(|_| ())
+        });
+        match converted {
+            Ok(()) => String::new(),
+            Err(errors) => errors.iter().map(|e| format!("{e}\n")).collect(),
+        }
+    }
+
+    fn slice(address_type: &str, addresses: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, labels: {{kubernetes.io/service-name: web}}}}\naddressType: {address_type}\nendpoints: [{{addresses: {addresses}}}]\n"
+        )
+    }
+
+    #[test]
+    fn endpoint_addresses_must_fit_the_slice_address_type_and_fqdn_slices_are_ignored() {
+        assert_eq!(conversion_errors(&slice("IPv4", "[198.18.0.1]")), "");
+        assert_eq!(conversion_errors(&slice("IPv6", "[\"2001:db8::1\"]")), "");
+        let errors = conversion_errors(&slice("IPv4", "[198.18.0.1, 999.1.1.1, localhost]"));
+        assert!(errors.contains("endpoints[0].addresses[1]"), "{errors}");
+        assert!(errors.contains("endpoints[0].addresses[2]"), "{errors}");
+        assert!(
+            conversion_errors(&slice("IPv6", "[198.18.0.1]")).contains("addresses[0]"),
+            "an IPv4 address in an IPv6 slice"
+        );
+        let mut resources = Resources::default();
+        resources
+            .add_yaml("a.yaml", &slice("FQDN", "[localhost]"))
+            .unwrap();
+        let snapshot = resources
+            .to_snapshot(Settings {
+                controller_name: "c".into(),
+                inference_extension: false,
+                default_address: "127.0.0.1".into(),
+            })
+            .unwrap();
+        assert!(
+            snapshot.endpoint_slices.is_empty(),
+            "FQDN slices are ignored"
+        );
+    }
+
+    #[test]
+    fn names_are_checked_as_the_api_server_checks_them() {
+        for (bad, field) in [
+            ("{name: a/b, namespace: x}", "metadata.name"),
+            ("{name: b, namespace: x/a}", "metadata.namespace"),
+            ("{name: \"a\\nb\"}", "metadata.name"),
+            ("{name: Web}", "metadata.name"),
+            ("{name: a.b}", "metadata.name"),
+        ] {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {bad}\nspec: {{ports: [{{port: 80}}]}}\n"
+            );
+            let errors = conversion_errors(&yaml);
+            assert!(errors.contains(field), "{bad}: {errors}");
+        }
+        // An empty namespace is the default one, as for kubectl.
+        let mut resources = Resources::default();
+        resources
+            .add_yaml(
+                "a.yaml",
+                &SERVICE.replace("{name: web}", "{name: web, namespace: \"\"}"),
+            )
+            .unwrap();
+        assert!(resources.origins.contains_key(&(
+            "Service".to_string(),
+            "default".to_string(),
+            "web".to_string()
+        )));
+    }
+
+    #[test]
+    fn inference_pools_are_checked_as_their_crd_checks_them() {
+        let pool = |spec: &str| {
+            format!(
+                "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\nmetadata: {{name: p}}\nspec: {spec}\n"
+            )
+        };
+        assert_eq!(
+            conversion_errors(&pool(
+                "{selector: {matchLabels: {app: m}}, targetPorts: [{number: 8000}]}"
+            )),
+            ""
+        );
+        for (spec, field) in [
+            (
+                "{selector: {}, targetPorts: [{number: 8000}]}",
+                "spec.selector.matchLabels",
+            ),
+            (
+                "{selector: {matchLabels: {app: m}, matchExpressions: [{key: a, operator: Exists}]}, targetPorts: [{number: 8000}]}",
+                "spec.selector.matchExpressions",
+            ),
+            (
+                "{selector: {matchLabels: {app: m}}, targetPorts: []}",
+                "spec.targetPorts",
+            ),
+            (
+                "{selector: {matchLabels: {app: m}}, targetPorts: [{number: 8000}, {number: 8000}]}",
+                "spec.targetPorts[1].number",
+            ),
+            (
+                "{selector: {matchLabels: {app: m}}, targetPorts: [{number: 8000}], appProtocol: grpc}",
+                "spec.appProtocol",
+            ),
+        ] {
+            let errors = conversion_errors(&pool(spec));
+            assert!(errors.contains(field), "{spec}: {errors}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_with_a_hint_and_errors_name_namespace_and_name() {
+        let mut resources = Resources::default();
+        resources
+            .add_yaml(
+                "a.yaml",
+                "apiVersion: v1\nkind: Services\nmetadata: {name: web}\n",
+            )
+            .unwrap();
+        assert_eq!(
+            resources.skipped,
+            [
+                "a.yaml: document 1: skipped: kind \"Services\" is not read by infergate (did you mean Service?)"
+            ]
+        );
+        let errors = conversion_errors(&SERVICE.replace("port: 80", "port: eighty"));
+        assert!(errors.contains("(Service default/web)"), "{errors}");
     }
 }

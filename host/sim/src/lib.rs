@@ -118,27 +118,31 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
         load: Mutex::new(Load::default()),
         ids: AtomicU64::new(0),
     });
-    let (stop, mut stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = &mut stopped => return,
-            };
-            let Ok((stream, _)) = accepted else { continue };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = infergate_serving::Limits {
+        // Each waiting request holds a connection; allow far more than slots.
+        max_connections: 4096,
+        ..Default::default()
+    };
+    let stopping = async move {
+        let _ = stopped.await;
+    };
+    tokio::spawn(infergate_serving::accept_loop(
+        listener,
+        limits,
+        stopping,
+        move |stream| {
             // Tokens are small writes; do not let Nagle hold them back.
             let _ = stream.set_nodelay(true);
             let sim = sim.clone();
-            tokio::spawn(async move {
+            async move {
                 let service = hyper::service::service_fn(move |req| handle(sim.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
-        }
-    });
+                let _ = infergate_serving::http1_and_2(limits)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            }
+        },
+    ));
     Ok(Handle {
         address,
         stop: Some(stop),

@@ -1,0 +1,156 @@
+//! Defence in depth: every golden case's Envoy configuration, as
+//! `infergate translate` prints it, is accepted by the real Envoy
+//! (`envoy --mode validate`, with the runtime infergate's bootstraps set).
+//! A value that the translation lets through and Envoy refuses fails here,
+//! naming the case and Envoy's error, before it can freeze a listener in
+//! production.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use infergate_e2e::*;
+use serde_json::{Value, json};
+
+fn golden_cases() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/translate/testdata");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the golden cases")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .collect();
+    cases.sort();
+    cases
+}
+
+/// The flags that give `infergate translate` a case's GoldenSettings.
+fn settings_flags(text: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    if text.contains("inferenceExtension: true") {
+        flags.push("--enable-inference-extension".to_string());
+    }
+    if let Some(name) = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("controllerName: "))
+        .filter(|_| text.contains("kind: GoldenSettings"))
+    {
+        flags.push(format!("--controller-name={name}"));
+    }
+    flags
+}
+
+/// One Gateway's xDS resources as a static bootstrap: route configurations
+/// inline in their listeners, endpoints inline in their clusters.
+fn static_bootstrap(gateway: &Value) -> Value {
+    let by_name = |kind: &str, key: &str| -> std::collections::HashMap<String, Value> {
+        gateway[kind]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (r[key].as_str().unwrap_or_default().to_string(), r.clone()))
+            .collect()
+    };
+    let routes = by_name("routes", "name");
+    let endpoints = by_name("endpoints", "clusterName");
+    let mut listeners = gateway["listeners"].clone();
+    for listener in listeners.as_array_mut().into_iter().flatten() {
+        for chain in listener["filterChains"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            for filter in chain["filters"].as_array_mut().into_iter().flatten() {
+                let config = &mut filter["typedConfig"];
+                if let Some(rds) = config.as_object_mut().and_then(|c| c.remove("rds")) {
+                    let name = rds["routeConfigName"].as_str().unwrap_or_default();
+                    let mut route = routes.get(name).cloned().unwrap_or(json!({}));
+                    if let Some(r) = route.as_object_mut() {
+                        r.remove("@type");
+                        // Routes to a backend that did not resolve name a
+                        // cluster that is deliberately never defined.
+                        r.insert("validateClusters".into(), json!(false));
+                    }
+                    config["routeConfig"] = route;
+                }
+            }
+        }
+        listener.as_object_mut().map(|l| l.remove("@type"));
+    }
+    let mut clusters = gateway["clusters"].clone();
+    for cluster in clusters.as_array_mut().into_iter().flatten() {
+        let Some(c) = cluster.as_object_mut() else {
+            continue;
+        };
+        c.remove("@type");
+        if c.remove("edsClusterConfig").is_some() {
+            let name = c["name"].as_str().unwrap_or_default().to_string();
+            let mut assignment = endpoints.get(&name).cloned().unwrap_or(json!({}));
+            assignment.as_object_mut().map(|a| a.remove("@type"));
+            assignment["clusterName"] = json!(name);
+            c.insert("type".into(), json!("STATIC"));
+            c.insert("loadAssignment".into(), assignment);
+        }
+    }
+    json!({
+        "node": {"id": gateway["node"], "cluster": "infergate"},
+        "layeredRuntime": {"layers": [{"name": "infergate", "staticLayer": {
+            "re2.max_program_size.error_level":
+                infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE
+        }}]},
+        "staticResources": {"listeners": listeners, "clusters": clusters},
+    })
+}
+
+#[test]
+fn envoy_accepts_every_golden_cases_configuration() {
+    let work = TempDir::new("envoy-validate");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for case in golden_cases() {
+        let text = std::fs::read_to_string(&case).unwrap();
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        // The GoldenSettings document is for the golden test only.
+        let resources: Vec<&str> = text
+            .split("\n---\n")
+            .filter(|doc| !doc.lines().any(|l| l.trim() == "kind: GoldenSettings"))
+            .collect();
+        let input = work.0.join(&name);
+        std::fs::write(&input, resources.join("\n---\n")).unwrap();
+        let output = Command::new(infergate_binary())
+            .args(["translate", "--native", "-o", "json", "-f"])
+            .arg(&input)
+            .args(settings_flags(&text))
+            .output()
+            .expect("infergate translate runs");
+        assert!(
+            output.status.success(),
+            "{name}: infergate translate failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let translated: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        for gateway in translated["gateways"].as_array().into_iter().flatten() {
+            let file = work.0.join(format!("{name}.{checked}.json"));
+            std::fs::write(&file, static_bootstrap(gateway).to_string()).unwrap();
+            let validated = Command::new(envoy_binary())
+                .args(["--mode", "validate", "--log-level", "critical", "-c"])
+                .arg(&file)
+                .output()
+                .expect("envoy runs");
+            if !validated.status.success() {
+                failures.push(format!(
+                    "{name}, Gateway {}: {}{}",
+                    gateway["node"],
+                    String::from_utf8_lossy(&validated.stdout),
+                    String::from_utf8_lossy(&validated.stderr)
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} Gateways were checked");
+    assert!(
+        failures.is_empty(),
+        "Envoy refused configurations the translation produced:\n{}",
+        failures.join("\n")
+    );
+    println!("Envoy accepted the configurations of {checked} Gateways");
+}
