@@ -21,7 +21,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(yaml_translate sim_http picker_extproc)
 
 rustup toolchain install nightly --profile minimal >/dev/null
-CARGO_FUZZ_VERSION=0.13.1
+CARGO_FUZZ_VERSION=0.13.2
 if ! cargo +nightly fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz
 fi

@@ -230,7 +230,13 @@ pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStat
         .filter_map(|((namespace, name), gateways)| {
             let pool = index.inference_pool(namespace, name)?;
             let generation = pool.meta.generation;
-            let resolved = match picker(index, pool) {
+            // Said in the status rather than left to be found out from 503s.
+            let empty = if pool_cluster(index, pool, false).endpoints.is_empty() {
+                "; no ready Pod matches the pool's selector, so requests to it get 503 until one does"
+            } else {
+                ""
+            };
+            let mut resolved = match picker(index, pool) {
                 Ok(Some((p, _))) => ok(
                     c::RESOLVED_REFS,
                     reason::RESOLVED_REFS,
@@ -250,6 +256,7 @@ pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStat
                     generation,
                 ),
             };
+            resolved.message.push_str(empty);
             Some(InferencePoolStatus {
                 pool: ObjectRef {
                     namespace: namespace.to_string(),

@@ -83,10 +83,7 @@ pub fn http1(limits: Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // A client that shuts down its sending side after its request
-        // still gets the answer.
-        .half_close(true);
+        .header_read_timeout(limits.header_read_timeout);
     builder
 }
 
@@ -100,8 +97,7 @@ pub fn http1_and_2(
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .half_close(true);
+        .header_read_timeout(limits.header_read_timeout);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
