@@ -195,25 +195,9 @@ impl Scenario {
 
     /// (type, status, reason) of a route's conditions on its first parent.
     fn route_conditions(&self, route: &str) -> Vec<(String, String, String)> {
-        let statuses = self.statuses();
-        statuses["http_routes"]
-            .as_sequence()
+        infergate_e2e::route_conditions(&self.work.0.join("status.yaml"), route)
             .into_iter()
-            .flatten()
-            .filter(|r| r["route"]["name"].as_str() == Some(route))
-            .flat_map(|r| {
-                r["parents"][0]["conditions"]
-                    .as_sequence()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .map(|c| {
-                (
-                    c["condition_type"].as_str().unwrap_or("").to_string(),
-                    c["status"].as_str().unwrap_or("").to_string(),
-                    c["reason"].as_str().unwrap_or("").to_string(),
-                )
-            })
+            .map(|[kind, status, reason, _]| (kind, status, reason))
             .collect()
     }
 

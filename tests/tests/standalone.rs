@@ -406,29 +406,6 @@ spec:
     backendRefs: [{name: blue, port: 80}]
 ";
 
-/// (type, status, reason, message) of each condition of `route` on its first parent.
-fn route_conditions(status_file: &std::path::Path, route: &str) -> Vec<[String; 4]> {
-    let text = std::fs::read_to_string(status_file).unwrap_or_default();
-    let statuses: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).unwrap_or(serde_yaml_ng::Value::Null);
-    statuses["http_routes"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["route"]["name"].as_str() == Some(route))
-        .flat_map(|r| {
-            r["parents"][0]["conditions"]
-                .as_sequence()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .map(|c| {
-            ["condition_type", "status", "reason", "message"]
-                .map(|k| c[k].as_str().unwrap_or("").to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn a_route_envoy_would_refuse_is_refused_in_its_status_and_never_freezes_the_listener() {
     let status = TempDir::new("refused-status");

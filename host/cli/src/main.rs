@@ -317,3 +317,32 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     print!("{text}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translation_limits_of_zero_are_refused_not_taken_as_no_limit() {
+        for (flag, value) in [
+            ("--translation-timeout-ms", "0"),
+            ("--translation-memory-mib", "0"),
+        ] {
+            let parsed =
+                Cli::try_parse_from(["infergate", "translate", "-f", "x.yaml", flag, value]);
+            let error = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(flag), "{flag} {value} is refused: {error:?}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "infergate",
+                "translate",
+                "-f",
+                "x.yaml",
+                "--translation-timeout-ms",
+                "1"
+            ])
+            .is_ok()
+        );
+    }
+}

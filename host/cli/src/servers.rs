@@ -40,12 +40,9 @@ pub async fn xds(
     let task = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(AdsServer::new(cache).into_service())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
+            .serve_with_incoming_shutdown(infergate_serving::incoming(listener), async {
+                let _ = stopped.await;
+            })
             .await;
         if let Err(e) = served {
             tracing::error!("xDS server failed: {e}");

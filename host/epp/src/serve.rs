@@ -14,7 +14,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
@@ -179,12 +178,15 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let router = builder
         .add_service(ExternalProcessorServer::new(picker))
         .add_service(health_service.clone());
-    tokio::spawn(router.serve_with_incoming_shutdown(no_delay(grpc), shutdown(stopped.clone())));
+    tokio::spawn(router.serve_with_incoming_shutdown(
+        infergate_serving::incoming(grpc),
+        shutdown(stopped.clone()),
+    ));
     tokio::spawn(
         Server::builder()
             .add_service(health_service)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(health),
+                infergate_serving::incoming(health),
                 shutdown(stopped.clone()),
             ),
     );
@@ -209,20 +211,6 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         scheduler,
         reporter,
         stop,
-    })
-}
-
-/// Accepted connections with Nagle's algorithm off: the picker answers with
-/// several small messages in a row (headers, then body chunks), which Nagle
-/// would hold back for the peer's delayed ACK (about 40 ms).
-fn no_delay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
     })
 }
 

@@ -9,7 +9,8 @@
 //!   [`Limits::header_read_timeout`] (also between requests on a kept-alive
 //!   connection) is disconnected;
 //! - an error from `accept` (out of file descriptors) is retried after a
-//!   back-off that doubles up to a second, instead of at once in a hot loop.
+//!   back-off that doubles up to a second, instead of at once in a hot loop
+//!   (also for the gRPC servers, through [`incoming`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,28 +46,49 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut backoff = FIRST_BACKOFF;
     tokio::pin!(stop);
     loop {
-        let accepted = tokio::select! {
+        let (permit, stream) = tokio::select! {
             _ = &mut stop => return,
             accepted = async {
                 let permit = permits.clone().acquire_owned().await.expect("never closed");
-                (permit, listener.accept().await)
+                (permit, accept(&listener).await)
             } => accepted,
         };
-        match accepted {
-            (permit, Ok((stream, _))) => {
-                backoff = FIRST_BACKOFF;
-                let connection = serve(stream);
-                tokio::spawn(async move {
-                    connection.await;
-                    drop(permit);
-                });
+        let connection = serve(stream);
+        tokio::spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// `listener`'s connections as a stream for tonic's `serve_with_incoming`,
+/// with the same back-off on accept errors: tonic itself retries a failed
+/// accept at once, spinning while file descriptors run out.
+pub fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
+    futures::stream::unfold(listener, |listener| async move {
+        let stream = accept(&listener).await;
+        Some((Ok(stream), listener))
+    })
+}
+
+/// The next connection, with Nagle's algorithm off (servers here answer
+/// with several small writes in a row, which Nagle would hold back for the
+/// peer's delayed ACK). Accept errors are logged and retried after a
+/// back-off that doubles from 10 ms up to a second.
+async fn accept(listener: &TcpListener) -> TcpStream {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
             }
-            (_, Err(error)) => {
+            Err(error) => {
                 tracing::warn!(
                     address = ?listener.local_addr().ok(),
                     "accepting a connection failed, retrying in {backoff:?}: {error}"

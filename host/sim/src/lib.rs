@@ -132,8 +132,6 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
         limits,
         stopping,
         move |stream| {
-            // Tokens are small writes; do not let Nagle hold them back.
-            let _ = stream.set_nodelay(true);
             let sim = sim.clone();
             async move {
                 let service = hyper::service::service_fn(move |req| handle(sim.clone(), req));
