@@ -50,6 +50,14 @@ pub fn yaml_translate(data: &[u8]) {
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        // A Rust main ignores SIGPIPE (a write to a closed connection is an
+        // error); libFuzzer's main does not, and the signal would end the
+        // run as if it were a crash.
+        // SAFETY: setting a signal's disposition to SIG_IGN, before any
+        // thread of ours writes to a socket.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -142,10 +150,11 @@ pub fn picker_extproc(data: &[u8]) {
         let outbound = tokio_stream::iter(messages);
         if let Ok(response) = client.process(outbound).await {
             let mut inbound = response.into_inner();
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while let Ok(Some(_)) = inbound.message().await {}
-            })
-            .await;
+            // Until the picker ends the stream or is quiet for 200 ms.
+            while let Ok(Ok(Some(_))) =
+                tokio::time::timeout(Duration::from_millis(200), inbound.message()).await
+            {
+            }
         }
         // A fresh stream with one well-formed message is still answered.
         let mut client = ExternalProcessorClient::new(channel);
