@@ -259,7 +259,7 @@ fn compile_rule<'a>(
     if let Err(why) = validate::filters(&rule.filters) {
         invalid.get_or_insert_with(|| format!("{}: {why}", label()));
     }
-    if let Err(why) = validate_weights(&rule.backend_refs) {
+    if let Err(why) = validate::weights(&rule.backend_refs) {
         invalid.get_or_insert_with(|| format!("{}: {why}", label()));
     }
     if rewrite
@@ -347,21 +347,6 @@ fn compile_rule<'a>(
         invalid,
         left_out,
     }
-}
-
-/// Each weight within Gateway API's bound, and their sum within Envoy's.
-fn validate_weights(refs: &[BackendRef]) -> Result<(), String> {
-    for (i, r) in refs.iter().enumerate() {
-        validate::weight(r.weight).map_err(|why| format!("backendRefs[{i}].weight: {why}"))?;
-    }
-    let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
-    if total > u64::from(u32::MAX) {
-        return Err(format!(
-            "backendRefs: the weights add up to {total}, more than Envoy's limit of {}",
-            u32::MAX
-        ));
-    }
-    Ok(())
 }
 
 fn merge(into: &mut HeaderModifier, from: &HeaderModifier) {

@@ -12,8 +12,8 @@
 //! path prefix). Each is a leaf function of one value.
 
 use infergate_model::{
-    HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect, RouteAction, RouteFilter,
-    RouteMatch, StringMatchType, UrlRewrite,
+    BackendRef, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect, RouteAction,
+    RouteFilter, RouteMatch, StringMatchType, UrlRewrite,
 };
 use regex_automata::nfa::thompson;
 use regex_syntax::ast::{self, Ast};
@@ -352,15 +352,23 @@ fn ascii_perl_classes(node: &mut Ast) {
     }
 }
 
-/// Up to 16 refs, each at most [`MAX_WEIGHT`].
-pub fn weight(value: u32) -> Result<(), String> {
-    if value > MAX_WEIGHT {
-        Err(format!(
-            "weight {value} is larger than {MAX_WEIGHT}, the most Gateway API allows"
-        ))
-    } else {
-        Ok(())
+/// Each backendRef's weight at most [`MAX_WEIGHT`], as Gateway API allows,
+/// and their sum at most 2^32-1, as Envoy requires.
+pub fn weights(refs: &[BackendRef]) -> Result<(), String> {
+    if let Some((i, r)) = refs.iter().enumerate().find(|(_, r)| r.weight > MAX_WEIGHT) {
+        return Err(format!(
+            "backendRefs[{i}].weight: weight {} is larger than {MAX_WEIGHT}, the most Gateway API allows",
+            r.weight
+        ));
     }
+    let total: u64 = refs.iter().map(|r| u64::from(r.weight)).sum();
+    if total > u64::from(u32::MAX) {
+        return Err(format!(
+            "backendRefs: the weights add up to {total}, more than Envoy's limit of {}",
+            u32::MAX
+        ));
+    }
+    Ok(())
 }
 
 /// Every match's values, as Envoy will see them; the first problem names
