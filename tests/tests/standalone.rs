@@ -482,3 +482,153 @@ fn a_route_envoy_would_refuse_is_refused_in_its_status_and_never_freezes_the_lis
         s.infergate.log_text()
     );
 }
+
+/// Another team's routes, added in one change: two with regular expressions
+/// that infergate's own Envoys take (RE2 programs up to 4096) but an Envoy
+/// with the stock RE2 limit of 100 refuses, and one that any Envoy takes.
+const TOO_BIG_FOR_A_STOCK_ENVOY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: big}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: '/big/x{150}'}}]
+    backendRefs: [{name: green, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: small}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /small}}]
+    backendRefs: [{name: green, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bigger}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: '/bigger/[a-z]{200}'}}]
+    backendRefs: [{name: green, port: 80}]
+";
+
+#[test]
+fn what_envoy_refuses_anyway_is_held_back_with_envoys_message_and_every_other_change_applies() {
+    let Layout {
+        dir,
+        config,
+        work,
+        listener,
+        blue: _blue,
+        green: _green,
+    } = layout(
+        "envoy-refuses",
+        "  - matches: [{path: {type: PathPrefix, value: /blue}}]\n    backendRefs: [{name: blue, port: 80}]\n",
+    );
+    let status_file = dir.0.join("status.yaml");
+    let xds_port = free_port();
+    let controller = Standalone::start(
+        &config,
+        &work,
+        xds_port,
+        &["--no-envoy", "--status-file", status_file.to_str().unwrap()],
+    );
+    // The operator's own Envoy, with Envoy's default RE2 program-size limit.
+    let bootstrap = std::process::Command::new(infergate_binary())
+        .args(["bootstrap", "--node", "default/gw", "--xds-address"])
+        .arg(format!("127.0.0.1:{xds_port}"))
+        .output()
+        .expect("bootstrap");
+    let ours = String::from_utf8(bootstrap.stdout).unwrap();
+    let stock = ours.replace(
+        "re2.max_program_size.error_level: 4096",
+        "re2.max_program_size.error_level: 100",
+    );
+    assert_ne!(ours, stock, "the bootstrap sets the RE2 limit:\n{ours}");
+    let bootstrap_path = work.join("stock-envoy.yaml");
+    std::fs::write(&bootstrap_path, stock).unwrap();
+    let mut envoy = Process::start(
+        &envoy_binary(),
+        &[
+            "-c".into(),
+            bootstrap_path.display().to_string(),
+            "--disable-hot-restart".into(),
+            "--log-level".into(),
+            "error".into(),
+        ],
+        work.join("envoy.log"),
+    );
+    let served_by = |path: &str| get(listener, path, &[]).map(|r| (r.0, r.1));
+    let serves = |path: &str, who: &str| {
+        wait_until(Duration::from_secs(20), || {
+            served_by(path) == Some((200, who.to_string()))
+        })
+    };
+    assert!(serves("/blue", "blue"), "log:\n{}", controller.log_text());
+
+    write(&config, "team-b.yaml", TOO_BIG_FOR_A_STOCK_ENVOY);
+    let refused = |route: &str| {
+        route_conditions(&status_file, route)
+            .into_iter()
+            .find(|c| c[0] == "Accepted" && c[1] == "False")
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || refused("big").is_some()
+            && refused("bigger").is_some()),
+        "both refused routes are found; log:\n{}",
+        controller.log_text()
+    );
+    for route in ["big", "bigger"] {
+        let [_, _, reason, message] = refused(route).unwrap();
+        assert_eq!(reason, "UnsupportedValue");
+        assert!(
+            message.starts_with("Envoy refused the routes made from this HTTPRoute: ")
+                && message.contains("program size")
+                && message.ends_with("it is not served"),
+            "{route}: {message}"
+        );
+    }
+    assert!(
+        serves("/small", "green"),
+        "the route Envoy takes, added with them, is served; log:\n{}",
+        controller.log_text()
+    );
+    assert_eq!(refused("small"), None);
+
+    // The listener is not frozen: the first team's edit is applied.
+    write(
+        &config,
+        "routes.yaml",
+        &route(
+            "  - matches: [{path: {type: PathPrefix, value: /blue}}]\n    backendRefs: [{name: green, port: 80}]\n",
+        ),
+    );
+    assert!(
+        serves("/blue", "green"),
+        "an edit of another route was not applied; log:\n{}",
+        controller.log_text()
+    );
+    // Fixed, the route is tried again and served.
+    write(
+        &config,
+        "team-b.yaml",
+        &TOO_BIG_FOR_A_STOCK_ENVOY.replace("/big/x{150}", "/big/x+"),
+    );
+    assert!(
+        serves("/big/xxx", "green"),
+        "the fixed route is served; log:\n{}",
+        controller.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || refused("big").is_none()),
+        "{:?}",
+        route_conditions(&status_file, "big")
+    );
+    assert!(
+        refused("bigger").is_some(),
+        "bigger did not change: still held"
+    );
+    envoy.kill();
+}

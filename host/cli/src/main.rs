@@ -5,6 +5,7 @@ mod envoy;
 mod files;
 mod metrics;
 mod pipeline;
+mod quarantine;
 mod run;
 mod servers;
 mod standalone;

@@ -32,6 +32,7 @@ struct Inner {
     swaps: u64,
     rejections: BTreeMap<String, u64>,
     active: Option<ActiveComponent>,
+    held_by_envoy: usize,
 }
 
 #[derive(Default)]
@@ -69,6 +70,11 @@ impl Metrics {
     pub fn rejected(&self, reason: &str) {
         let mut inner = self.inner.lock().expect("metrics lock");
         *inner.rejections.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// How many objects are held back because Envoy refuses them.
+    pub fn held_by_envoy(&self, objects: usize) {
+        self.inner.lock().expect("metrics lock").held_by_envoy = objects;
     }
 
     pub fn active(&self) -> Option<ActiveComponent> {
@@ -125,6 +131,11 @@ impl Metrics {
                 "infergate_component_rejections_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP infergate_objects_refused_by_envoy Objects held at their last accepted version (or left out) because Envoy refuses their configuration; their statuses say why.\n# TYPE infergate_objects_refused_by_envoy gauge\ninfergate_objects_refused_by_envoy {}",
+            inner.held_by_envoy
+        );
         if let Some(active) = &inner.active {
             let _ = writeln!(
                 out,

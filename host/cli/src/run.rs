@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use infergate_kube::{LeaseConfig, StatusWriter, WatchConfig, Watches};
-use infergate_model::{Output, Snapshot};
+use infergate_model::{Output, Snapshot, Statuses};
 use infergate_xds::SnapshotCache;
 
 use crate::RunArgs;
 use crate::envoy::{Fleet, find_binary};
 use crate::pipeline::{self, SwapOutcome, Translation};
+use crate::quarantine::Guard;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = infergate_kube::client(args.kubeconfig.as_deref()).await?;
@@ -64,6 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None
     };
 
+    let mut answers = cache.answers();
     let mut state = State::default();
     state
         .apply(&args, &translation, &cache, &watches, fleet.as_mut())
@@ -78,6 +80,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
                 state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
                 write_status = true;
+            }
+            Ok(()) = answers.changed() => {
+                // Statuses are written when what Envoy refused changes them.
+                write_status = state.answered(&translation, &cache, fleet.as_mut()).await;
             }
             Ok(()) = leading.changed() => {
                 // A new leader checks every status it owns.
@@ -113,9 +119,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let is_leader = *leading.borrow();
         if write_status
             && is_leader
-            && let Some(output) = &state.last
+            && let Some(statuses) = &state.statuses
         {
-            let report = writer.reconcile(&watches, &output.statuses).await;
+            let report = writer.reconcile(&watches, statuses).await;
             if report.written > 0 || report.retry() {
                 tracing::info!(
                     written = report.written,
@@ -146,10 +152,24 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-#[derive(Default)]
 struct State {
     last: Option<Output>,
     last_snapshot: Option<Snapshot>,
+    /// Holds back what Envoy refuses.
+    guard: Guard,
+    /// `last`'s statuses with what Envoy refused: what is written.
+    statuses: Option<Statuses>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            last: None,
+            last_snapshot: None,
+            guard: Guard::new(),
+            statuses: None,
+        }
+    }
 }
 
 impl State {
@@ -186,12 +206,68 @@ impl State {
         if self.last_snapshot.as_ref() == Some(&snapshot) {
             return; // e.g. only statuses changed
         }
-        let Some(output) =
-            pipeline::translate_and_publish(translation, &snapshot, cache, fleet, keeping).await
-        else {
-            return;
-        };
-        self.last = Some(output);
-        self.last_snapshot = Some(snapshot);
+        self.last_snapshot = Some(snapshot.clone());
+        let effective = self.guard.input(snapshot);
+        let mut fleet = fleet;
+        match pipeline::translate_and_publish(
+            translation,
+            effective,
+            cache,
+            fleet.as_deref_mut(),
+            keeping,
+        )
+        .await
+        {
+            Some(output) => self.last = Some(output),
+            None => {
+                // Translated again at the next change.
+                self.last_snapshot = None;
+                self.guard.not_published();
+                return;
+            }
+        }
+        // Envoy may have answered this configuration already (unchanged).
+        self.answered(translation, cache, fleet).await;
+    }
+
+    /// An Envoy answered: go on with what the guard makes of it. True if
+    /// the statuses to write changed.
+    async fn answered(
+        &mut self,
+        translation: &Arc<Translation>,
+        cache: &Arc<SnapshotCache>,
+        mut fleet: Option<&mut Fleet>,
+    ) -> bool {
+        loop {
+            let Some(last) = &self.last else { return false };
+            let Some(next) = self.guard.verdict(cache.verdict(), &last.statuses) else {
+                break;
+            };
+            let keeping = "still serving the last configuration Envoy took";
+            match pipeline::translate_and_publish(
+                translation,
+                next,
+                cache,
+                fleet.as_deref_mut(),
+                keeping,
+            )
+            .await
+            {
+                Some(output) => self.last = Some(output),
+                None => {
+                    self.guard.not_published();
+                    break;
+                }
+            }
+        }
+        translation
+            .metrics
+            .held_by_envoy(self.guard.quarantined().count());
+        let Some(last) = &self.last else { return false };
+        let mut statuses = last.statuses.clone();
+        self.guard.overlay(&mut statuses);
+        let changed = self.statuses.as_ref() != Some(&statuses);
+        self.statuses = Some(statuses);
+        changed
     }
 }

@@ -13,6 +13,7 @@ use crate::StandaloneArgs;
 use crate::envoy::{Fleet, find_binary};
 use crate::files::SnapshotFiles;
 use crate::pipeline::{self, Translation};
+use crate::quarantine::Guard;
 
 /// Where Gateway listeners bind when their spec.addresses says nothing.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1";
@@ -70,10 +71,13 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         )
     });
 
+    let mut answers = cache.answers();
     let mut state = State {
         files: SnapshotFiles::default(),
         last: None,
         read_failed: false,
+        guard: Guard::new(),
+        reported: None,
     };
     state
         .apply(&args, &translation, &cache, fleet.as_mut(), true)
@@ -95,6 +99,9 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
                 if swap(&args, &translation, &state).await {
                     state.apply(&args, &translation, &cache, fleet.as_mut(), true).await;
                 }
+            }
+            Ok(()) = answers.changed() => {
+                state.answered(&args, &translation, &cache, fleet.as_mut()).await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -130,6 +137,10 @@ struct State {
     last: Option<Output>,
     /// The last read of the files failed.
     read_failed: bool,
+    /// Holds back what Envoy refuses.
+    guard: Guard,
+    /// The statuses last written.
+    reported: Option<Statuses>,
 }
 
 impl State {
@@ -183,33 +194,87 @@ impl State {
             read_ms = started.elapsed().as_millis() as u64,
             "files read into a snapshot"
         );
-        let snapshot = self.files.snapshot().expect("read succeeded");
-        let Some(output) =
-            pipeline::translate_and_publish(translation, snapshot, cache, fleet, keeping).await
-        else {
-            return;
-        };
-        let changed = self
-            .last
-            .as_ref()
-            .is_none_or(|last| last.statuses != output.statuses);
-        if changed {
-            report_problems(&output.statuses);
-            if let Some(path) = &args.status_file {
-                match serde_yaml_ng::to_string(&output.statuses) {
-                    Ok(text) => {
-                        let tmp = path.with_extension("tmp");
-                        if let Err(e) =
-                            std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path))
-                        {
-                            tracing::error!("writing {}: {e}", path.display());
-                        }
-                    }
-                    Err(e) => tracing::error!("serializing statuses: {e}"),
+        let snapshot = self.files.snapshot().expect("read succeeded").clone();
+        let effective = self.guard.input(snapshot);
+        let mut fleet = fleet;
+        match pipeline::translate_and_publish(
+            translation,
+            effective,
+            cache,
+            fleet.as_deref_mut(),
+            keeping,
+        )
+        .await
+        {
+            Some(output) => self.last = Some(output),
+            None => {
+                self.guard.not_published();
+                return;
+            }
+        }
+        // Envoy may have answered this configuration already (unchanged).
+        self.answered(args, translation, cache, fleet).await;
+    }
+
+    /// An Envoy answered: go on with what the guard makes of it.
+    async fn answered(
+        &mut self,
+        args: &StandaloneArgs,
+        translation: &Arc<Translation>,
+        cache: &Arc<SnapshotCache>,
+        mut fleet: Option<&mut Fleet>,
+    ) {
+        loop {
+            let Some(last) = &self.last else { return };
+            let Some(next) = self.guard.verdict(cache.verdict(), &last.statuses) else {
+                break;
+            };
+            let keeping = "still serving the last configuration Envoy took";
+            match pipeline::translate_and_publish(
+                translation,
+                next,
+                cache,
+                fleet.as_deref_mut(),
+                keeping,
+            )
+            .await
+            {
+                Some(output) => self.last = Some(output),
+                None => {
+                    self.guard.not_published();
+                    break;
                 }
             }
         }
-        self.last = Some(output);
+        translation
+            .metrics
+            .held_by_envoy(self.guard.quarantined().count());
+        self.report(args);
+    }
+
+    /// Log and write the statuses if they changed.
+    fn report(&mut self, args: &StandaloneArgs) {
+        let Some(last) = &self.last else { return };
+        let mut statuses = last.statuses.clone();
+        self.guard.overlay(&mut statuses);
+        if self.reported.as_ref() == Some(&statuses) {
+            return;
+        }
+        report_problems(&statuses);
+        if let Some(path) = &args.status_file {
+            match serde_yaml_ng::to_string(&statuses) {
+                Ok(text) => {
+                    let tmp = path.with_extension("tmp");
+                    if let Err(e) =
+                        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path))
+                    {
+                        tracing::error!("writing {}: {e}", path.display());
+                    }
+                }
+                Err(e) => tracing::error!("serializing statuses: {e}"),
+            }
+        }
+        self.reported = Some(statuses);
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::encode::Packed;
 use crate::encoder::{EncodeStats, Encoder};
+use crate::feedback::{Feedback, Verdict};
 
 /// One type's resources for one node. The version is a digest of the
 /// content, so an unchanged type is never re-sent.
@@ -31,6 +32,9 @@ pub struct SnapshotCache {
     /// Remembers what [`SnapshotCache::publish`] encoded last.
     encoder: Mutex<Encoder>,
     changes: watch::Sender<u64>,
+    /// What the Envoys answered; `answers` ticks on each answer.
+    feedback: Mutex<Feedback>,
+    answers: watch::Sender<u64>,
 }
 
 impl SnapshotCache {
@@ -39,6 +43,8 @@ impl SnapshotCache {
             nodes: Mutex::new(HashMap::new()),
             encoder: Mutex::new(Encoder::new()),
             changes: watch::Sender::new(0),
+            feedback: Mutex::new(Feedback::default()),
+            answers: watch::Sender::new(0),
         })
     }
 
@@ -82,6 +88,27 @@ impl SnapshotCache {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Record something an ADS stream learned (the server calls this).
+    /// Waiters on [`SnapshotCache::answers`] are told.
+    pub fn record(&self, update: impl FnOnce(&mut Feedback)) {
+        update(&mut self.feedback.lock().expect("feedback lock"));
+        self.answers.send_modify(|n| *n += 1);
+    }
+
+    /// Ticks whenever an Envoy connects, disconnects, ACKs or NACKs.
+    pub fn answers(&self) -> watch::Receiver<u64> {
+        self.answers.subscribe()
+    }
+
+    /// What the connected Envoys make of the current snapshots.
+    pub fn verdict(&self) -> Verdict {
+        let nodes = self.nodes.lock().expect("snapshot cache lock").clone();
+        self.feedback
+            .lock()
+            .expect("feedback lock")
+            .verdict(|node| nodes.get(node).map(|s| s.as_ref()))
     }
 }
 

@@ -5,9 +5,11 @@
 pub mod cache;
 pub mod encode;
 pub mod encoder;
+pub mod feedback;
 pub mod json;
 pub mod server;
 
 pub use cache::SnapshotCache;
 pub use encoder::{EncodeStats, Encoder};
+pub use feedback::Verdict;
 pub use server::AdsServer;

@@ -1,15 +1,17 @@
 //! A state-of-the-world ADS server.
 //!
 //! Per stream and per type it remembers what it sent (version and nonce) and
-//! what Envoy asked for. An ACK changes nothing; a NACK is logged with
-//! Envoy's error detail and the rejected version is not sent again (it would
-//! only be rejected again) until the configuration changes. Types are always
-//! pushed in [`TYPE_ORDER`], clusters and endpoints before the listeners and
-//! routes that use them.
+//! what Envoy asked for. ACKs and NACKs are recorded in the cache's
+//! [`crate::feedback::Feedback`], where the controller reads them; a NACK is
+//! also logged with Envoy's error detail, and the rejected version is not sent
+//! again (it would only be rejected again) until the configuration changes.
+//! Types are always pushed in [`TYPE_ORDER`], clusters and endpoints before
+//! the listeners and routes that use them.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -24,6 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::SnapshotCache;
 use crate::encode::TYPE_ORDER;
+
+/// Numbers the ADS streams of this process.
+static STREAMS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone)]
 pub struct AdsServer {
@@ -83,22 +88,26 @@ async fn serve_stream(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
     let mut changes = cache.subscribe();
+    let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
     let mut node = String::new();
     let mut subscriptions: HashMap<String, Subscription> = HashMap::new();
     let mut nonces: u64 = 0;
-    loop {
+    'serve: loop {
         tokio::select! {
             request = requests.next() => {
                 let Some(Ok(request)) = request else { break };
                 if node.is_empty() {
                     node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
                     tracing::info!(node = %node, "Envoy connected");
+                    cache.record(|f| f.connected(stream, &node));
                 }
                 let subscription = subscriptions.entry(request.type_url.clone()).or_default();
                 if !request.response_nonce.is_empty() && request.response_nonce != subscription.nonce {
                     continue; // answers an older response; a newer one is on its way
                 }
                 if let Some(error) = &request.error_detail {
+                    let rejected = subscription.sent_version.clone().unwrap_or_default();
+                    cache.record(|f| f.nack(stream, &request.type_url, &rejected, &error.message));
                     tracing::warn!(
                         node = %node,
                         type_url = %request.type_url,
@@ -108,6 +117,11 @@ async fn serve_stream(
                     );
                     subscription.names = request.resource_names;
                     continue;
+                }
+                if request.response_nonce.is_empty() {
+                    cache.record(|f| f.subscribed(stream, &request.type_url));
+                } else {
+                    cache.record(|f| f.ack(stream, &request.type_url, &request.version_info));
                 }
                 if request.response_nonce.is_empty() || subscription.names != request.resource_names {
                     subscription.sent_version = None; // a new or changed subscription gets the current state
@@ -151,11 +165,12 @@ async fn serve_stream(
             subscription.sent_version = Some(current.version.clone());
             subscription.nonce = nonces.to_string();
             if tx.send(Ok(response)).await.is_err() {
-                return;
+                break 'serve;
             }
         }
     }
     if !node.is_empty() {
+        cache.record(|f| f.disconnected(stream));
         tracing::info!(node = %node, "Envoy disconnected");
     }
 }
