@@ -43,6 +43,11 @@ pub fn manifests_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kube")
 }
 
+/// The CRDs the project ships (`crds/` at the top of the repository).
+pub fn crds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
 /// This machine's first non-loopback IPv4 address. EndpointSlices may not
 /// hold loopback addresses, so servers behind Services listen here.
 pub fn host_ip() -> String {
@@ -280,7 +285,7 @@ impl Cluster {
     }
 
     async fn install_crds(&self, with_pool_crd: bool) {
-        let crds = manifests_dir().join("crds");
+        let crds = crds_dir();
         let mut files = vec![];
         for sub in ["gateway-api-v1.5.1", "inference-v1.6.0"] {
             if sub.starts_with("inference") && !with_pool_crd {

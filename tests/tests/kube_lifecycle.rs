@@ -285,8 +285,8 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
     );
 
     // CRD installed: the InferencePool watch starts without a restart.
-    let crd = infergate_e2e::kube::manifests_dir()
-        .join("crds/inference-v1.6.0/inference.networking.k8s.io_inferencepools.yaml");
+    let crd = infergate_e2e::kube::crds_dir()
+        .join("inference-v1.6.0/inference.networking.k8s.io_inferencepools.yaml");
     cluster.install_crd_file(&crd).await;
     controller.wait_for_log(
         "InferencePools (inference.networking.k8s.io/v1) are served",

@@ -131,7 +131,7 @@ fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
 /// Read one YAML file, or every YAML file of a directory. All errors of all
 /// files are returned together.
 pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
-    let mut resources = Resources::default();
+    let mut resources = Resources::checked();
     let mut errors = Vec::new();
     for file in yaml_files(path)? {
         match read_text(&file) {
@@ -365,7 +365,7 @@ fn convert(
     text: String,
     settings: &Settings,
 ) -> Result<(FileEntry, Snapshot), Vec<ResourceError>> {
-    let mut resources = Resources::default();
+    let mut resources = Resources::checked();
     resources.add_yaml(&path.display().to_string(), &text)?;
     let part = resources.to_snapshot(settings.clone())?;
     let mut origins: Vec<_> = resources.origins.into_iter().collect();

@@ -9,6 +9,7 @@ mod convert;
 mod errors;
 mod inference_pool;
 mod names;
+pub mod schema;
 
 pub use convert::empty_snapshot;
 pub use errors::{ResourceError, Source};
@@ -45,6 +46,9 @@ pub struct Resources {
     pub skipped: Vec<String>,
     /// Where each object was read from, by (kind, namespace, name).
     pub origins: Origins,
+    /// Check each document of a CRD kind against its CRD first
+    /// ([`schema::check`]), as the API server would: see [`Resources::checked`].
+    pub check_schemas: bool,
 }
 
 /// Where objects were read from, by (kind, namespace, name).
@@ -70,12 +74,28 @@ const KINDS: &[(&str, &[&str])] = &[
 ];
 
 impl Resources {
+    /// Resources that check each document of a CRD kind (Gateway API,
+    /// InferencePool) against its CRD's OpenAPI schema and CEL rules before
+    /// reading it, so that files get the answer `kubectl apply` would get.
+    /// What standalone mode and `infergate translate` read files with.
+    /// ([`Resources::default`] does not: tests of the translation's own
+    /// checks feed it values the API server would refuse.)
+    pub fn checked() -> Self {
+        Resources {
+            check_schemas: true,
+            ..Resources::default()
+        }
+    }
+
     /// Parse a multi-document YAML text. An object already defined, in this
     /// text or an earlier one, is an error naming both places. On any error
     /// nothing from this text is kept: the caller's resources are left as
     /// they were.
     pub fn add_yaml(&mut self, file: &str, text: &str) -> Result<(), Vec<ResourceError>> {
-        let mut staged = Resources::default();
+        let mut staged = Resources {
+            check_schemas: self.check_schemas,
+            ..Resources::default()
+        };
         let mut errors = Vec::new();
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let source = Source::document(file, index);
@@ -88,7 +108,7 @@ impl Resources {
                 }
             };
             if let Err(e) = staged.add_value(source, value, &self.origins) {
-                errors.push(e);
+                errors.extend(e);
             }
         }
         if errors.is_empty() {
@@ -99,14 +119,12 @@ impl Resources {
         }
     }
 
-    // The error path is cold and its errors end up in a Vec anyway.
-    #[allow(clippy::result_large_err)]
     fn add_value(
         &mut self,
         source: Source,
         value: serde_yaml_ng::Value,
         earlier: &Origins,
-    ) -> Result<(), ResourceError> {
+    ) -> Result<(), Vec<ResourceError>> {
         if value.is_null() {
             return Ok(()); // an empty document, e.g. a trailing `---`
         }
@@ -144,10 +162,10 @@ impl Resources {
             )
         };
         let (Some(kind_name), Some(api_version)) = (kind.as_deref(), api_version.as_deref()) else {
-            return Err(err(
+            return Err(vec![err(
                 None,
                 "not a Kubernetes object: `apiVersion` and `kind` are required".into(),
-            ));
+            )]);
         };
         let Some((_, versions)) = KINDS.iter().find(|(k, _)| *k == kind_name) else {
             let near = KINDS.iter().map(|(k, _)| *k).find(|k| {
@@ -170,16 +188,16 @@ impl Resources {
             } else {
                 ""
             };
-            return Err(err(
+            return Err(vec![err(
                 Some("apiVersion"),
                 format!(
                     "{api_version:?} is not supported for {kind_name}; use {}{hint}",
                     versions.join(" or ")
                 ),
-            ));
+            )]);
         }
         if name.as_deref().is_none_or(str::is_empty) {
-            return Err(err(Some("metadata.name"), "is required".into()));
+            return Err(vec![err(Some("metadata.name"), "is required".into())]);
         }
         // Names as the API server requires them: generated Envoy names join
         // them with "/", which no valid name contains, so they cannot collide.
@@ -189,11 +207,11 @@ impl Resources {
             names::dns_subdomain
         };
         if let Err(why) = name_rule(name.as_deref().unwrap_or_default()) {
-            return Err(err(Some("metadata.name"), why));
+            return Err(vec![err(Some("metadata.name"), why)]);
         }
         // An empty namespace means the default one, as for kubectl.
         if !cluster_scoped && let Err(why) = names::dns_label(&namespace) {
-            return Err(err(Some("metadata.namespace"), why));
+            return Err(vec![err(Some("metadata.namespace"), why)]);
         }
         let key = (
             kind_name.to_string(),
@@ -201,10 +219,29 @@ impl Resources {
             name.clone().unwrap_or_default(),
         );
         if let Some(first) = self.origins.get(&key).or_else(|| earlier.get(&key)) {
-            return Err(ResourceError::defined_twice(&key, source.clone(), first));
+            return Err(vec![ResourceError::defined_twice(
+                &key,
+                source.clone(),
+                first,
+            )]);
+        }
+        if self.check_schemas {
+            let checked = schema::check(api_version, kind_name, &value);
+            for (rule, why) in checked.skipped_rules {
+                self.skipped.push(format!(
+                    "{source}: the CRD rule `{rule}` was not checked ({why})"
+                ));
+            }
+            if !checked.violations.is_empty() {
+                return Err(checked
+                    .violations
+                    .into_iter()
+                    .map(|v| err(Some(&v.field), v.message))
+                    .collect());
+            }
         }
         self.origins.insert(key, source.clone());
-        let located = |(field, message): (String, String)| err(Some(&field), message);
+        let located = |(field, message): (String, String)| vec![err(Some(&field), message)];
         macro_rules! push {
             ($kind:ident) => {
                 self.$kind.push(Arc::new(decode(value).map_err(located)?))
