@@ -100,6 +100,27 @@ fn static_bootstrap(gateway: &Value) -> Value {
     })
 }
 
+/// `envoy --mode validate` on one Gateway's resources; Envoy's words if it
+/// refuses them.
+fn envoy_validate(work: &Path, name: &str, gateway: &Value) -> Result<(), String> {
+    let file = work.join(format!("{name}.json"));
+    std::fs::write(&file, static_bootstrap(gateway).to_string()).unwrap();
+    let validated = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "critical", "-c"])
+        .arg(&file)
+        .output()
+        .expect("envoy runs");
+    if validated.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&validated.stdout),
+            String::from_utf8_lossy(&validated.stderr)
+        ))
+    }
+}
+
 #[test]
 fn envoy_accepts_every_golden_cases_configuration() {
     let work = TempDir::new("envoy-validate");
@@ -116,7 +137,15 @@ fn envoy_accepts_every_golden_cases_configuration() {
         let input = work.0.join(&name);
         std::fs::write(&input, resources.join("\n---\n")).unwrap();
         let output = Command::new(infergate_binary())
-            .args(["translate", "--native", "-o", "json", "-f"])
+            // Golden cases hold values the CRDs refuse, on purpose.
+            .args([
+                "translate",
+                "--native",
+                "--skip-crd-checks",
+                "-o",
+                "json",
+                "-f",
+            ])
             .arg(&input)
             .args(settings_flags(&text))
             .output()
@@ -128,20 +157,8 @@ fn envoy_accepts_every_golden_cases_configuration() {
         );
         let translated: Value = serde_json::from_slice(&output.stdout).expect("JSON");
         for gateway in translated["gateways"].as_array().into_iter().flatten() {
-            let file = work.0.join(format!("{name}.{checked}.json"));
-            std::fs::write(&file, static_bootstrap(gateway).to_string()).unwrap();
-            let validated = Command::new(envoy_binary())
-                .args(["--mode", "validate", "--log-level", "critical", "-c"])
-                .arg(&file)
-                .output()
-                .expect("envoy runs");
-            if !validated.status.success() {
-                failures.push(format!(
-                    "{name}, Gateway {}: {}{}",
-                    gateway["node"],
-                    String::from_utf8_lossy(&validated.stdout),
-                    String::from_utf8_lossy(&validated.stderr)
-                ));
+            if let Err(refused) = envoy_validate(&work.0, &format!("{name}.{checked}"), gateway) {
+                failures.push(format!("{name}, Gateway {}: {refused}", gateway["node"]));
             }
             checked += 1;
         }
@@ -153,4 +170,83 @@ fn envoy_accepts_every_golden_cases_configuration() {
         failures.join("\n")
     );
     println!("Envoy accepted the configurations of {checked} Gateways");
+}
+
+/// What `infergate translate -o json --native --enable-inference-extension`
+/// prints as `gateways` for `text`, in this process; None when the text is
+/// not valid YAML or resources, or does not translate.
+fn translate_in_process(text: &str) -> Option<Vec<Value>> {
+    let mut resources = infergate_resources::Resources::default();
+    resources.add_yaml("fuzzed.yaml", text).ok()?;
+    let snapshot = resources
+        .to_snapshot(infergate_model::Settings {
+            controller_name: "infergate.dev/gateway-controller".into(),
+            inference_extension: true,
+            default_address: "127.0.0.1".into(),
+        })
+        .ok()?;
+    let output = infergate_translate::translate(&snapshot).ok()?;
+    Some(
+        output
+            .gateways
+            .iter()
+            .map(|gateway| {
+                let mut resources =
+                    infergate_xds::json::resources_to_json(infergate_xds::encode::gateway(gateway))
+                        .expect("Envoy JSON");
+                resources["node"] = Value::String(gateway.node_id.clone());
+                resources
+            })
+            .collect(),
+    )
+}
+
+/// A sample of the fuzzer's inputs (`fuzz/corpus/yaml_translate`, grown by
+/// cargo-fuzz to reach every branch it could of reading and translation):
+/// whatever the translation makes of those that translate, Envoy takes.
+#[test]
+fn envoy_accepts_the_configuration_of_a_sample_of_fuzzed_inputs() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/yaml_translate");
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .expect("the committed corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    inputs.sort();
+    let work = TempDir::new("envoy-validate-fuzzed");
+    let (mut sampled, mut translated_inputs, mut checked) = (0, 0, 0);
+    let mut failures = Vec::new();
+    // Every second input, in name (hash) order: a fixed sample, spread out.
+    for input in inputs.iter().step_by(2) {
+        sampled += 1;
+        let name = input.file_name().unwrap().to_string_lossy().to_string();
+        let bytes = std::fs::read(input).unwrap();
+        let Some(gateways) = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(translate_in_process)
+        else {
+            continue; // nothing of it reaches Envoy
+        };
+        translated_inputs += 1;
+        for gateway in &gateways {
+            if let Err(refused) = envoy_validate(&work.0, &format!("{name}.{checked}"), gateway) {
+                failures.push(format!(
+                    "fuzz/corpus/yaml_translate/{name}, Gateway {}: {refused}",
+                    gateway["node"]
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} Gateways from {translated_inputs} inputs were checked"
+    );
+    assert!(
+        failures.is_empty(),
+        "Envoy refused configurations the translation produced from fuzzed inputs:\n{}",
+        failures.join("\n")
+    );
+    println!(
+        "Envoy accepted the configurations of {checked} Gateways from the {translated_inputs} of {sampled} sampled fuzzed inputs that translate"
+    );
 }

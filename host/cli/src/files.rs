@@ -128,10 +128,22 @@ fn io_error(path: &Path, e: std::io::Error) -> ResourceError {
     )
 }
 
-/// Read one YAML file, or every YAML file of a directory. All errors of all
-/// files are returned together.
+/// Read one YAML file, or every YAML file of a directory, checking the
+/// documents of CRD kinds against their CRDs. All errors of all files are
+/// returned together.
 pub fn read_resources(path: &Path) -> Result<Resources, Vec<ResourceError>> {
-    let mut resources = Resources::checked();
+    read_resources_with(path, true)
+}
+
+/// [`read_resources`], with or without the CRD checks.
+pub fn read_resources_with(
+    path: &Path,
+    check_schemas: bool,
+) -> Result<Resources, Vec<ResourceError>> {
+    let mut resources = Resources {
+        check_schemas,
+        ..Resources::default()
+    };
     let mut errors = Vec::new();
     for file in yaml_files(path)? {
         match read_text(&file) {

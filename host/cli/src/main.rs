@@ -223,6 +223,10 @@ struct TranslateArgs {
     /// Print the component's output as it is (the Envoy-shaped IR and statuses) instead of Envoy resources.
     #[arg(long)]
     ir: bool,
+    /// Do not check the documents against the CRDs in crds/ first: translate what a cluster with older
+    /// CRDs (or none) would let through, to see what the translation itself makes of it.
+    #[arg(long)]
+    skip_crd_checks: bool,
     #[command(flatten)]
     translation: TranslationArgs,
 }
@@ -288,8 +292,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn translate(args: TranslateArgs) -> anyhow::Result<()> {
-    let resources =
-        files::read_resources(&args.file).map_err(|errors| pipeline::all_errors(&errors))?;
+    let resources = files::read_resources_with(&args.file, !args.skip_crd_checks)
+        .map_err(|errors| pipeline::all_errors(&errors))?;
     let snapshot = pipeline::snapshot(&resources, &args.translation, standalone::DEFAULT_ADDRESS)?;
     let output = if args.native {
         infergate_translate::translate(&snapshot)
