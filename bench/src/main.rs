@@ -241,7 +241,18 @@ spec:
 }
 
 fn snapshot(files: &[(String, String)]) -> anyhow::Result<Snapshot> {
-    let mut resources = infergate_resources::Resources::default();
+    snapshot_of(files, infergate_resources::Resources::default())
+}
+
+/// As standalone mode reads files: each document checked against its CRD.
+fn checked_snapshot(files: &[(String, String)]) -> anyhow::Result<Snapshot> {
+    snapshot_of(files, infergate_resources::Resources::checked())
+}
+
+fn snapshot_of(
+    files: &[(String, String)],
+    mut resources: infergate_resources::Resources,
+) -> anyhow::Result<Snapshot> {
     for (name, text) in files {
         resources
             .add_yaml(name, text)
@@ -311,14 +322,25 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
         bytes.len() / 1024
     );
     println!(
-        "{:>7} | {:>10} | {:>10} | {:>10} | {:>6} | {:>12} | {:>12}",
-        "routes", "parse", "native", "component", "ratio", "guest memory", "envoy encode"
+        "{:>7} | {:>10} | {:>14} | {:>10} | {:>10} | {:>6} | {:>12} | {:>12}",
+        "routes",
+        "parse",
+        "+ CRD checks",
+        "native",
+        "component",
+        "ratio",
+        "guest memory",
+        "envoy encode"
     );
     for &n in routes {
         let files = generate(n, 8080);
-        let parse = median(runs.min(3), || {
-            snapshot(&files).expect("generated input parses")
-        });
+        // Interleaved, as below: parsing alone, and as standalone mode
+        // parses (with the CRDs' schema and CEL checks).
+        let (parse, checked) = median_pair(
+            runs.min(3),
+            || snapshot(&files).expect("generated input parses"),
+            || checked_snapshot(&files).expect("generated input passes the CRD checks"),
+        );
         let snapshot = snapshot(&files)?;
         let native_output = infergate_translate::translate(&snapshot)
             .map_err(|e| anyhow::anyhow!("native translation: {}", e.message))?;
@@ -354,8 +376,9 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
                 .sum::<usize>()
         });
         println!(
-            "{n:>7} | {:>10} | {:>10} | {:>10} | {:>5.2}x | {:>8} MiB | {:>12}",
+            "{n:>7} | {:>10} | {:>14} | {:>10} | {:>10} | {:>5.2}x | {:>8} MiB | {:>12}",
             ms(parse),
+            ms(checked),
             ms(native),
             ms(wasm),
             wasm.as_secs_f64() / native.as_secs_f64(),
