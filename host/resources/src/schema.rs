@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
+use cel::common::types::{CelBool, CelString};
 use serde_json::Value;
 
 /// The CRDs whose kinds infergate reads, as shipped in `crds/`.
@@ -99,6 +100,10 @@ static SCHEMAS: LazyLock<HashMap<(String, String), Node>> = LazyLock::new(|| {
     // Kubernetes offers the strings extension (split, lowerAscii...).
     env.add_extension(cel::extensions::strings)
         .expect("the strings extension");
+    cel::add_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>, id = "matches")
+        .expect("matches, as a function");
+    cel::add_member_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>)
+        .expect("matches, as a method");
     let env = Arc::new(env);
     let mut schemas = HashMap::new();
     for (file, text) in CRDS {
@@ -121,6 +126,28 @@ static SCHEMAS: LazyLock<HashMap<(String, String), Node>> = LazyLock::new(|| {
     }
     schemas
 });
+
+/// CEL's `matches`, with each pattern compiled once per thread (cel's own
+/// compiles it at every call: most of the checks' time on a route).
+fn matches(text: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, cel::ExecutionError> {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<HashMap<String, Result<regex::Regex, String>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    COMPILED.with(|compiled| {
+        let mut compiled = compiled.borrow_mut();
+        let regex = compiled
+            .entry(pattern.inner().to_string())
+            .or_insert_with(|| regex::Regex::new(pattern.inner()).map_err(|e| e.to_string()));
+        match regex {
+            Ok(regex) => Ok(CelBool::from(regex.is_match(text.inner()))),
+            Err(e) => Err(cel::ExecutionError::FunctionError {
+                function: "matches".into(),
+                message: format!("'{}' is not a valid regex: {e}", pattern.inner()),
+            }),
+        }
+    })
+}
 
 /// A CEL rule of a schema node.
 struct Rule {
@@ -508,14 +535,20 @@ impl Walk<'_> {
     }
 
     fn rules(&mut self, node: &Node, value: &Value, path: &str) {
-        for rule in &node.rules {
-            let mut context = cel::Context::with_env(rule.env.clone());
-            if let Err(e) = context.add_variable("self", value.clone()) {
+        let Some(first) = node.rules.first() else {
+            return;
+        };
+        // One context per node: `self` is converted once for all its rules.
+        let mut context = cel::Context::with_env(first.env.clone());
+        if let Err(e) = context.add_variable("self", value.clone()) {
+            for rule in &node.rules {
                 self.checked
                     .skipped_rules
                     .push((rule.source.clone(), e.to_string()));
-                continue;
             }
+            return;
+        }
+        for rule in &node.rules {
             match rule.program.execute(&context) {
                 Ok(cel::Value::Bool(true)) => {}
                 Ok(cel::Value::Bool(false)) => {
