@@ -12,14 +12,14 @@ use std::collections::BTreeMap;
 
 use infergate_model::{
     BackendRef, ClusterIr, EndpointPickerIr, FailureMode, HttpRoute, InferencePool,
-    InferencePoolStatus, LoadBalancer, ObjectRef, PoolParentStatus, SocketAddress,
+    InferencePoolStatus, LoadBalancer, ObjectRef, PoolParentStatus, RefKind, SocketAddress,
     UpstreamProtocol, UpstreamTls,
 };
 
-use crate::backends::{self, BackendKind, Problem, Resolved};
+use crate::backends::{self, BackendKind, BackendUse, Resolved};
 use crate::conditions::{self as c, fail, ok, reason};
-use crate::index::{INFERENCE_GROUP, Index};
-use crate::routes::RouteTable;
+use crate::index::Index;
+use crate::refs::{self, Problem};
 use crate::selector;
 
 /// The header (and `envoy.lb` metadata key) naming the picked endpoint.
@@ -29,8 +29,8 @@ pub const H2C: &str = "kubernetes.io/h2c";
 pub struct InferencePoolBackend;
 
 impl BackendKind for InferencePoolBackend {
-    fn handles(&self, group: &str, kind: &str) -> bool {
-        group == INFERENCE_GROUP && kind == "InferencePool"
+    fn handles(&self, kind: &RefKind) -> bool {
+        matches!(kind, RefKind::InferencePool)
     }
 
     fn resolve(
@@ -39,8 +39,8 @@ impl BackendKind for InferencePoolBackend {
         route: &HttpRoute,
         backend: &BackendRef,
     ) -> Result<Resolved, Problem> {
-        backends::check_grant(index, route, backend)?;
-        let namespace = backends::target_namespace(route, backend);
+        refs::check_grant(index, route, backend)?;
+        let namespace = refs::target_namespace(route, backend);
         // backendRef.port is ignored: the pool's targetPorts say where to go.
         let pool = index
             .inference_pool(namespace, &backend.name)
@@ -49,7 +49,7 @@ impl BackendKind for InferencePoolBackend {
                     reason::BACKEND_NOT_FOUND,
                     format!(
                         "backendRef {}: InferencePool not found",
-                        backends::describe(route, backend)
+                        refs::describe(route, backend)
                     ),
                 )
             })?;
@@ -58,7 +58,31 @@ impl BackendKind for InferencePoolBackend {
             cluster: pool_cluster(index, pool, matches!(picker, Ok(Some(_)))),
             unservable: picker.is_err(),
             endpoint_picker: picker.ok().flatten(),
+            reports_parents: true,
         })
+    }
+}
+
+/// With the inference extension off, references to InferencePools are
+/// refused with a hint on how to turn it on.
+pub struct DisabledInferencePools;
+
+impl BackendKind for DisabledInferencePools {
+    fn handles(&self, kind: &RefKind) -> bool {
+        matches!(kind, RefKind::InferencePool)
+    }
+
+    fn resolve(
+        &self,
+        _index: &Index,
+        route: &HttpRoute,
+        backend: &BackendRef,
+    ) -> Result<Resolved, Problem> {
+        Err(backends::unsupported(
+            route,
+            backend,
+            "; InferencePool backends need the inference extension (--enable-inference-extension, Helm value inferenceExtension.enabled)",
+        ))
     }
 }
 
@@ -172,66 +196,32 @@ type GatewayUses = BTreeMap<(String, String), (bool, Vec<String>)>;
 
 /// One status entry per (pool, Gateway of ours) that an HTTPRoute connects:
 /// Accepted while some route through that Gateway is accepted, ResolvedRefs
-/// from the picker reference. Pools no route of ours refers to get no entry
-/// (the host then removes entries it wrote earlier).
-pub fn pool_statuses(index: &Index, table: &RouteTable) -> Vec<InferencePoolStatus> {
-    let mut parents: BTreeMap<(&str, &str), GatewayUses> = BTreeMap::new();
-    // Looked up once per route: a scan per route would be quadratic.
-    let statuses: std::collections::HashMap<(&str, &str), _> = table
-        .statuses
-        .iter()
-        .map(|s| ((s.route.namespace.as_str(), s.route.name.as_str()), s))
-        .collect();
-    for compiled in &table.routes {
-        let route = compiled.route;
-        let Some(status) = statuses.get(&(route.meta.namespace.as_str(), route.meta.name.as_str()))
-        else {
-            continue; // no parent of ours
-        };
-        for backend in route.rules.iter().flat_map(|r| &r.backend_refs) {
-            if !backend.kind.is(INFERENCE_GROUP, "InferencePool") {
-                continue;
-            }
-            if backends::check_grant(index, route, backend).is_err() {
-                continue;
-            }
-            let namespace = backends::target_namespace(route, backend);
-            let Some(pool) = index.inference_pool(namespace, &backend.name) else {
-                continue;
-            };
-            for parent in &status.parents {
-                let gateway = (
-                    parent
-                        .parent_ref
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| route.meta.namespace.clone()),
-                    parent.parent_ref.name.clone(),
-                );
-                let accepted = parent.conditions.iter().any(|c| {
-                    c.condition_type == c::ACCEPTED
-                        && c.status == infergate_model::ConditionStatus::True
-                });
-                let entry = parents
-                    .entry((pool.meta.namespace.as_str(), pool.meta.name.as_str()))
-                    .or_default()
-                    .entry(gateway)
-                    .or_default();
-                entry.0 |= accepted;
-                let name = format!("{}/{}", route.meta.namespace, route.meta.name);
-                if !entry.1.contains(&name) {
-                    entry.1.push(name);
-                }
-            }
+/// from the picker reference. `uses` are what route attachment recorded;
+/// `clusters` the route table's. Pools no route of ours refers to get no
+/// entry (the host then removes entries it wrote earlier).
+pub fn pool_statuses(
+    index: &Index,
+    uses: &[BackendUse],
+    clusters: &[ClusterIr],
+) -> Vec<InferencePoolStatus> {
+    let mut parents: BTreeMap<(&str, &str), (usize, GatewayUses)> = BTreeMap::new();
+    for used in uses.iter().filter(|u| u.kind == RefKind::InferencePool) {
+        let (_, gateways) = parents
+            .entry((used.namespace.as_str(), used.name.as_str()))
+            .or_insert_with(|| (used.cluster, GatewayUses::new()));
+        let entry = gateways.entry(used.gateway.clone()).or_default();
+        entry.0 |= used.accepted;
+        if !entry.1.contains(&used.route) {
+            entry.1.push(used.route.clone());
         }
     }
     parents
         .into_iter()
-        .filter_map(|((namespace, name), gateways)| {
+        .filter_map(|((namespace, name), (cluster, gateways))| {
             let pool = index.inference_pool(namespace, name)?;
             let generation = pool.meta.generation;
             // Said in the status rather than left to be found out from 503s.
-            let empty = if pool_cluster(index, pool, false).endpoints.is_empty() {
+            let empty = if clusters[cluster].endpoints.is_empty() {
                 "; no ready Pod matches the pool's selector, so requests to it get 503 until one does"
             } else {
                 ""

@@ -6,13 +6,17 @@
 //! natively (fast tests, the `translate` command) and to WebAssembly, where the
 //! `infergate-guest` crate exports it as the translation component.
 //!
-//! The stages, each in its own module:
+//! The stages, in the order they run, each in its own module:
 //! 1. [`index`]: look-up tables over the snapshot;
 //! 2. [`gateways`]: which GatewayClasses and Gateways are ours, and their listeners;
-//! 3. [`routes`]: HTTPRoute attachment to listeners, rule validation;
-//! 4. [`backends`]: backendRef resolution (Services; InferencePools live in
-//!    the inference plugin);
-//! 5. [`assemble`]: listeners, virtual hosts and routes in precedence order.
+//! 3. [`routes`]: HTTPRoutes compiled (rules checked with [`validate`]) and
+//!    attached to listeners; their backendRefs resolved through the
+//!    [`backends`] kinds: core Services ([`services`]) and, with the inference
+//!    extension, InferencePools ([`inference`]), both checking references
+//!    with [`refs`];
+//! 4. [`assemble`]: listeners, virtual hosts and routes in precedence order;
+//! 5. statuses: Gateways and routes from the stages above, InferencePools
+//!    from the uses attachment recorded ([`inference::pool_statuses`]).
 
 pub mod assemble;
 pub mod backends;
@@ -21,8 +25,10 @@ pub mod gateways;
 pub mod hostname;
 pub mod index;
 pub mod inference;
+pub mod refs;
 pub mod routes;
 pub mod selector;
+pub mod services;
 pub mod validate;
 
 pub use infergate_model as model;
@@ -42,11 +48,11 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
     }
     let index = index::Index::new(snapshot);
     let mut gateways = gateways::evaluate(&index);
-    let routes = routes::attach_all(&index, &mut gateways);
+    let routes = routes::attach_all(&index, &mut gateways, backend_kinds(snapshot));
     let gateway_irs = assemble::gateway_irs(&gateways, &routes);
 
     let inference_pools = if snapshot.settings.inference_extension {
-        inference::pool_statuses(&index, &routes)
+        inference::pool_statuses(&index, &routes.backend_uses, &routes.clusters)
     } else {
         Vec::new()
     };
@@ -60,4 +66,16 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
         gateways: gateway_irs,
         statuses,
     })
+}
+
+/// The backend kinds this translation serves: core Services always,
+/// InferencePools when the inference extension is on (when it is off, a
+/// reference to one is refused with a hint).
+fn backend_kinds(snapshot: &Snapshot) -> Vec<Box<dyn backends::BackendKind>> {
+    let pools: Box<dyn backends::BackendKind> = if snapshot.settings.inference_extension {
+        Box::new(inference::InferencePoolBackend)
+    } else {
+        Box::new(inference::DisabledInferencePools)
+    };
+    vec![Box::new(services::ServiceBackend), pools]
 }

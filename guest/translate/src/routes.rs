@@ -4,15 +4,17 @@
 use std::collections::HashMap;
 
 use infergate_model::{
-    BackendRef, ClusterIr, Condition, DirectResponse, EndpointPickerIr, ForwardAction,
-    HeaderModifier, HttpRoute, HttpRouteStatus, ParentRef, PathMatch, PathModifier, RouteAction,
-    RouteFilter, RouteMatch, RouteParentStatus, RouteRule, UrlRewrite, WeightedCluster,
+    BackendRef, ClusterIr, Condition, ConditionStatus, DirectResponse, EndpointPickerIr,
+    ForwardAction, HeaderModifier, HttpRoute, HttpRouteStatus, ParentRef, PathMatch, PathModifier,
+    RefKind, RouteAction, RouteFilter, RouteMatch, RouteParentStatus, RouteRule, UrlRewrite,
+    WeightedCluster,
 };
 
-use crate::backends::{self, BackendKind, Problem};
+use crate::backends::{self, BackendKind, BackendUse};
 use crate::conditions::{self as c, fail, ok, reason};
 use crate::gateways::{Attachment, Evaluated, GatewayState};
 use crate::index::{GATEWAY_GROUP, Index};
+use crate::refs::{self, Problem};
 use crate::validate;
 
 /// Every HTTPRoute, compiled, and their statuses.
@@ -21,6 +23,9 @@ pub struct RouteTable<'a> {
     pub statuses: Vec<HttpRouteStatus>,
     /// Every cluster a rule refers to, once; rules hold indexes into it.
     pub clusters: Vec<ClusterIr>,
+    /// Routes reaching backends that report their parents (InferencePools),
+    /// by parent Gateway, in route order.
+    pub backend_uses: Vec<BackendUse>,
 }
 
 pub struct CompiledRoute<'a> {
@@ -28,6 +33,9 @@ pub struct CompiledRoute<'a> {
     pub rules: Vec<CompiledRule<'a>>,
     /// Why `spec.hostnames` cannot be served; such a route is not accepted.
     pub invalid_hostnames: Option<String>,
+    /// Backends it reaches that report their parents: kind, namespace,
+    /// name, cluster index; each once.
+    pub reported_backends: Vec<(RefKind, String, String, usize)>,
 }
 
 impl CompiledRoute<'_> {
@@ -94,6 +102,7 @@ struct ResolvedIds {
     cluster: usize,
     picker: Option<(EndpointPickerIr, usize)>,
     unservable: bool,
+    reports_parents: bool,
 }
 
 /// Resolves backendRefs through the backend kinds, remembering results.
@@ -115,7 +124,7 @@ impl<'a, 'i> Resolver<'a, 'i> {
             route.meta.namespace.as_str(),
             backend.kind.group(),
             backend.kind.kind(),
-            backends::target_namespace(route, backend),
+            refs::target_namespace(route, backend),
             backend.name.as_str(),
             backend.port,
         );
@@ -129,6 +138,7 @@ impl<'a, 'i> Resolver<'a, 'i> {
                     .endpoint_picker
                     .map(|(picker, cluster)| (picker, self.intern(cluster))),
                 unservable: resolved.unservable,
+                reports_parents: resolved.reports_parents,
             }
         });
         self.cache.insert(key, outcome.clone());
@@ -146,16 +156,23 @@ impl<'a, 'i> Resolver<'a, 'i> {
     }
 }
 
-pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteTable<'a> {
+/// Compile every HTTPRoute, resolving backendRefs through `kinds`, and
+/// attach it to the listeners of its parent Gateways.
+pub fn attach_all<'a>(
+    index: &Index<'a>,
+    gateways: &mut Evaluated<'a>,
+    kinds: Vec<Box<dyn BackendKind>>,
+) -> RouteTable<'a> {
     let mut resolver = Resolver {
         index,
-        kinds: backends::kinds(index),
+        kinds,
         cache: HashMap::new(),
         clusters: Vec::new(),
         cluster_ids: HashMap::new(),
     };
     let mut routes = Vec::new();
     let mut statuses = Vec::new();
+    let mut backend_uses = Vec::new();
     let mut sorted: Vec<&HttpRoute> = index.snapshot.http_routes.iter().collect();
     sorted
         .sort_by(|a, b| (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name)));
@@ -177,6 +194,28 @@ pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteT
                 )
             })
             .collect();
+        for (kind, namespace, name, cluster) in &compiled.reported_backends {
+            for parent in &parents {
+                backend_uses.push(BackendUse {
+                    kind: kind.clone(),
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    cluster: *cluster,
+                    gateway: (
+                        parent
+                            .parent_ref
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| route.meta.namespace.clone()),
+                        parent.parent_ref.name.clone(),
+                    ),
+                    route: format!("{}/{}", route.meta.namespace, route.meta.name),
+                    accepted: parent.conditions.iter().any(|c| {
+                        c.condition_type == c::ACCEPTED && c.status == ConditionStatus::True
+                    }),
+                });
+            }
+        }
         routes.push(compiled);
         if !parents.is_empty() {
             statuses.push(HttpRouteStatus {
@@ -189,6 +228,7 @@ pub fn attach_all<'a>(index: &Index<'a>, gateways: &mut Evaluated<'a>) -> RouteT
         routes,
         statuses,
         clusters: resolver.clusters,
+        backend_uses,
     }
 }
 
@@ -199,11 +239,21 @@ fn compile<'a>(
     route: &'a HttpRoute,
 ) -> (CompiledRoute<'a>, Option<Problem>) {
     let mut first_problem = None;
+    let mut reported_backends = Vec::new();
     let rules = route
         .rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| compile_rule(resolver, route, i, rule, &mut first_problem))
+        .map(|(i, rule)| {
+            compile_rule(
+                resolver,
+                route,
+                i,
+                rule,
+                &mut first_problem,
+                &mut reported_backends,
+            )
+        })
         .collect();
     let invalid_hostnames = route.hostnames.iter().enumerate().find_map(|(i, h)| {
         validate::hostname(h, true)
@@ -215,6 +265,7 @@ fn compile<'a>(
             route,
             rules,
             invalid_hostnames,
+            reported_backends,
         },
         first_problem,
     )
@@ -226,6 +277,7 @@ fn compile_rule<'a>(
     position: usize,
     rule: &'a RouteRule,
     first_problem: &mut Option<Problem>,
+    reported_backends: &mut Vec<(RefKind, String, String, usize)>,
 ) -> CompiledRule<'a> {
     let label = || match &rule.name {
         Some(name) => format!("rule {name:?}"),
@@ -282,7 +334,21 @@ fn compile_rule<'a>(
     let mut clusters = Vec::new();
     let mut weighted = Vec::new();
     for backend in &rule.backend_refs {
-        match resolver.resolve(route, backend) {
+        let resolution = resolver.resolve(route, backend);
+        if let Ok(ids) = &resolution
+            && ids.reports_parents
+        {
+            let reported = (
+                backend.kind.clone(),
+                refs::target_namespace(route, backend).to_string(),
+                backend.name.clone(),
+                ids.cluster,
+            );
+            if !reported_backends.contains(&reported) {
+                reported_backends.push(reported);
+            }
+        }
+        match resolution {
             Ok(resolved) if resolved.unservable => {
                 if backend.weight > 0 {
                     weighted.push(WeightedCluster {
