@@ -260,7 +260,7 @@ fn snapshot_of(
     }
     resources
         .to_snapshot(Settings {
-            controller_name: "infergate.dev/gateway-controller".into(),
+            controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension: false,
             default_address: "127.0.0.1".into(),
         })

@@ -77,10 +77,9 @@ impl std::fmt::Display for ConditionType {
     }
 }
 
-/// The API group of Gateway API.
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub use infergate_names::GATEWAY_GROUP;
 /// The API group of the Inference Extension's InferencePool.
-pub const INFERENCE_GROUP: &str = "inference.networking.k8s.io";
+pub const INFERENCE_GROUP: &str = infergate_names::inference_pool::GROUP;
 
 impl RefKind {
     /// The reference's group and kind; the case for a known pair, else `other`.

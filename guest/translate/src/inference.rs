@@ -23,7 +23,7 @@ use crate::refs::{self, Problem};
 use crate::selector;
 
 /// The header (and `envoy.lb` metadata key) naming the picked endpoint.
-pub const DESTINATION_KEY: &str = "x-gateway-destination-endpoint";
+pub const DESTINATION_KEY: &str = infergate_names::picker::DESTINATION;
 pub const H2C: &str = "kubernetes.io/h2c";
 
 pub struct InferencePoolBackend;

@@ -436,7 +436,7 @@ spec: {{ports: [{{port: 80}}]}}
 
     fn settings(address: &str) -> Settings {
         Settings {
-            controller_name: "infergate.dev/gateway-controller".into(),
+            controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension: false,
             default_address: address.into(),
         }

@@ -81,7 +81,7 @@ pub struct TranslationArgs {
     #[arg(long, env = "INFERGATE_COMPONENT")]
     component: Option<PathBuf>,
     /// GatewayClasses whose spec.controllerName is this are ours; others are ignored.
-    #[arg(long, default_value = "infergate.dev/gateway-controller")]
+    #[arg(long, default_value = infergate_names::DEFAULT_CONTROLLER_NAME)]
     controller_name: String,
     /// Route to InferencePool backends (Gateway API Inference Extension). Off by default.
     #[arg(long)]

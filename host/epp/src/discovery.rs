@@ -94,9 +94,14 @@ impl PoolSpec {
 /// until the process ends; watches recover from API outages on their own
 /// (the endpoints last seen stay in use meanwhile).
 pub async fn run(client: kube::Client, namespace: String, name: String, handle: Arc<Handle>) {
+    use infergate_names::inference_pool;
     let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("inference.networking.k8s.io", "v1", "InferencePool"),
-        "inferencepools",
+        &GroupVersionKind::gvk(
+            inference_pool::GROUP,
+            inference_pool::VERSION,
+            inference_pool::KIND,
+        ),
+        inference_pool::PLURAL,
     );
     let changed = Arc::new(Notify::new());
     let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);

@@ -36,11 +36,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::scheduler::{Filter, Pick, PickError, Scheduler};
 
-pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
-pub const LB_NAMESPACE: &str = "envoy.lb";
-pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
-pub const SUBSET_NAMESPACE: &str = "envoy.lb.subset_hint";
-pub const SUBSET_KEY: &str = "x-gateway-destination-endpoint-subset";
+pub use infergate_names::picker::{
+    DESTINATION as DESTINATION_HEADER, LB_NAMESPACE, SERVED as SERVED_KEY, SUBSET as SUBSET_KEY,
+    SUBSET_NAMESPACE,
+};
 pub const TEST_SELECTION_HEADER: &str = "test-epp-endpoint-selection";
 pub const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
 /// Body chunks sent back to Envoy stay under this size (Envoy's default

@@ -2,6 +2,7 @@
 //! as Kubernetes objects; the Kubernetes tests run the controller and the
 //! picker as users bound to exactly these, so a missing or surplus rule shows.
 
+use infergate_names::inference_pool as pool;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -46,14 +47,10 @@ pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];
     if inference_extension {
+        rules.push(rule(pool::GROUP, &[pool::PLURAL], READ));
         rules.push(rule(
-            "inference.networking.k8s.io",
-            &["inferencepools"],
-            READ,
-        ));
-        rules.push(rule(
-            "inference.networking.k8s.io",
-            &["inferencepools/status"],
+            pool::GROUP,
+            &[&format!("{}/status", pool::PLURAL)],
             &["patch"],
         ));
         rules.push(rule("", &["pods"], READ));
@@ -74,7 +71,7 @@ pub fn leader_election_rules() -> Vec<PolicyRule> {
 /// and the Pods that pool selects.
 pub fn picker_rules() -> Vec<PolicyRule> {
     vec![
-        rule("inference.networking.k8s.io", &["inferencepools"], READ),
+        rule(pool::GROUP, &[pool::PLURAL], READ),
         rule("", &["pods"], READ),
     ]
 }

@@ -26,13 +26,16 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub const POOL_GROUP: &str = "inference.networking.k8s.io";
-pub const POOL_VERSION: &str = "v1";
+pub use infergate_names::inference_pool::{GROUP as POOL_GROUP, VERSION as POOL_VERSION};
 
 /// The InferencePool API resource (`inference.networking.k8s.io/v1`).
 pub fn pool_api_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(POOL_GROUP, POOL_VERSION, "InferencePool"),
+        &GroupVersionKind::gvk(
+            POOL_GROUP,
+            POOL_VERSION,
+            infergate_names::inference_pool::KIND,
+        ),
         "inferencepools",
     )
 }

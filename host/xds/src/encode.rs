@@ -67,16 +67,9 @@ pub const INVALID_BACKEND_CLUSTER: &str = "infergate/invalid-backend";
 /// The ext_proc filter's name in the listener and in per-route configs.
 pub const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 /// The dynamic metadata namespace of the endpoint picker protocol.
-pub const LB_NAMESPACE: &str = "envoy.lb";
-pub const SUBSET_HINT_NAMESPACE: &str = "envoy.lb.subset_hint";
-pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
-/// Request headers of the endpoint picker protocol that a client must never
-/// set: they are removed before the picker runs.
-pub const PROTOCOL_HEADERS: [&str; 3] = [
-    "x-gateway-destination-endpoint",
-    "x-gateway-destination-endpoint-subset",
-    "x-gateway-destination-endpoint-served",
-];
+pub use infergate_names::picker::{
+    LB_NAMESPACE, PROTOCOL_HEADERS, SERVED as SERVED_KEY, SUBSET_NAMESPACE as SUBSET_HINT_NAMESPACE,
+};
 /// How long Envoy waits for the picker's answer to one message.
 const PICKER_MESSAGE_TIMEOUT_SECONDS: i64 = 2;
 /// Requests to an InferencePool may be buffered whole (fail-open pools
