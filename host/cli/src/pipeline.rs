@@ -338,6 +338,53 @@ pub async fn swap_from_file(
     }
 }
 
+/// Serve what `guard` hands out: its current snapshot first when
+/// `publish_current`, then each snapshot Envoy's verdicts make it hand out,
+/// translated and published in turn into `last`. False if a translation
+/// failed (the guard stops searching until its next input).
+pub async fn serve_guarded(
+    guard: &mut crate::quarantine::Guard,
+    publish_current: bool,
+    translation: &Arc<Translation>,
+    cache: &infergate_xds::SnapshotCache,
+    mut fleet: Option<&mut crate::envoy::Fleet>,
+    last: &mut Option<Output>,
+    keeping: &str,
+) -> bool {
+    let mut publish = publish_current;
+    loop {
+        if publish {
+            let published = translate_and_publish(
+                translation,
+                guard.current(),
+                cache,
+                fleet.as_deref_mut(),
+                keeping,
+            )
+            .await;
+            match published {
+                Some(output) => *last = Some(output),
+                None => {
+                    guard.not_published();
+                    return false;
+                }
+            }
+        }
+        let Some(output) = last.as_ref() else {
+            return true;
+        };
+        // Envoy may have answered already (the configuration is unchanged).
+        if guard.verdict(cache.verdict(), &output.statuses).is_none() {
+            break;
+        }
+        publish = true;
+    }
+    translation
+        .metrics
+        .held_by_envoy(guard.quarantined().count());
+    true
+}
+
 /// Translate `snapshot` (without blocking other tasks), hand every Gateway's
 /// resources to the xDS cache, log it, and bring the local Envoys (if any)
 /// in line. On failure, logs why (ending with `keeping`: what stays served)

@@ -207,27 +207,23 @@ impl State {
             return; // e.g. only statuses changed
         }
         self.last_snapshot = Some(snapshot.clone());
-        let effective = self.guard.input(snapshot);
-        let mut fleet = fleet;
-        match pipeline::translate_and_publish(
+        self.guard.input(snapshot);
+        if !pipeline::serve_guarded(
+            &mut self.guard,
+            true,
             translation,
-            effective,
             cache,
-            fleet.as_deref_mut(),
+            fleet,
+            &mut self.last,
             keeping,
         )
         .await
         {
-            Some(output) => self.last = Some(output),
-            None => {
-                // Translated again at the next change.
-                self.last_snapshot = None;
-                self.guard.not_published();
-                return;
-            }
+            // Translated again at the next change.
+            self.last_snapshot = None;
+            return;
         }
-        // Envoy may have answered this configuration already (unchanged).
-        self.answered(translation, cache, fleet).await;
+        self.report_statuses();
     }
 
     /// An Envoy answered: go on with what the guard makes of it. True if
@@ -236,33 +232,24 @@ impl State {
         &mut self,
         translation: &Arc<Translation>,
         cache: &Arc<SnapshotCache>,
-        mut fleet: Option<&mut Fleet>,
+        fleet: Option<&mut Fleet>,
     ) -> bool {
-        loop {
-            let Some(last) = &self.last else { return false };
-            let Some(next) = self.guard.verdict(cache.verdict(), &last.statuses) else {
-                break;
-            };
-            let keeping = "still serving the last configuration Envoy took";
-            match pipeline::translate_and_publish(
-                translation,
-                next,
-                cache,
-                fleet.as_deref_mut(),
-                keeping,
-            )
-            .await
-            {
-                Some(output) => self.last = Some(output),
-                None => {
-                    self.guard.not_published();
-                    break;
-                }
-            }
-        }
-        translation
-            .metrics
-            .held_by_envoy(self.guard.quarantined().count());
+        pipeline::serve_guarded(
+            &mut self.guard,
+            false,
+            translation,
+            cache,
+            fleet,
+            &mut self.last,
+            "still serving the last configuration Envoy took",
+        )
+        .await;
+        self.report_statuses()
+    }
+
+    /// `last`'s statuses with what Envoy refused, as they are to be
+    /// written; true if they changed.
+    fn report_statuses(&mut self) -> bool {
         let Some(last) = &self.last else { return false };
         let mut statuses = last.statuses.clone();
         self.guard.overlay(&mut statuses);

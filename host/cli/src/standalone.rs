@@ -195,25 +195,18 @@ impl State {
             "files read into a snapshot"
         );
         let snapshot = self.files.snapshot().expect("read succeeded").clone();
-        let effective = self.guard.input(snapshot);
-        let mut fleet = fleet;
-        match pipeline::translate_and_publish(
+        self.guard.input(snapshot);
+        pipeline::serve_guarded(
+            &mut self.guard,
+            true,
             translation,
-            effective,
             cache,
-            fleet.as_deref_mut(),
+            fleet,
+            &mut self.last,
             keeping,
         )
-        .await
-        {
-            Some(output) => self.last = Some(output),
-            None => {
-                self.guard.not_published();
-                return;
-            }
-        }
-        // Envoy may have answered this configuration already (unchanged).
-        self.answered(args, translation, cache, fleet).await;
+        .await;
+        self.report(args);
     }
 
     /// An Envoy answered: go on with what the guard makes of it.
@@ -222,33 +215,18 @@ impl State {
         args: &StandaloneArgs,
         translation: &Arc<Translation>,
         cache: &Arc<SnapshotCache>,
-        mut fleet: Option<&mut Fleet>,
+        fleet: Option<&mut Fleet>,
     ) {
-        loop {
-            let Some(last) = &self.last else { return };
-            let Some(next) = self.guard.verdict(cache.verdict(), &last.statuses) else {
-                break;
-            };
-            let keeping = "still serving the last configuration Envoy took";
-            match pipeline::translate_and_publish(
-                translation,
-                next,
-                cache,
-                fleet.as_deref_mut(),
-                keeping,
-            )
-            .await
-            {
-                Some(output) => self.last = Some(output),
-                None => {
-                    self.guard.not_published();
-                    break;
-                }
-            }
-        }
-        translation
-            .metrics
-            .held_by_envoy(self.guard.quarantined().count());
+        pipeline::serve_guarded(
+            &mut self.guard,
+            false,
+            translation,
+            cache,
+            fleet,
+            &mut self.last,
+            "still serving the last configuration Envoy took",
+        )
+        .await;
         self.report(args);
     }
 
