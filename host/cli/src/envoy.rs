@@ -1,5 +1,6 @@
-//! Local Envoy processes for standalone mode: one per Gateway (its xDS node),
-//! bootstrapped to our ADS server, restarted if they exit.
+//! Envoy processes next to the controller: one per Gateway (its xDS node),
+//! bootstrapped to our ADS server, restarted if they exit. Standalone mode
+//! runs them unless `--no-envoy`; Kubernetes mode with `--local-envoy`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

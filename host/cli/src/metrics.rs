@@ -183,27 +183,25 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
     .await
 }
 
-/// Now as RFC 3339 (UTC, seconds), without a date library.
+/// Now as RFC 3339 (UTC, whole seconds), e.g. `2026-11-30T15:20:40Z`.
 pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn now_is_rfc3339_in_utc_to_the_second() {
+        let now = super::now_rfc3339();
+        let parsed: jiff::Timestamp = now.parse().expect("RFC 3339");
+        assert!(
+            now.ends_with('Z') && now.len() == "2026-11-30T15:20:40Z".len(),
+            "{now}"
+        );
+        let age = jiff::Timestamp::now().duration_since(parsed);
+        assert!(age.as_secs() >= 0 && age.as_secs() < 5, "{now}");
+    }
 }
