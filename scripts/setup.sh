@@ -48,6 +48,15 @@ else
 fi
 kube_tools=$!
 
+# Cargo never deletes what it built before: test binaries (about 450 MB each
+# with debug info) from earlier dependency versions or features pile up in the
+# shared target directory until the disk is full. Executables untouched for a
+# week are dropped (one still in use is linked again), as is incremental data
+# of that age.
+find "$CARGO_TARGET_DIR"/*/deps -maxdepth 1 -type f -perm -u+x ! -name '*.so' ! -name '*.d' \
+  ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.wasm' -mtime +7 -delete 2>/dev/null || true
+find "$CARGO_TARGET_DIR"/*/incremental -mindepth 1 -maxdepth 1 -mtime +7 -exec rm -rf {} + 2>/dev/null || true
+
 cargo xtask component >/dev/null
 cargo xtask test-components >/dev/null
 cargo build --quiet --package infergate --package infergate-epp --package infergate-sim
