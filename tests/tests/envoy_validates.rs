@@ -190,13 +190,7 @@ fn translate_in_process(text: &str) -> Option<Vec<Value>> {
         output
             .gateways
             .iter()
-            .map(|gateway| {
-                let mut resources =
-                    infergate_xds::json::resources_to_json(infergate_xds::encode::gateway(gateway))
-                        .expect("Envoy JSON");
-                resources["node"] = Value::String(gateway.node_id.clone());
-                resources
-            })
+            .map(|gateway| infergate_xds::json::gateway_to_json(gateway).expect("Envoy JSON"))
             .collect(),
     )
 }

@@ -55,3 +55,14 @@ pub fn fail(
 ) -> Condition {
     Condition::new(condition_type, false, reason, message, generation)
 }
+
+/// Replace the condition of `condition`'s type in place (or add it).
+pub fn set(conditions: &mut Vec<Condition>, condition: Condition) {
+    match conditions
+        .iter_mut()
+        .find(|c| c.condition_type == condition.condition_type)
+    {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
+}

@@ -5,7 +5,7 @@ use infergate_model::{
     ListenerStatus,
 };
 
-use crate::conditions::{self as c, fail, ok, reason};
+use crate::conditions::{self as c, fail, ok, reason, set};
 use crate::index::{GATEWAY_GROUP, Index};
 use crate::{hostname, selector, validate};
 
@@ -318,17 +318,6 @@ fn overlaps(a: &std::net::IpAddr, b: &std::net::IpAddr) -> bool {
     a == b
         || (a.is_unspecified() && a.is_ipv4() == b.is_ipv4())
         || (b.is_unspecified() && a.is_ipv4() == b.is_ipv4())
-}
-
-/// Replace the condition of `condition`'s type in place (or add it).
-fn set(conditions: &mut Vec<Condition>, condition: Condition) {
-    match conditions
-        .iter_mut()
-        .find(|c| c.condition_type == condition.condition_type)
-    {
-        Some(existing) => *existing = condition,
-        None => conditions.push(condition),
-    }
 }
 
 impl GatewayState<'_> {

@@ -307,11 +307,10 @@ fn translate(args: TranslateArgs) -> anyhow::Result<()> {
     } else {
         let mut gateways = Vec::new();
         for gateway in &output.gateways {
-            let mut resources =
-                infergate_xds::json::resources_to_json(infergate_xds::encode::gateway(gateway))
-                    .map_err(|e| anyhow::anyhow!("Gateway {}: {e}", gateway.node_id))?;
-            resources["node"] = serde_json::Value::String(gateway.node_id.clone());
-            gateways.push(resources);
+            gateways.push(
+                infergate_xds::json::gateway_to_json(gateway)
+                    .map_err(|e| anyhow::anyhow!("Gateway {}: {e}", gateway.node_id))?,
+            );
         }
         serde_json::json!({ "gateways": gateways, "statuses": output.statuses })
     };

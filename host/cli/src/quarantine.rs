@@ -30,6 +30,7 @@ use infergate_model::{
     HttpRoute, HttpRouteStatus, InferencePool, InferencePoolStatus, Namespace, Pod, ReferenceGrant,
     Service, Snapshot, Statuses,
 };
+use infergate_translate::conditions::set;
 use infergate_xds::Verdict;
 
 /// Envoy's messages are cut to this many bytes in statuses.
@@ -308,8 +309,9 @@ struct Quarantined {
 /// publish each snapshot it returns, then report statuses through
 /// [`Guard::overlay`].
 pub struct Guard {
-    /// The last effective snapshot every connected Envoy took.
-    accepted: Option<Snapshot>,
+    /// The last effective snapshot every connected Envoy took (empty
+    /// until one took one).
+    accepted: Snapshot,
     /// The newest input.
     input: Snapshot,
     /// The input with held objects at their accepted version (None: no
@@ -333,7 +335,7 @@ pub struct Guard {
 impl Guard {
     pub fn new() -> Self {
         Guard {
-            accepted: None,
+            accepted: empty_snapshot(),
             input: empty_snapshot(),
             effective: None,
             quarantined: BTreeMap::new(),
@@ -396,7 +398,7 @@ impl Guard {
             Verdict::Pending => None,
             Verdict::Accepted => {
                 self.awaiting = false;
-                self.accepted = Some(self.current().clone());
+                self.accepted = self.current().clone();
                 self.baseline = false;
                 if let Some(group) = self.probe.take() {
                     tracing::info!(
@@ -451,9 +453,7 @@ impl Guard {
                     }
                     return self.next_step(true);
                 }
-                let empty = empty_snapshot();
-                let accepted = self.accepted.as_ref().unwrap_or(&empty);
-                let suspects: BTreeSet<Key> = changed(accepted, self.current())
+                let suspects: BTreeSet<Key> = changed(&self.accepted, self.current())
                     .into_iter()
                     .filter(|k| !self.quarantined.contains_key(k))
                     .collect();
@@ -517,22 +517,14 @@ impl Guard {
         held.extend(self.held.iter().cloned());
         self.effective = (!held.is_empty()).then(|| {
             let mut snapshot = self.input.clone();
-            let empty = empty_snapshot();
-            hold(
-                &mut snapshot,
-                self.accepted.as_ref().unwrap_or(&empty),
-                &held,
-            );
+            hold(&mut snapshot, &self.accepted, &held);
             snapshot
         });
     }
 
     fn quarantine(&mut self, key: Key, refusal: &Refusal, statuses: &Statuses) {
         let found = find(&self.input, &key);
-        let served = self
-            .accepted
-            .as_ref()
-            .is_some_and(|a| find(a, &key).is_some());
+        let served = find(&self.accepted, &key).is_some();
         tracing::error!(
             "Envoy {} refuses the {} made from {key}: {}; {key} is held at {} until it changes, \
              the rest of the configuration is applied",
@@ -584,10 +576,7 @@ impl Guard {
     /// message; an unexplained refusal makes its Gateway not Programmed.
     pub fn overlay(&self, statuses: &mut Statuses) {
         for (key, q) in &self.quarantined {
-            let served = self
-                .accepted
-                .as_ref()
-                .is_some_and(|a| find(a, key).is_some());
+            let served = find(&self.accepted, key).is_some();
             let message = format!(
                 "Envoy refused the {} made from this {}: {}; {}",
                 q.refusal.resource(),
@@ -670,34 +659,13 @@ impl Guard {
     }
 }
 
-/// Replace the condition of the same type, or add it.
-fn set(conditions: &mut Vec<Condition>, condition: Condition) {
-    match conditions
-        .iter_mut()
-        .find(|c| c.condition_type == condition.condition_type)
-    {
-        Some(existing) => *existing = condition,
-        None => conditions.push(condition),
-    }
-}
-
+/// A snapshot of nothing: what an Envoy that took nothing yet has.
 fn empty_snapshot() -> Snapshot {
-    Snapshot {
-        settings: infergate_model::Settings {
-            controller_name: String::new(),
-            inference_extension: false,
-            default_address: String::new(),
-        },
-        namespaces: vec![],
-        gateway_classes: vec![],
-        gateways: vec![],
-        http_routes: vec![],
-        reference_grants: vec![],
-        services: vec![],
-        endpoint_slices: vec![],
-        pods: vec![],
-        inference_pools: vec![],
-    }
+    infergate_resources::empty_snapshot(infergate_model::Settings {
+        controller_name: String::new(),
+        inference_extension: false,
+        default_address: String::new(),
+    })
 }
 
 #[cfg(test)]

@@ -69,6 +69,14 @@ pub fn resources_to_json(resources: Resources) -> Result<Value, String> {
     Ok(Value::Object(out))
 }
 
+/// One Gateway's Envoy resources as JSON by type, with its `node` id: what
+/// `infergate translate` prints per Gateway.
+pub fn gateway_to_json(gateway: &infergate_model::GatewayIr) -> Result<Value, String> {
+    let mut resources = resources_to_json(crate::encode::gateway(gateway))?;
+    resources["node"] = Value::String(gateway.node_id.clone());
+    Ok(resources)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
