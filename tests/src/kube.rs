@@ -621,14 +621,41 @@ impl Controller {
         Self::start_with(cluster, name, false, extra)
     }
 
+    /// A controller with local Envoys that reaches the API server through
+    /// `kubeconfig` (a [`SlowStatusProxy`]'s, say).
+    pub fn start_with_kubeconfig(
+        cluster: &Cluster,
+        name: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Controller {
+        Self::start_full(cluster, name, kubeconfig, true, extra)
+    }
+
     fn start_with(cluster: &Cluster, name: &str, local_envoy: bool, extra: &[&str]) -> Controller {
+        Self::start_full(
+            cluster,
+            name,
+            &cluster.kubeconfig(CONTROLLER),
+            local_envoy,
+            extra,
+        )
+    }
+
+    fn start_full(
+        cluster: &Cluster,
+        name: &str,
+        kubeconfig: &Path,
+        local_envoy: bool,
+        extra: &[&str],
+    ) -> Controller {
         let work = cluster.dir.0.join(format!("controller-{name}"));
         std::fs::create_dir_all(&work).expect("controller dir");
         let xds_port = free_port();
         let mut args: Vec<String> = [
             "run",
             "--kubeconfig",
-            &cluster.kubeconfig(CONTROLLER).display().to_string(),
+            &kubeconfig.display().to_string(),
             "--xds-address",
             &format!("127.0.0.1:{xds_port}"),
             "--metrics-address",
@@ -700,6 +727,116 @@ impl Drop for Controller {
         let _ = std::process::Command::new("pkill")
             .args(["-9", "-f", &self.work.display().to_string()])
             .status();
+    }
+}
+
+/// A plain-HTTP proxy on loopback in front of the test API server that
+/// holds every status write (PATCH of a `/status` subresource) for a while
+/// before passing it on, as an overloaded API server would; everything else
+/// (lists, watches, Leases, Events) passes at once. Requests go on with the
+/// credentials of the user it was started for, so RBAC stays that user's.
+pub struct SlowStatusProxy {
+    kubeconfig: PathBuf,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowStatusProxy {
+    pub async fn start(cluster: &Cluster, user: &str, delay: Duration) -> SlowStatusProxy {
+        use std::sync::atomic::Ordering;
+        let client = cluster.client(user).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let kubeconfig = cluster.dir.0.join(format!("kubeconfig-slow-{port}"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: slow\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+                 users:\n- name: {user}\n  user: {{}}\ncontexts:\n- name: slow\n  context:\n    cluster: slow\n    user: {user}\ncurrent-context: slow\n"
+            ),
+        )
+        .expect("writing the proxy's kubeconfig");
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = held.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let client = client.clone();
+                let held = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let client = client.clone();
+                            let held = held.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let (parts, body) = request.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                if parts.method == hyper::Method::PATCH
+                                    && parts.uri.path().ends_with("/status")
+                                {
+                                    held.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(delay).await;
+                                }
+                                let mut forward =
+                                    http::Request::builder().method(parts.method.clone()).uri(
+                                        parts
+                                            .uri
+                                            .path_and_query()
+                                            .map(|p| p.as_str())
+                                            .unwrap_or("/"),
+                                    );
+                                for (name, value) in &parts.headers {
+                                    if name != hyper::header::HOST
+                                        && name != hyper::header::AUTHORIZATION
+                                    {
+                                        forward = forward.header(name, value);
+                                    }
+                                }
+                                let forward = forward
+                                    .body(kube::client::Body::from(body.to_vec()))
+                                    .expect("a request");
+                                Ok::<_, hyper::Error>(match client.send(forward).await {
+                                    Ok(response) => response,
+                                    Err(e) => http::Response::builder()
+                                        .status(502)
+                                        .body(kube::client::Body::from(e.to_string().into_bytes()))
+                                        .expect("a response"),
+                                })
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        SlowStatusProxy {
+            kubeconfig,
+            held,
+            task,
+        }
+    }
+
+    /// A kubeconfig that points at the proxy.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// How many status writes have reached the proxy so far.
+    pub fn status_writes(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for SlowStatusProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

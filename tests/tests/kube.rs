@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    CLASS, Cluster, Controller, gateway, grant_printed_rbac, host_ip, parent_condition,
-    service_route, wait_for_object,
+    CLASS, CONTROLLER, Cluster, Controller, SlowStatusProxy, gateway, grant_printed_rbac, host_ip,
+    parent_condition, service_route, wait_for_object,
 };
 use infergate_e2e::{NamedServer, get, wait_until};
 
@@ -176,4 +176,57 @@ async fn a_rejected_component_is_an_event_on_our_gateway_class() {
         controller.log_text()
     );
     assert_eq!(get(listener_port, "/a", &[]).map(|r| r.1), Some("a".into()));
+}
+
+/// Issue 15: status writes never delay configuration. Every status write is
+/// held for a minute by a proxy in front of the API server; a route added
+/// meanwhile still reaches Envoy within the usual time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_server_delays_statuses_never_configuration() {
+    let cluster = Cluster::start("slow-status", true).await;
+    grant_printed_rbac(&cluster, "default", false).await;
+    let proxy = SlowStatusProxy::start(&cluster, CONTROLLER, Duration::from_secs(60)).await;
+    let ip = host_ip();
+    let a = NamedServer::start_on(&ip, "a");
+    let b = NamedServer::start_on(&ip, "b");
+    let listener_port = infergate_e2e::free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener_port)).await;
+    cluster.route_to_endpoint("svc-a", "/a", &ip, a.port).await;
+    let controller = Controller::start_with_kubeconfig(
+        &cluster,
+        "slow",
+        proxy.kubeconfig(),
+        &["--status-write-timeout-seconds", "120"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || get(listener_port, "/a", &[])
+            .map(|r| r.1)
+            == Some("a".into())),
+        "Envoy does not route /a; controller log:\n{}",
+        controller.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || proxy.status_writes() > 0),
+        "the leader never tried to write a status; controller log:\n{}",
+        controller.log_text()
+    );
+
+    // The writes hang in the proxy; a new route comes.
+    cluster.route_to_endpoint("svc-b", "/b", &ip, b.port).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || get(listener_port, "/b", &[])
+            .map(|r| r.1)
+            == Some("b".into())),
+        "a new route waited for status writes; controller log:\n{}",
+        controller.log_text()
+    );
+    // And the statuses really are still on their way: none has landed.
+    let routes = cluster.routes("default").await;
+    let route = routes.get("svc-a").await.unwrap();
+    assert_eq!(
+        parent_condition(&route.data, "gw", "Accepted"),
+        None,
+        "a status write got through the slow proxy, so this test proved nothing"
+    );
 }

@@ -191,6 +191,10 @@ pub struct RunArgs {
     /// Field manager of status writes (server-side apply).
     #[arg(long, default_value = "infergate")]
     field_manager: String,
+    /// How long one status write may take before it counts as failed and is retried. Status is
+    /// written by a task of its own: a slow API server delays statuses, never configuration.
+    #[arg(long, default_value_t = 10)]
+    status_write_timeout_seconds: u64,
 }
 
 #[derive(Args)]

@@ -1,11 +1,17 @@
-//! The controller's own metrics (Prometheus text on `/metrics`) and what
+//! The controller's own metrics (OpenMetrics text on `/metrics`, by
+//! prometheus-client) and what
 //! component is active (JSON on `/info`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use infergate_kube::StatusMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 /// Upper bounds of the translation duration histogram, in seconds.
@@ -22,130 +28,156 @@ pub struct ActiveComponent {
     pub compile_ms: u64,
 }
 
-#[derive(Default)]
-struct Inner {
-    translations: BTreeMap<&'static str, u64>,
-    bucket_counts: [u64; BUCKETS.len()],
-    duration_count: u64,
-    duration_sum: f64,
-    guest_memory_bytes: Option<usize>,
-    swaps: u64,
-    rejections: BTreeMap<String, u64>,
-    active: Option<ActiveComponent>,
-    held_by_envoy: usize,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ComponentLabels {
+    digest: String,
+    wit: String,
+}
+
+/// Every metric of the controller, in one registry.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    translations: Family<OutcomeLabel, Counter>,
+    duration: Histogram,
+    guest_memory_bytes: Gauge,
+    swaps: Counter,
+    rejections: Family<ReasonLabel, Counter>,
+    held_by_envoy: Gauge,
+    component: Family<ComponentLabels, Gauge>,
+    /// The Kubernetes status writer's (registered here, counted there).
+    pub status: StatusMetrics,
+    active: Mutex<Option<ActiveComponent>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let translations = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "infergate_translations",
+            "Translations by outcome (ok, or why they failed).",
+            translations.clone(),
+        );
+        let duration = Histogram::new(BUCKETS);
+        registry.register(
+            "infergate_translation_duration_seconds",
+            "Time of one translation through the component.",
+            duration.clone(),
+        );
+        let guest_memory_bytes = Gauge::default();
+        registry.register(
+            "infergate_translation_guest_memory_bytes",
+            "Guest memory at its peak in the last translation (compare with --translation-memory-mib).",
+            guest_memory_bytes.clone(),
+        );
+        let swaps = Counter::default();
+        registry.register(
+            "infergate_component_swaps",
+            "Components swapped in while running.",
+            swaps.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "infergate_component_rejections",
+            "Components refused, by reason.",
+            rejections.clone(),
+        );
+        let held_by_envoy = Gauge::default();
+        registry.register(
+            "infergate_objects_refused_by_envoy",
+            "Objects held at their last accepted version (or left out) because Envoy refuses their configuration; their statuses say why.",
+            held_by_envoy.clone(),
+        );
+        let component = Family::<ComponentLabels, Gauge>::default();
+        registry.register(
+            "infergate_component_info",
+            "The active translation component.",
+            component.clone(),
+        );
+        let status = StatusMetrics::default();
+        status.register(&mut registry);
+        Metrics {
+            registry,
+            translations,
+            duration,
+            guest_memory_bytes,
+            swaps,
+            rejections,
+            held_by_envoy,
+            component,
+            status,
+            active: Mutex::new(None),
+        }
+    }
 }
 
 impl Metrics {
     /// One translation ended: `outcome` is `ok` or the failure's kind;
     /// `guest_memory` is the guest memory's peak in bytes.
     pub fn translation(&self, outcome: &'static str, took: Duration, guest_memory: usize) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        inner.guest_memory_bytes = Some(guest_memory);
-        *inner.translations.entry(outcome).or_default() += 1;
-        let seconds = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                inner.bucket_counts[i] += 1;
-            }
-        }
-        inner.duration_count += 1;
-        inner.duration_sum += seconds;
+        self.guest_memory_bytes
+            .set(i64::try_from(guest_memory).unwrap_or(i64::MAX));
+        self.translations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
     }
 
     pub fn swapped(&self, active: ActiveComponent) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        inner.swaps += 1;
-        inner.active = Some(active);
+        self.swaps.inc();
+        self.loaded(active);
     }
 
     pub fn loaded(&self, active: ActiveComponent) {
-        self.inner.lock().expect("metrics lock").active = Some(active);
+        self.component.clear();
+        self.component
+            .get_or_create(&ComponentLabels {
+                digest: active.digest.clone(),
+                wit: active.wit_package.clone(),
+            })
+            .set(1);
+        *self.active.lock().expect("metrics lock") = Some(active);
     }
 
     pub fn rejected(&self, reason: &str) {
-        let mut inner = self.inner.lock().expect("metrics lock");
-        *inner.rejections.entry(reason.to_string()).or_default() += 1;
+        self.rejections
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// How many objects are held back because Envoy refuses them.
     pub fn held_by_envoy(&self, objects: usize) {
-        self.inner.lock().expect("metrics lock").held_by_envoy = objects;
+        self.held_by_envoy
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
     pub fn active(&self) -> Option<ActiveComponent> {
-        self.inner.lock().expect("metrics lock").active.clone()
+        self.active.lock().expect("metrics lock").clone()
     }
 
+    /// Every metric in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let inner = self.inner.lock().expect("metrics lock");
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP infergate_translations_total Translations by outcome (ok, or why they failed).\n# TYPE infergate_translations_total counter"
-        );
-        for (outcome, n) in &inner.translations {
-            let _ = writeln!(
-                out,
-                "infergate_translations_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP infergate_translation_duration_seconds Time of one translation through the component.\n# TYPE infergate_translation_duration_seconds histogram"
-        );
-        for (bound, n) in BUCKETS.iter().zip(inner.bucket_counts) {
-            let _ = writeln!(
-                out,
-                "infergate_translation_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "infergate_translation_duration_seconds_bucket{{le=\"+Inf\"}} {count}\ninfergate_translation_duration_seconds_sum {sum}\ninfergate_translation_duration_seconds_count {count}",
-            count = inner.duration_count,
-            sum = inner.duration_sum
-        );
-        if let Some(bytes) = inner.guest_memory_bytes {
-            let _ = writeln!(
-                out,
-                "# HELP infergate_translation_guest_memory_bytes Guest memory at its peak in the last translation (compare with --translation-memory-mib).\n# TYPE infergate_translation_guest_memory_bytes gauge\ninfergate_translation_guest_memory_bytes {bytes}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP infergate_component_swaps_total Components swapped in while running.\n# TYPE infergate_component_swaps_total counter\ninfergate_component_swaps_total {}",
-            inner.swaps
-        );
-        let _ = writeln!(
-            out,
-            "# HELP infergate_component_rejections_total Components refused, by reason.\n# TYPE infergate_component_rejections_total counter"
-        );
-        for (reason, n) in &inner.rejections {
-            let _ = writeln!(
-                out,
-                "infergate_component_rejections_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP infergate_objects_refused_by_envoy Objects held at their last accepted version (or left out) because Envoy refuses their configuration; their statuses say why.\n# TYPE infergate_objects_refused_by_envoy gauge\ninfergate_objects_refused_by_envoy {}",
-            inner.held_by_envoy
-        );
-        if let Some(active) = &inner.active {
-            let _ = writeln!(
-                out,
-                "# HELP infergate_component_info The active translation component.\n# TYPE infergate_component_info gauge\ninfergate_component_info{{digest=\"{}\",wit=\"{}\"}} 1",
-                active.digest, active.wit_package
-            );
-        }
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 }
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serve `/metrics` and `/info` on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
@@ -157,7 +189,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let (status, kind, body) = match req.uri().path() {
-                        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
+                        "/metrics" => (200, CONTENT_TYPE, metrics.render()),
                         "/info" => (
                             200,
                             "application/json",
@@ -193,6 +225,49 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn component(digest: &str) -> ActiveComponent {
+        ActiveComponent {
+            path: "c.wasm".into(),
+            digest: digest.into(),
+            wit_package: "infergate:translator@0.2.0".into(),
+            loaded_at: now_rfc3339(),
+            compile_ms: 1,
+        }
+    }
+
+    #[test]
+    fn series_keep_the_names_dashboards_and_docs_use() {
+        let metrics = Metrics::default();
+        metrics.loaded(component("sha256:aaa"));
+        metrics.translation("ok", Duration::from_millis(3), 1024);
+        metrics.translation("trap", Duration::from_millis(30), 2048);
+        metrics.rejected("read");
+        metrics.swapped(component("sha256:bbb"));
+        metrics.held_by_envoy(2);
+        let text = metrics.render();
+        for series in [
+            "infergate_translations_total{outcome=\"ok\"} 1",
+            "infergate_translations_total{outcome=\"trap\"} 1",
+            "infergate_translation_duration_seconds_bucket{le=\"0.005\"} 1",
+            "infergate_translation_duration_seconds_bucket{le=\"0.05\"} 2",
+            "infergate_translation_duration_seconds_count 2",
+            "infergate_translation_guest_memory_bytes 2048",
+            "infergate_component_swaps_total 1",
+            "infergate_component_rejections_total{reason=\"read\"} 1",
+            "infergate_objects_refused_by_envoy 2",
+            "infergate_component_info{digest=\"sha256:bbb\",wit=\"infergate:translator@0.2.0\"} 1",
+            "infergate_status_writes_pending 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "no {series} in:\n{text}");
+        }
+        assert!(
+            !text.contains("sha256:aaa"),
+            "only the active component is reported:\n{text}"
+        );
+    }
+
     #[test]
     fn now_is_rfc3339_in_utc_to_the_second() {
         let now = super::now_rfc3339();

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infergate_kube::{LeaseConfig, StatusWriter, WatchConfig, Watches};
+use infergate_kube::{
+    Backoff, LeaseConfig, StatusTask, StatusWriter, WatchConfig, Watches, WriterConfig,
+};
 use infergate_model::{Output, Snapshot, Statuses};
 use infergate_xds::SnapshotCache;
 
@@ -33,7 +35,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("initial lists done");
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let (mut leading, election) = infergate_kube::leader::start(
+    let (leading, election) = infergate_kube::leader::start(
         client.clone(),
         LeaseConfig {
             namespace: args.leader_election_namespace.clone(),
@@ -43,11 +45,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs_f64((args.lease_duration_seconds.max(2) as f64) / 4.0),
         },
     );
-    let writer = StatusWriter::new(
+    let writer = Arc::new(StatusWriter::new(
         client.clone(),
-        &args.field_manager,
-        &args.translation.controller_name,
-        &identity,
+        WriterConfig {
+            field_manager: args.field_manager.clone(),
+            controller_name: args.translation.controller_name.clone(),
+            instance: identity.clone(),
+            write_timeout: Duration::from_secs(args.status_write_timeout_seconds.max(1)),
+        },
+        translation.metrics.status.clone(),
+    ));
+    // Statuses go to a task of their own: nothing below waits for the API server.
+    let status = StatusTask::spawn(
+        writer.clone(),
+        watches.observer(),
+        leading.clone(),
+        Backoff::default(),
     );
 
     let work_dir = match &args.work_dir {
@@ -70,28 +83,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     state
         .apply(&args, &translation, &cache, &watches, fleet.as_mut())
         .await;
-    let mut retry_status: Option<tokio::time::Instant> = None;
+    if let Some(statuses) = &state.statuses {
+        status.publish(statuses.clone());
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let retry_at = retry_status;
-        let mut write_status = false;
-        tokio::select! {
+        let publish = tokio::select! {
             _ = watches.changed.notified() => {
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
                 state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
-                write_status = true;
+                // Also when only the stores changed: the task compares again.
+                true
             }
             Ok(()) = answers.changed() => {
-                // Statuses are written when what Envoy refused changes them.
-                write_status = state.answered(&translation, &cache, fleet.as_mut()).await;
-            }
-            Ok(()) = leading.changed() => {
-                // A new leader checks every status it owns.
-                write_status = true;
-            }
-            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
-                retry_status = None;
-                write_status = true;
+                // Statuses change when what Envoy refused changes them.
+                state.answered(&translation, &cache, fleet.as_mut()).await
             }
             Some(()) = component_changed.recv() => {
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms.max(200))).await;
@@ -101,38 +107,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     SwapOutcome::Swapped => {
                         state.last_snapshot = None; // translate again with the new component
                         state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
-                        write_status = true;
+                        true
                     }
                     SwapOutcome::Rejected(message) => {
                         let is_leader = *leading.borrow();
                         if is_leader {
-                            writer.event_on_classes(&watches, "ComponentRejected", &message).await;
+                            let writer = writer.clone();
+                            let classes = watches.observed().gateway_classes;
+                            tokio::spawn(async move {
+                                writer.event_on_classes(&classes, "ComponentRejected", &message).await;
+                            });
                         }
+                        false
                     }
-                    SwapOutcome::Unchanged => {}
+                    SwapOutcome::Unchanged => false,
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
-        }
-        // Copied out: a watch borrow must not be held across the writes.
-        let is_leader = *leading.borrow();
-        if write_status
-            && is_leader
-            && let Some(statuses) = &state.statuses
-        {
-            let report = writer.reconcile(&watches, statuses).await;
-            if report.written > 0 || report.retry() {
-                tracing::info!(
-                    written = report.written,
-                    conflicts = report.conflicts,
-                    failed = report.failed,
-                    "status"
-                );
-            }
-            if report.retry() {
-                retry_status = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-            }
+        };
+        if publish && let Some(statuses) = &state.statuses {
+            status.publish(statuses.clone());
         }
     }
     tracing::info!("shutting down");

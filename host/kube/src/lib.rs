@@ -4,8 +4,9 @@
 //! - [`watch`]: reflectors for every kind a snapshot is made of; the
 //!   InferencePool watch follows the inference extension setting and API
 //!   discovery.
-//! - [`status`]: statuses written back with server-side apply, only when they
-//!   changed, other controllers' entries left alone; Warning Events.
+//! - [`status`]: statuses written back with server-side apply by a task of
+//!   its own (never in the way of configuration), only when they changed,
+//!   other controllers' entries left alone; Warning Events.
 //! - [`leader`]: Lease-based leader election (only the leader writes).
 //! - [`rbac`]: the permissions all of this needs, in one place.
 
@@ -15,7 +16,9 @@ pub mod status;
 pub mod watch;
 
 pub use leader::LeaseConfig;
-pub use status::{Report, StatusWriter};
+pub use status::{
+    Backoff, Observed, Report, StatusMetrics, StatusPatch, StatusTask, StatusWriter, WriterConfig,
+};
 pub use watch::{WatchConfig, Watches, pools_served};
 
 /// A client from `--kubeconfig`, else $KUBECONFIG / ~/.kube/config, else the

@@ -16,6 +16,8 @@ use gateway_api::apis::standard::{
     referencegrants::ReferenceGrant,
 };
 use infergate_resources::{InferencePool, ResourceError, Resources, Source};
+
+use crate::status::Observed;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -255,6 +257,31 @@ impl Watches {
             .expect("pool watch lock")
             .as_ref()
             .map(|p| p.pools.clone())
+    }
+
+    /// The objects whose status we write, as the stores have them now.
+    pub fn observed(&self) -> Observed {
+        (self.observer())()
+    }
+
+    /// A function that returns [`Self::observed`] whenever it is called, for
+    /// a task that outlives this borrow (the status writer).
+    pub fn observer(&self) -> impl Fn() -> Observed + Send + Sync + 'static {
+        let classes = self.classes.clone();
+        let gateways = self.gateways.clone();
+        let routes = self.routes.clone();
+        let pools = self.pools.clone();
+        move || Observed {
+            gateway_classes: classes.state(),
+            gateways: gateways.state(),
+            http_routes: routes.state(),
+            inference_pools: pools
+                .lock()
+                .expect("pool watch lock")
+                .as_ref()
+                .map(|p| p.pools.state())
+                .unwrap_or_default(),
+        }
     }
 }
 
