@@ -1,9 +1,10 @@
 //! Golden cases: `testdata/<case>.in.yaml` (Kubernetes resources) must
 //! translate to `testdata/<case>.out.yaml` (the IR and every status).
 //!
-//! To accept new output after an intended change, run natively with
-//! `INFERGATE_UPDATE_GOLDEN=1 cargo test -p infergate-translate --test golden`
-//! and review the diff in git.
+//! These outputs are also the inputs of the second stage, IR -> Envoy JSON
+//! (`host/xds/tests/golden.rs`). To accept new output after an intended
+//! change, run `scripts/update-golden.sh` (both stages, in order) and review
+//! the diff in git.
 //!
 //! A case may start with a document of kind `GoldenSettings` (read only here)
 //! to change the translation settings, e.g. `inferenceExtension: true`.

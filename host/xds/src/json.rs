@@ -114,42 +114,23 @@ mod tests {
         );
     }
 
-    /// Every golden case's resources, from the native translation.
+    /// Every resource of every golden case: the translator's golden outputs
+    /// (the IR of `guest/translate/testdata/*.out.yaml`), encoded.
     fn golden_resources() -> Vec<(String, Any)> {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/translate/testdata");
         let mut cases: Vec<_> = std::fs::read_dir(&dir)
             .expect("the golden cases")
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+            .filter(|p| p.to_string_lossy().ends_with(".out.yaml"))
             .collect();
         cases.sort();
         let mut out = Vec::new();
         for case in cases {
-            let text = std::fs::read_to_string(&case).unwrap();
             let name = case.file_name().unwrap().to_string_lossy().to_string();
-            // The GoldenSettings document is for the golden test only.
-            let documents: Vec<&str> = text
-                .split("\n---\n")
-                .filter(|d| !d.lines().any(|l| l.trim() == "kind: GoldenSettings"))
-                .collect();
-            let controller_name = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("controllerName: "))
-                .filter(|_| text.contains("kind: GoldenSettings"))
-                .unwrap_or(infergate_names::DEFAULT_CONTROLLER_NAME);
-            let mut resources = infergate_resources::Resources::default();
-            resources
-                .add_yaml(&name, &documents.join("\n---\n"))
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            let snapshot = resources
-                .to_snapshot(infergate_model::Settings {
-                    controller_name: controller_name.to_string(),
-                    inference_extension: text.contains("inferenceExtension: true"),
-                    default_address: "127.0.0.1".into(),
-                })
-                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            let output = infergate_translate::translate(&snapshot).expect("translates");
+            let text = std::fs::read_to_string(&case).unwrap();
+            let output: infergate_model::Output =
+                serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             for gateway in &output.gateways {
                 for (_, packed) in crate::encode::gateway(gateway).into_packed() {
                     for (resource, any) in packed {
