@@ -90,14 +90,23 @@ fn static_bootstrap(gateway: &Value) -> Value {
             c.insert("loadAssignment".into(), assignment);
         }
     }
-    json!({
-        "node": {"id": gateway["node"], "cluster": "infergate"},
-        "layeredRuntime": {"layers": [{"name": "infergate", "staticLayer": {
-            "re2.max_program_size.error_level":
-                infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE
-        }}]},
-        "staticResources": {"listeners": listeners, "clusters": clusters},
-    })
+    // Infergate's own bootstrap (node, runtime), its resources made static.
+    let mut bootstrap = infergate_xds::json::bootstrap_to_json(infergate_xds::encode::bootstrap(
+        &infergate_xds::encode::BootstrapSettings {
+            node: gateway["node"].as_str().unwrap_or_default().to_string(),
+            xds: "127.0.0.1:1".parse().unwrap(),
+            admin_port: 0,
+            re2_max_program_size: infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
+        },
+    ))
+    .expect("the bootstrap as JSON");
+    let map = bootstrap.as_object_mut().unwrap();
+    map.remove("dynamicResources");
+    map.insert(
+        "staticResources".into(),
+        json!({"listeners": listeners, "clusters": clusters}),
+    );
+    bootstrap
 }
 
 /// `envoy --mode validate` on one Gateway's resources; Envoy's words if it

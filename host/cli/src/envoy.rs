@@ -24,53 +24,20 @@ pub const ENVOY_FLAGS: [&str; 4] = [
     "warn",
 ];
 
-/// An Envoy bootstrap that takes everything from ADS at `xds`. Its runtime
-/// raises RE2's program-size limit to what the translation's regex check
-/// allows for (`infergate_translate::validate`), so that no accepted regular
-/// expression, and no generated prefix rewrite, is refused by Envoy.
+/// An Envoy bootstrap (YAML) that takes everything from ADS at `xds`, made
+/// by the encoder (`infergate_xds::encode::bootstrap`). Its runtime raises
+/// RE2's program-size limit to what the translation's regex check allows
+/// for (`infergate_translate::validate`).
 pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
-    format!(
-        r#"node:
-  id: "{node}"
-  cluster: infergate
-layered_runtime:
-  layers:
-  - name: infergate
-    static_layer:
-      re2.max_program_size.error_level: {re2_limit}
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: infergate-xds }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: infergate-xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: infergate-xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: "{ip}", port_value: {port} }}
-"#,
-        ip = xds.ip(),
-        port = xds.port(),
-        re2_limit = infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
-    )
+    let bootstrap = infergate_xds::encode::bootstrap(&infergate_xds::encode::BootstrapSettings {
+        node: node.to_string(),
+        xds,
+        admin_port,
+        re2_max_program_size: infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
+    });
+    let json = infergate_xds::json::bootstrap_to_json(bootstrap)
+        .expect("the bundled descriptors describe the bootstrap");
+    serde_yaml_ng::to_string(&json).expect("JSON values are YAML")
 }
 
 /// The Envoy binary: the flag or $INFERGATE_ENVOY, else this project's

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
@@ -27,29 +27,21 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
-    /// From an InferencePool object (`spec.selector.matchLabels`, `spec.targetPorts[].number`).
+    /// From an InferencePool object, read as the controller reads it (the
+    /// shared [`infergate_resources::InferencePool`] type): its selector's
+    /// `matchLabels` and its target port numbers. None if it is not a valid
+    /// pool.
     pub fn from_object(object: &serde_json::Value) -> Option<PoolSpec> {
-        let spec = object.get("spec")?;
-        let selector = spec
-            .get("selector")?
-            .get("matchLabels")
-            .and_then(|m| m.as_object())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let target_ports = spec
-            .get("targetPorts")?
-            .as_array()?
-            .iter()
-            .filter_map(|p| p.get("number")?.as_u64())
-            .filter_map(|n| u16::try_from(n).ok())
-            .collect();
+        let pool: infergate_resources::InferencePool =
+            serde_json::from_value(object.clone()).ok()?;
         Some(PoolSpec {
-            selector,
-            target_ports,
+            selector: pool.spec.selector.match_labels,
+            target_ports: pool
+                .spec
+                .target_ports
+                .iter()
+                .filter_map(|p| u16::try_from(p.number).ok())
+                .collect(),
         })
     }
 
@@ -94,15 +86,7 @@ impl PoolSpec {
 /// until the process ends; watches recover from API outages on their own
 /// (the endpoints last seen stay in use meanwhile).
 pub async fn run(client: kube::Client, namespace: String, name: String, handle: Arc<Handle>) {
-    use infergate_names::inference_pool;
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(
-            inference_pool::GROUP,
-            inference_pool::VERSION,
-            inference_pool::KIND,
-        ),
-        inference_pool::PLURAL,
-    );
+    let ar = infergate_kube::watch::pool_api_resource();
     let changed = Arc::new(Notify::new());
     let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
     let pool_store: Store<DynamicObject> = {

@@ -38,7 +38,7 @@ pub fn pool_api_resource() -> ApiResource {
             POOL_VERSION,
             infergate_names::inference_pool::KIND,
         ),
-        "inferencepools",
+        infergate_names::inference_pool::PLURAL,
     )
 }
 
@@ -48,7 +48,10 @@ pub async fn pools_served(client: &Client) -> Result<bool, kube::Error> {
         .list_api_group_resources(&format!("{POOL_GROUP}/{POOL_VERSION}"))
         .await
     {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "inferencepools")),
+        Ok(list) => Ok(list
+            .resources
+            .iter()
+            .any(|r| r.name == infergate_names::inference_pool::PLURAL)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(e) => Err(e),
     }

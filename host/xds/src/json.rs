@@ -77,11 +77,52 @@ pub fn gateway_to_json(gateway: &infergate_model::GatewayIr) -> Result<Value, St
     Ok(resources)
 }
 
+/// An Envoy bootstrap as Envoy's JSON (which Envoy also reads as YAML).
+pub fn bootstrap_to_json(
+    bootstrap: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+) -> Result<Value, String> {
+    let mut json = any_to_json(&envoy_types::util::pack_any(bootstrap))?;
+    if let Value::Object(map) = &mut json {
+        map.remove("@type");
+    }
+    Ok(json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use prost::Message;
+
+    #[test]
+    fn the_bootstrap_names_the_node_the_xds_server_and_the_re2_limit() {
+        let json = bootstrap_to_json(crate::encode::bootstrap(
+            &crate::encode::BootstrapSettings {
+                node: "apps/gw".into(),
+                xds: "127.0.0.1:18000".parse().unwrap(),
+                admin_port: 0,
+                re2_max_program_size: 4096,
+            },
+        ))
+        .unwrap();
+        assert_eq!(json["node"]["id"], "apps/gw");
+        assert_eq!(
+            json["layeredRuntime"]["layers"][0]["staticLayer"]["re2.max_program_size.error_level"],
+            4096.0
+        );
+        let xds = &json["staticResources"]["clusters"][0];
+        assert_eq!(xds["name"], crate::encode::XDS_CLUSTER);
+        assert_eq!(xds["type"], "STATIC");
+        assert_eq!(
+            xds["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"]
+                ["portValue"],
+            18000
+        );
+        assert_eq!(
+            json["dynamicResources"]["adsConfig"]["grpcServices"][0]["envoyGrpc"]["clusterName"],
+            crate::encode::XDS_CLUSTER
+        );
+    }
 
     #[test]
     fn bundled_descriptors_match_the_envoy_types_messages() {
