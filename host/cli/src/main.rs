@@ -26,6 +26,14 @@ Envoy proxy, served over xDS. The translation runs in a WebAssembly component (s
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or as JSON objects (one per line). RUST_LOG filters them (default: info).
+    #[arg(
+        long,
+        global = true,
+        env = "INFERGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: infergate_serving::telemetry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -249,14 +257,8 @@ struct BootstrapArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    infergate_serving::telemetry::init_logs(cli.log_format);
     match cli.command {
         Command::Standalone(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -169,49 +169,27 @@ impl Metrics {
 
     /// Every metric in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
-        out
+        infergate_serving::telemetry::encode(&self.registry)
     }
 }
 
-/// The content type of [`Metrics::render`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Serve `/metrics` and `/info` on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
-    use http_body_util::Full;
-    let limits = infergate_serving::Limits::default();
-    infergate_serving::accept_loop(listener, limits, std::future::pending(), move |stream| {
-        let metrics = metrics.clone();
-        async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (status, kind, body) = match req.uri().path() {
-                        "/metrics" => (200, CONTENT_TYPE, metrics.render()),
-                        "/info" => (
-                            200,
-                            "application/json",
-                            serde_json::json!({ "component": metrics.active() }).to_string(),
-                        ),
-                        _ => (404, "text/plain", "try /metrics or /info\n".to_string()),
-                    };
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", kind)
-                                .body(Full::new(bytes::Bytes::from(body)))
-                                .expect("a response"),
-                        )
-                    }
-                });
-            let _ = infergate_serving::http1(limits)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        }
-    })
+    use infergate_serving::telemetry;
+    telemetry::serve_pages(
+        listener,
+        infergate_serving::Limits::default(),
+        std::future::pending(),
+        "try /metrics or /info",
+        move |path| match path {
+            "/metrics" => Some((telemetry::OPENMETRICS, metrics.render())),
+            "/info" => Some((
+                "application/json",
+                serde_json::json!({ "component": metrics.active() }).to_string(),
+            )),
+            _ => None,
+        },
+    )
     .await
 }
 

@@ -14,7 +14,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option,
@@ -46,16 +45,7 @@ pub const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
 /// gRPC message limit leaves room for the framing).
 pub const MAX_CHUNK: usize = 62_000;
 
-/// Counters for the picker's /metrics.
-#[derive(Default)]
-pub struct Counters {
-    pub picked: AtomicU64,
-    pub picked_uninformed: AtomicU64,
-    pub no_endpoint: AtomicU64,
-    pub bad_request: AtomicU64,
-    pub too_large: AtomicU64,
-    pub protocol_errors: AtomicU64,
-}
+pub use crate::metrics::Counters;
 
 #[derive(Clone)]
 pub struct Picker {
@@ -87,11 +77,7 @@ impl ExternalProcessor for Picker {
         tokio::spawn(async move {
             let mut exchange = Exchange::new(picker, tx.clone());
             if let Err(status) = exchange.run(inbound).await {
-                exchange
-                    .picker
-                    .counters
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                exchange.picker.counters.protocol_errors.inc();
                 tracing::warn!("ext_proc stream ended with an error: {}", status.message());
                 let _ = tx.send(Err(status)).await;
             }
@@ -182,10 +168,7 @@ impl Exchange {
                         continue;
                     }
                     if self.body.len() + body.body.len() > self.picker.max_body_bytes {
-                        self.picker
-                            .counters
-                            .too_large
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.picker.counters.too_large.inc();
                         let limit = self.picker.max_body_bytes;
                         self.refuse(
                             413,
@@ -284,9 +267,9 @@ impl Exchange {
             Outcome::Refuse(status, text) => return self.refuse(status, text).await,
         };
         let counters = &self.picker.counters;
-        counters.picked.fetch_add(1, Ordering::Relaxed);
+        counters.picked.inc();
         if !pick.informed {
-            counters.picked_uninformed.fetch_add(1, Ordering::Relaxed);
+            counters.picked_uninformed.inc();
         }
         let destination = pick.header_value();
         tracing::debug!(destination = %destination, informed = pick.informed, "picked");
@@ -358,17 +341,11 @@ impl Exchange {
             match serde_json::from_slice::<serde_json::Value>(&self.body) {
                 Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {}
                 Ok(_) => {
-                    self.picker
-                        .counters
-                        .bad_request
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.picker.counters.bad_request.inc();
                     return Outcome::Refuse(400, "the request body has no \"model\" field".into());
                 }
                 Err(e) => {
-                    self.picker
-                        .counters
-                        .bad_request
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.picker.counters.bad_request.inc();
                     return Outcome::Refuse(400, format!("the request body is not JSON: {e}"));
                 }
             }
@@ -386,10 +363,7 @@ impl Exchange {
         match self.picker.scheduler.pick(&filter) {
             Ok(pick) => Outcome::Picked(pick),
             Err(error) => {
-                self.picker
-                    .counters
-                    .no_endpoint
-                    .fetch_add(1, Ordering::Relaxed);
+                self.picker.counters.no_endpoint.inc();
                 let text = error.to_string();
                 match error {
                     PickError::NoEndpoints | PickError::NoneInSubset(_) => {

@@ -4,11 +4,12 @@
 //!
 //! [`start`] runs everything a deployment needs: the ext_proc gRPC server
 //! (TLS with a self-signed certificate by default, ALPN h2), the gRPC health
-//! services on their own port, a Prometheus `/metrics` endpoint, and the
+//! services on their own port, an OpenMetrics `/metrics` endpoint, and the
 //! scraper that reads each model server's `/metrics`.
 
 pub mod discovery;
 pub mod extproc;
+pub mod metrics;
 pub mod scheduler;
 mod serve;
 mod tls;

@@ -61,6 +61,9 @@ struct Args {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
+    /// Log lines as text or as JSON objects (one per line). RUST_LOG filters them (default: info).
+    #[arg(long, env = "INFERGATE_LOG_FORMAT", default_value = "text")]
+    log_format: infergate_serving::telemetry::LogFormat,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -82,13 +85,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    infergate_serving::telemetry::init_logs(args.log_format);
     // Without --endpoints, the pool comes from Kubernetes: connect first, so
     // that a missing configuration is an error before anything listens.
     let client = if args.endpoints.is_empty() {

@@ -1,17 +1,12 @@
 //! Wiring: the gRPC servers, the health services, /metrics and the scraper.
 
-use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -193,9 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     tokio::spawn(serve_metrics(
         metrics,
         config.metrics_limits,
-        scheduler.clone(),
-        counters,
-        config.pool.clone(),
+        crate::metrics::registry(&config.pool, &counters, scheduler.clone()),
         stopped.clone(),
     ));
     tokio::spawn(scrape(
@@ -276,111 +269,15 @@ async fn scrape_one(
 async fn serve_metrics(
     listener: TcpListener,
     limits: infergate_serving::Limits,
-    scheduler: Arc<Scheduler>,
-    counters: Arc<Counters>,
-    pool: String,
+    registry: prometheus_client::registry::Registry,
     mut stopped: watch::Receiver<bool>,
 ) {
+    use infergate_serving::telemetry;
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    infergate_serving::accept_loop(listener, limits, stop, move |stream| {
-        let (scheduler, counters, pool) = (scheduler.clone(), counters.clone(), pool.clone());
-        async move {
-            let service = hyper::service::service_fn(move |_req| {
-                let text = metrics_text(&scheduler, &counters, &pool);
-                async move {
-                    Ok::<_, Infallible>(
-                        hyper::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(text)))
-                            .expect("a response"),
-                    )
-                }
-            });
-            let _ = infergate_serving::http1(limits)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        }
+    telemetry::serve_pages(listener, limits, stop, "try /metrics", move |path| {
+        (path == "/metrics").then(|| (telemetry::OPENMETRICS, telemetry::encode(&registry)))
     })
     .await
-}
-
-fn metrics_text(scheduler: &Scheduler, counters: &Counters, pool: &str) -> String {
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{pool=\"{pool}\"}} {value}"
-        );
-    };
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    counter(
-        "infergate_epp_picks_total",
-        "Requests sent to an endpoint.",
-        load(&counters.picked),
-    );
-    counter(
-        "infergate_epp_uninformed_picks_total",
-        "Picks made round robin because no candidate had fresh metrics.",
-        load(&counters.picked_uninformed),
-    );
-    counter(
-        "infergate_epp_no_endpoint_total",
-        "Requests refused with 503: no eligible endpoint.",
-        load(&counters.no_endpoint),
-    );
-    counter(
-        "infergate_epp_bad_request_total",
-        "Requests refused with 400: the body is not a JSON request naming a model.",
-        load(&counters.bad_request),
-    );
-    counter(
-        "infergate_epp_too_large_total",
-        "Requests refused with 413: the body is over the limit.",
-        load(&counters.too_large),
-    );
-    counter(
-        "infergate_epp_protocol_errors_total",
-        "ext_proc streams ended because of a malformed message.",
-        load(&counters.protocol_errors),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP infergate_epp_endpoint_fresh 1 when the endpoint's metrics are fresh.\n# TYPE infergate_epp_endpoint_fresh gauge"
-    );
-    let reports = scheduler.reports();
-    for r in &reports {
-        let _ = writeln!(
-            out,
-            "infergate_epp_endpoint_fresh{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
-            r.address,
-            u8::from(r.fresh)
-        );
-    }
-    for (name, help, get) in [
-        (
-            "infergate_epp_endpoint_queue",
-            "Waiting requests the endpoint last reported.",
-            (|l: &crate::scheduler::Load| l.waiting) as fn(&crate::scheduler::Load) -> f64,
-        ),
-        (
-            "infergate_epp_endpoint_kv_cache_usage",
-            "KV-cache usage the endpoint last reported (0..1).",
-            |l| l.kv_cache_usage,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for r in &reports {
-            if let Some(l) = &r.load {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{pool}\",endpoint=\"{}\"}} {}",
-                    r.address,
-                    get(l)
-                );
-            }
-        }
-    }
-    out
 }

@@ -12,6 +12,8 @@
 //!   back-off that doubles up to a second, instead of at once in a hot loop
 //!   (also for the gRPC servers, through [`incoming`]).
 
+pub mod telemetry;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

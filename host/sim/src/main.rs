@@ -42,17 +42,15 @@ struct Args {
     /// echo servers of the upstream conformance suite.
     #[arg(long)]
     echo_other_paths: bool,
+    /// Log lines as text or as JSON objects (one per line). RUST_LOG filters them (default: info).
+    #[arg(long, env = "INFERGATE_LOG_FORMAT", default_value = "text")]
+    log_format: infergate_serving::telemetry::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    infergate_serving::telemetry::init_logs(args.log_format);
     let config = infergate_sim::Config {
         name: args.name.clone(),
         model: args.model,
