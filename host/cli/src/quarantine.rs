@@ -332,6 +332,12 @@ pub struct Guard {
     unexplained: Option<Refusal>,
 }
 
+impl Default for Guard {
+    fn default() -> Self {
+        Guard::new()
+    }
+}
+
 impl Guard {
     pub fn new() -> Self {
         Guard {

@@ -55,8 +55,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<bool> {
     let mut ok = true;
     for (name, resources) in inputs {
         for inference in [false, true] {
-            let mut settings =
-                pipeline::settings(&args.translation, crate::standalone::DEFAULT_ADDRESS);
+            let mut settings = pipeline::settings(
+                &args.translation,
+                crate::commands::standalone::DEFAULT_ADDRESS,
+            );
             settings.inference_extension = inference;
             let snapshot = resources
                 .to_snapshot(settings)

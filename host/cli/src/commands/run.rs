@@ -147,6 +147,7 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+#[derive(Default)]
 struct State {
     last: Option<Output>,
     last_snapshot: Option<Snapshot>,
@@ -154,17 +155,6 @@ struct State {
     guard: Guard,
     /// `last`'s statuses with what Envoy refused: what is written.
     statuses: Option<Statuses>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            last: None,
-            last_snapshot: None,
-            guard: Guard::new(),
-            statuses: None,
-        }
-    }
 }
 
 impl State {
