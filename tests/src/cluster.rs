@@ -65,23 +65,32 @@ impl RealCluster {
         script(self.index, args)
     }
 
-    /// Build these images (`cargo xtask images`, debug binaries, stripped)
-    /// and import them into the node; returns their references.
-    pub fn load_images(&self, names: &[&str]) -> Vec<String> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
+    /// Build these images (`cargo xtask images`) from the debug binaries the
+    /// workspace's test build made (stripped), and import them into the
+    /// node; returns (archive, reference) of each.
+    pub fn load_images(&self, names: &[&str]) -> Vec<(PathBuf, String)> {
+        // The xtask binary the workspace's test build made: a nested `cargo
+        // xtask` would see this test's environment and rebuild it.
+        let xtask = crate::target_dir().join("debug/xtask");
+        assert!(
+            xtask.exists(),
+            "{} is missing: cargo test --workspace builds it",
+            xtask.display()
+        );
+        let output = Command::new(&xtask)
             .current_dir(root())
+            .env("CARGO_MANIFEST_DIR", root().join("xtask"))
             .args([
-                "xtask",
                 "images",
                 "--profile",
                 "debug",
+                "--no-build",
                 "--only",
                 &names.join(","),
             ])
             .stdin(Stdio::null())
             .output()
-            .expect("running cargo xtask images");
+            .expect("running xtask images");
         let text = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),
@@ -96,7 +105,7 @@ impl RealCluster {
             };
             let (ok, output) = self.script(&["load-image", file]);
             assert!(ok, "loading {file} failed:\n{output}");
-            references.push(reference.to_string());
+            references.push((PathBuf::from(file), reference.to_string()));
         }
         assert_eq!(references.len(), names.len(), "images built: {text}");
         references

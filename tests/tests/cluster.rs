@@ -139,9 +139,24 @@ fn pods_services_and_the_picker_on_a_real_node() {
             .to_string(),
     ]);
     let images = cluster.load_images(&["infergate-sim", "infergate-epp"]);
+    // The archives are valid for a registry too, as a standard client reads them.
+    for (archive, reference) in &images {
+        let crane = std::process::Command::new(infergate_e2e::kube::tools_dir().join("crane"))
+            .args(["validate", "--tarball"])
+            .arg(archive)
+            .output()
+            .expect("crane (scripts/kube-tools.sh --node builds it)");
+        assert!(
+            crane.status.success(),
+            "crane validate refuses {reference}: {}{}",
+            String::from_utf8_lossy(&crane.stdout),
+            String::from_utf8_lossy(&crane.stderr)
+        );
+    }
     let image = |name: &str| {
         images
             .iter()
+            .map(|(_, reference)| reference)
             .find(|r| r.contains(&format!("/{name}:")))
             .unwrap_or_else(|| panic!("no {name} image among {images:?}"))
             .clone()

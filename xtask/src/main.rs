@@ -6,7 +6,7 @@
 //!   `--out` says otherwise.
 //! - `cargo xtask test-components` builds the components that tests swap in
 //!   (`guest/testing/`) into `<target>/test-components/`.
-//! - `cargo xtask images [--profile release|debug] [--only NAME,...]` builds
+//! - `cargo xtask images [--profile release|debug] [--only NAME,...] [--no-build]` builds
 //!   the container images (`infergate`, `infergate-epp`, `infergate-sim`,
 //!   `envoy`, and the test cluster's `pause`) as archives in
 //!   `<target>/images/<name>.tar`, from scratch (see [`images`]).
@@ -177,7 +177,10 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
     .filter(|(image, _)| wanted(image))
     .map(|(_, package)| *package)
     .collect();
-    if !packages.is_empty() {
+    // --no-build: take the binaries as they are (a test that runs inside
+    // `cargo test --workspace`, whose build has just made them; building
+    // only these packages would unify features differently and rebuild them).
+    if !packages.is_empty() && !args.iter().any(|a| a == "--no-build") {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command

@@ -147,6 +147,6 @@ async fn main() -> anyhow::Result<()> {
             "--test-header-steering is on: clients can choose their endpoint; use it for tests only"
         );
     }
-    tokio::signal::ctrl_c().await?;
+    infergate_serving::telemetry::stop_requested().await;
     Ok(())
 }

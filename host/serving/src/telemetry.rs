@@ -58,6 +58,21 @@ pub fn init_logs(format: LogFormat) {
     }
 }
 
+/// Resolves when the process is asked to stop: SIGTERM (what Kubernetes
+/// and process supervisors send) or SIGINT (Ctrl-C). As PID 1 of a
+/// container a process that does not handle SIGTERM is not stopped by it at
+/// all, and waits out the Pod's whole grace period.
+pub async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    let which = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!("{which}: stopping");
+}
+
 /// The content type of [`encode`]'s text.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

@@ -64,6 +64,6 @@ async fn main() -> anyhow::Result<()> {
     };
     let handle = infergate_sim::start(args.bind, config).await?;
     tracing::info!(name = %args.name, address = %handle.address, "model server simulator listening");
-    tokio::signal::ctrl_c().await?;
+    infergate_serving::telemetry::stop_requested().await;
     Ok(())
 }
