@@ -232,11 +232,16 @@ fn script(index: u32, args: &[&str]) -> (bool, String) {
 
 /// A plain HTTP GET to `address` (a Pod IP or a ClusterIP): status and body.
 pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(address, "GET", path)
+}
+
+/// A plain HTTP request without a body: status and body.
+pub fn http_request(address: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();

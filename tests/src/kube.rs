@@ -642,6 +642,12 @@ impl Controller {
         )
     }
 
+    /// A controller with local Envoys for any cluster (a real one, say),
+    /// with its files under `work_root`.
+    pub fn start_in(work_root: &Path, name: &str, kubeconfig: &Path, extra: &[&str]) -> Controller {
+        Self::start_at(work_root, name, kubeconfig, true, extra)
+    }
+
     fn start_full(
         cluster: &Cluster,
         name: &str,
@@ -649,7 +655,17 @@ impl Controller {
         local_envoy: bool,
         extra: &[&str],
     ) -> Controller {
-        let work = cluster.dir.0.join(format!("controller-{name}"));
+        Self::start_at(&cluster.dir.0, name, kubeconfig, local_envoy, extra)
+    }
+
+    fn start_at(
+        work_root: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        local_envoy: bool,
+        extra: &[&str],
+    ) -> Controller {
+        let work = work_root.join(format!("controller-{name}"));
         std::fs::create_dir_all(&work).expect("controller dir");
         let xds_port = free_port();
         let mut args: Vec<String> = [

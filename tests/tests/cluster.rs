@@ -5,10 +5,34 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use infergate_e2e::cluster::{RealCluster, can_run, http_get};
-use infergate_e2e::wait_until;
+use infergate_e2e::cluster::{RealCluster, can_run, http_get, http_request};
+use infergate_e2e::{complete, wait_until};
+
+/// The tests share the test cluster's index: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The picker's Role as `infergate rbac` prints it, for `namespace`.
+fn picker_role(namespace: &str) -> String {
+    let rbac = std::process::Command::new(infergate_e2e::infergate_binary())
+        .args([
+            "rbac",
+            "--namespace",
+            namespace,
+            "--enable-inference-extension",
+        ])
+        .output()
+        .expect("infergate rbac");
+    String::from_utf8(rbac.stdout)
+        .unwrap()
+        .split("\n---\n")
+        .find(|doc| doc.contains("name: infergate-endpoint-picker"))
+        .expect("infergate rbac prints the picker's Role")
+        .to_string()
+}
 
 /// The test's cluster index: its own addresses, so a developer's cluster
 /// (index 1) can stay up.
@@ -129,6 +153,7 @@ fn pods_services_and_the_picker_on_a_real_node() {
         println!("SKIPPED pods_services_and_the_picker_on_a_real_node: {why}");
         return;
     }
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
     cluster.kubectl(&[
         "apply",
@@ -161,21 +186,7 @@ fn pods_services_and_the_picker_on_a_real_node() {
             .unwrap_or_else(|| panic!("no {name} image among {images:?}"))
             .clone()
     };
-    let rbac = std::process::Command::new(infergate_e2e::infergate_binary())
-        .args([
-            "rbac",
-            "--namespace",
-            "demo",
-            "--enable-inference-extension",
-        ])
-        .output()
-        .expect("infergate rbac");
-    let rbac = String::from_utf8(rbac.stdout).unwrap();
-    // Only the picker's Role: the rest is the controller's.
-    let picker_role = rbac
-        .split("\n---\n")
-        .find(|doc| doc.contains("name: infergate-endpoint-picker"))
-        .expect("infergate rbac prints the picker's Role");
+    let picker_role = picker_role("demo");
     cluster.kubectl(&[
         "wait",
         "--for=condition=Established",
@@ -185,7 +196,7 @@ fn pods_services_and_the_picker_on_a_real_node() {
     cluster.apply(&manifests(
         &image("infergate-sim"),
         &image("infergate-epp"),
-        picker_role,
+        &picker_role,
     ));
     for deployment in ["vllm", "picker"] {
         let rollout = std::process::Command::new(infergate_e2e::kube::tools_dir().join("kubectl"))
@@ -270,5 +281,241 @@ fn pods_services_and_the_picker_on_a_real_node() {
         fresh_endpoints(picker),
         pod_ips(&cluster),
         cluster.diagnose("demo")
+    );
+}
+
+/// The Gateway's Envoy (started by the controller on this machine) routes
+/// through an InferencePool to model servers in real Pods, by way of the
+/// picker in its own Pod; a Pod that fails its readiness probe under steady
+/// traffic stops getting requests, and no request fails.
+#[test]
+fn a_gateway_reaches_real_pods_through_the_picker_and_a_pod_failing_its_probe_is_drained() {
+    if let Err(why) = can_run() {
+        println!("SKIPPED a_gateway_reaches_real_pods_through_the_picker: {why}");
+        return;
+    }
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = RealCluster::up(INDEX);
+    let crds = infergate_e2e::kube::crds_dir();
+    for dir in ["gateway-api-v1.5.1", "inference-v1.6.0"] {
+        cluster.kubectl(&["apply", "-f", &crds.join(dir).display().to_string()]);
+    }
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd",
+        "--all",
+        "--timeout=30s",
+    ]);
+    let images = cluster.load_images(&["infergate-sim", "infergate-epp"]);
+    let image = |name: &str| {
+        images
+            .iter()
+            .map(|(_, reference)| reference.clone())
+            .find(|r| r.contains(&format!("/{name}:")))
+            .unwrap()
+    };
+    let listener = infergate_e2e::free_port();
+    cluster.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: llm, namespace: default}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: llm}}}}
+  template:
+    metadata: {{labels: {{app: llm}}}}
+    spec:
+      containers:
+      - name: sim
+        image: {sim}
+        imagePullPolicy: Never
+        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)", --allow-health-toggle]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        readinessProbe:
+          httpGet: {{path: /health, port: 8000}}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: llm, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: llm}}}}
+  targetPorts: [{{number: 8000}}]
+  endpointPickerRef: {{name: llm-epp, port: {{number: 9002}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: llm-epp, namespace: default}}
+spec:
+  selector: {{app: llm-epp}}
+  ports: [{{name: grpc, port: 9002, targetPort: 9002}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: llm-epp, namespace: default}}
+---
+{role}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: llm-epp, namespace: default}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: infergate-endpoint-picker}}
+subjects: [{{kind: ServiceAccount, name: llm-epp, namespace: default}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: llm-epp, namespace: default}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: llm-epp}}}}
+  template:
+    metadata: {{labels: {{app: llm-epp}}}}
+    spec:
+      serviceAccountName: llm-epp
+      containers:
+      - name: picker
+        image: {picker}
+        imagePullPolicy: Never
+        args: [--pool-name, llm, --pool-namespace, default]
+---
+{class}
+---
+{gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: llm-route, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v1}}}}]
+    backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: llm}}]
+"#,
+        sim = image("infergate-sim"),
+        picker = image("infergate-epp"),
+        role = picker_role("default"),
+        class = infergate_e2e::kube::CLASS,
+        gateway = infergate_e2e::kube::gateway(listener),
+    ));
+    for deployment in ["llm", "llm-epp"] {
+        cluster.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            "default",
+            &format!("deployment/{deployment}"),
+            "--timeout=120s",
+        ]);
+    }
+    let work = infergate_e2e::TempDir::new("real-cluster");
+    let controller = infergate_e2e::kube::Controller::start_in(
+        &work.0,
+        "real",
+        &cluster.kubeconfig,
+        &["--enable-inference-extension"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(|r| r.status == 200)),
+        "no completion through the Gateway; controller log:\n{}\n{}",
+        controller.log_text(),
+        cluster.diagnose("default")
+    );
+
+    // Steady traffic from two threads; every request must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match complete(listener, "/v1/completions", &[]) {
+                        Some(r) if r.status == 200 => served
+                            .lock()
+                            .unwrap()
+                            .push(r.header("x-served-by").unwrap_or_default().to_string()),
+                        other => {
+                            eprintln!("failed request: {other:?}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let seen_since = |mark: usize| -> BTreeSet<String> {
+        served.lock().unwrap()[mark..].iter().cloned().collect()
+    };
+    let pods: BTreeSet<String> = cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            "app=llm",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || seen_since(0) == pods),
+        "not every Pod of the pool got traffic: {:?} of {pods:?}",
+        seen_since(0)
+    );
+
+    // One Pod starts failing its readiness probe: the kubelet marks it not
+    // ready, the controller and the picker take it out; it keeps answering
+    // what is already on its way.
+    let victim = pods.iter().next().unwrap().clone();
+    let victim_ip = cluster.get("pod", "default", &victim, "{.status.podIP}");
+    let address: SocketAddr = format!("{victim_ip}:8000").parse().unwrap();
+    let toggled = http_request(address, "POST", "/admin/health/fail");
+    assert_eq!(
+        toggled.map(|(s, _)| s),
+        Some(200),
+        "the simulator did not take the toggle"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || cluster.get(
+            "pod",
+            "default",
+            &victim,
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ) == "False"),
+        "the kubelet never marked {victim} not ready"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let mark = served.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let since = seen_since(mark);
+    assert!(
+        !since.contains(&victim),
+        "{victim} still served after it stopped being ready"
+    );
+    assert_eq!(since.len(), 2, "the other Pods serve: {since:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed while a Pod was drained ({} succeeded)",
+        served.lock().unwrap().len()
     );
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// (method, path, who served it), as the echo servers of the upstream
     /// conformance suite do.
     pub echo_other_paths: bool,
+    /// Accept `POST /admin/health/fail` and `POST /admin/health/ok`, which
+    /// make `/health` answer 503 or 200: a test's way to fail a readiness
+    /// probe. Off by default, so that no client can take a server out.
+    pub health_toggle: bool,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             kv_cache_tokens: 16 * 1024,
             default_max_tokens: 16,
             echo_other_paths: false,
+            health_toggle: false,
         }
     }
 }
@@ -83,6 +88,8 @@ struct Sim {
     slots: Semaphore,
     load: Mutex<Load>,
     ids: AtomicU64,
+    /// `/health` answers 503 (see [`Config::health_toggle`]).
+    unhealthy: std::sync::atomic::AtomicBool,
 }
 
 /// A running simulator; it stops when dropped.
@@ -117,6 +124,7 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
         address,
         load: Mutex::new(Load::default()),
         ids: AtomicU64::new(0),
+        unhealthy: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let limits = infergate_serving::Limits {
@@ -158,7 +166,23 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>,
     let version = format!("{:?}", req.version());
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => text(StatusCode::OK, sim.metrics()),
-        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/health") => {
+            if sim.unhealthy.load(std::sync::atomic::Ordering::Relaxed) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "failing on request\n".into(),
+                )
+            } else {
+                text(StatusCode::OK, "ok\n".into())
+            }
+        }
+        (&Method::POST, "/admin/health/fail" | "/admin/health/ok") if sim.config.health_toggle => {
+            sim.unhealthy.store(
+                path == "/admin/health/fail",
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            text(StatusCode::OK, "ok\n".into())
+        }
         (&Method::GET, "/v1/models") => sim.models(),
         (&Method::POST, "/v1/completions") => sim.clone().generate(req, Api::Completions).await,
         (&Method::POST, "/v1/chat/completions") => sim.clone().generate(req, Api::Chat).await,

@@ -42,6 +42,10 @@ struct Args {
     /// echo servers of the upstream conformance suite.
     #[arg(long)]
     echo_other_paths: bool,
+    /// Accept POST /admin/health/fail and /admin/health/ok, which make /health answer 503 or 200
+    /// (for tests that fail a readiness probe). Off by default: no client can take the server out.
+    #[arg(long)]
+    allow_health_toggle: bool,
     /// Log lines as text or as JSON objects (one per line). RUST_LOG filters them (default: info).
     #[arg(long, env = "INFERGATE_LOG_FORMAT", default_value = "text")]
     log_format: infergate_serving::telemetry::LogFormat,
@@ -61,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         kv_cache_tokens: args.kv_cache_tokens,
         default_max_tokens: args.default_max_tokens,
         echo_other_paths: args.echo_other_paths,
+        health_toggle: args.allow_health_toggle,
     };
     let handle = infergate_sim::start(args.bind, config).await?;
     tracing::info!(name = %args.name, address = %handle.address, "model server simulator listening");
