@@ -204,7 +204,7 @@ fn a_broken_file_leaves_routing_as_it_was_and_the_error_names_file_and_field() {
 fn envoy_pid(work: &std::path::Path) -> Option<u32> {
     let output = std::process::Command::new("pgrep")
         .arg("-f")
-        .arg(work.join("default_gw.bootstrap.yaml"))
+        .arg(work.join("default_gw.bootstrap.pb"))
         .output()
         .ok()?;
     String::from_utf8_lossy(&output.stdout)

@@ -24,18 +24,28 @@ pub const ENVOY_FLAGS: [&str; 4] = [
     "warn",
 ];
 
-/// An Envoy bootstrap (YAML) that takes everything from ADS at `xds`, made
-/// by the encoder (`infergate_xds::encode::bootstrap`). Its runtime raises
-/// RE2's program-size limit to what the translation's regex check allows
-/// for (`infergate_translate::validate`).
-pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
-    let bootstrap = infergate_xds::encode::bootstrap(&infergate_xds::encode::BootstrapSettings {
+/// The Envoy bootstrap that takes everything from ADS at `xds`, made by the
+/// encoder (`infergate_xds::encode::bootstrap`). Its runtime raises RE2's
+/// program-size limit to what the translation's regex check allows for
+/// (`infergate_translate::validate`).
+pub fn bootstrap_message(
+    node: &str,
+    xds: SocketAddr,
+    admin_port: u16,
+) -> envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap {
+    infergate_xds::encode::bootstrap(&infergate_xds::encode::BootstrapSettings {
         node: node.to_string(),
         xds,
         admin_port,
         re2_max_program_size: infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
-    });
-    let json = infergate_xds::json::bootstrap_to_json(bootstrap)
+    })
+}
+
+/// [`bootstrap_message`] as YAML, for people (`infergate bootstrap`). It is
+/// printed through the bundled Envoy descriptors, which take tens of MiB
+/// once loaded: the controller's own Envoys get the binary form instead.
+pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
+    let json = infergate_xds::json::bootstrap_to_json(bootstrap_message(node, xds, admin_port))
         .expect("the bundled descriptors describe the bootstrap");
     serde_yaml_ng::to_string(&json).expect("JSON values are YAML")
 }
@@ -108,8 +118,10 @@ impl Fleet {
                 continue;
             }
             let file_name = node.replace('/', "_");
-            let bootstrap_path = self.work_dir.join(format!("{file_name}.bootstrap.yaml"));
-            if let Err(e) = std::fs::write(&bootstrap_path, bootstrap(node, self.xds, 0)) {
+            // Binary protobuf (Envoy reads `.pb` as such): no descriptors needed.
+            let bootstrap_path = self.work_dir.join(format!("{file_name}.bootstrap.pb"));
+            let bytes = prost::Message::encode_to_vec(&bootstrap_message(node, self.xds, 0));
+            if let Err(e) = std::fs::write(&bootstrap_path, bytes) {
                 tracing::error!(node = %node, "cannot write the Envoy bootstrap {}: {e}", bootstrap_path.display());
                 continue;
             }
