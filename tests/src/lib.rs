@@ -589,3 +589,72 @@ pub fn route_conditions(status_file: &Path, route: &str) -> Vec<[String; 4]> {
         })
         .collect()
 }
+
+/// Completions sent through a Gateway listener from `clients` threads,
+/// back to back, until [`SteadyTraffic::finish`]: which server (`x-served-by`)
+/// answered each, and how many requests failed.
+pub struct SteadyTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    served: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SteadyTraffic {
+    pub fn start(listener: u16, clients: usize) -> SteadyTraffic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let served: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match complete(listener, "/v1/completions", &[]) {
+                            Some(r) if r.status == 200 => served
+                                .lock()
+                                .unwrap()
+                                .push(r.header("x-served-by").unwrap_or_default().to_string()),
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        SteadyTraffic {
+            stop,
+            failures,
+            served,
+            clients,
+        }
+    }
+
+    /// How many requests have succeeded so far: a mark for [`Self::served_since`].
+    pub fn mark(&self) -> usize {
+        self.served.lock().unwrap().len()
+    }
+
+    /// The servers that answered since `mark`.
+    pub fn served_since(&self, mark: usize) -> std::collections::BTreeSet<String> {
+        self.served.lock().unwrap()[mark..]
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Stop the clients: (requests that succeeded, requests that failed).
+    pub fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+        (
+            self.served.lock().unwrap().len(),
+            self.failures.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}

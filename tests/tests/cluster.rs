@@ -5,12 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use infergate_e2e::cluster::{RealCluster, can_run, http_get, http_request};
-use infergate_e2e::{complete, wait_until};
+use infergate_e2e::{SteadyTraffic, complete, wait_until};
 
 /// The tests share the test cluster's index: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -432,31 +431,7 @@ spec:
     );
 
     // Steady traffic from two threads; every request must succeed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let served: Arc<Mutex<Vec<String>>> = Arc::default();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match complete(listener, "/v1/completions", &[]) {
-                        Some(r) if r.status == 200 => served
-                            .lock()
-                            .unwrap()
-                            .push(r.header("x-served-by").unwrap_or_default().to_string()),
-                        other => {
-                            eprintln!("failed request: {other:?}");
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let seen_since = |mark: usize| -> BTreeSet<String> {
-        served.lock().unwrap()[mark..].iter().cloned().collect()
-    };
+    let traffic = SteadyTraffic::start(listener, 2);
     let pods: BTreeSet<String> = cluster
         .kubectl(&[
             "get",
@@ -472,9 +447,9 @@ spec:
         .map(str::to_string)
         .collect();
     assert!(
-        wait_until(Duration::from_secs(30), || seen_since(0) == pods),
+        wait_until(Duration::from_secs(30), || traffic.served_since(0) == pods),
         "not every Pod of the pool got traffic: {:?} of {pods:?}",
-        seen_since(0)
+        traffic.served_since(0)
     );
 
     // One Pod starts failing its readiness probe: the kubelet marks it not
@@ -499,23 +474,18 @@ spec:
         "the kubelet never marked {victim} not ready"
     );
     std::thread::sleep(Duration::from_secs(3));
-    let mark = served.lock().unwrap().len();
+    let mark = traffic.mark();
     std::thread::sleep(Duration::from_secs(3));
-    let since = seen_since(mark);
+    let since = traffic.served_since(mark);
     assert!(
         !since.contains(&victim),
         "{victim} still served after it stopped being ready"
     );
     assert_eq!(since.len(), 2, "the other Pods serve: {since:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    let (succeeded, failed) = traffic.finish();
     assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed while a Pod was drained ({} succeeded)",
-        served.lock().unwrap().len()
+        failed, 0,
+        "requests failed while a Pod was drained ({succeeded} succeeded)"
     );
 }

@@ -10,7 +10,7 @@ use infergate_e2e::kube::{
     CLASS, Cluster, Controller, gateway, grant_printed_rbac, host_ip, parent_condition, picker,
     service_route, wait_for_object,
 };
-use infergate_e2e::{NamedServer, complete, free_port, get, sim, wait_until};
+use infergate_e2e::{NamedServer, SteadyTraffic, complete, free_port, get, sim, wait_until};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -110,34 +110,12 @@ async fn pool_endpoints_follow_pod_readiness_without_failing_requests() {
     );
 
     // Steady traffic from two threads while Pods change; every request must succeed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let served: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match complete(listener, "/v1/completions", &[]) {
-                        Some(r) if r.status == 200 => served
-                            .lock()
-                            .unwrap()
-                            .push(r.header("x-served-by").unwrap_or_default().to_string()),
-                        other => {
-                            eprintln!("failed request: {other:?}");
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let seen_since =
-        |mark: usize, name: &str| served.lock().unwrap()[mark..].iter().any(|s| s == name);
+    let traffic = SteadyTraffic::start(listener, 2);
+    let seen_since = |mark: usize, name: &str| traffic.served_since(mark).contains(name);
 
     // Scale up: pod-3 becomes ready and gets traffic.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mark = served.lock().unwrap().len();
+    let mark = traffic.mark();
     assert!(!seen_since(0, "pod-3"), "pod-3 served before it was ready");
     cluster
         .set_pod_ready("default", "pod-3", "127.0.0.23", true)
@@ -151,21 +129,16 @@ async fn pool_endpoints_follow_pod_readiness_without_failing_requests() {
         .set_pod_ready("default", "pod-1", "127.0.0.21", false)
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mark = served.lock().unwrap().len();
+    let mark = traffic.mark();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !seen_since(mark, "pod-1"),
         "pod-1 still served after it stopped being ready"
     );
     assert!(seen_since(mark, "pod-2") && seen_since(mark, "pod-3"));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let total = served.lock().unwrap().len();
+    let (total, failed) = traffic.finish();
     assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
+        failed, 0,
         "requests failed while Pods changed ({total} succeeded)"
     );
     drop(sims);
