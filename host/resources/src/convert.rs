@@ -349,11 +349,15 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
         if ips.is_empty() {
             ips.extend(status.pod_ip.clone());
         }
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        // A terminating Pod takes no new requests, as EndpointSlices mark its
+        // endpoints not ready: its Ready condition stays true until its
+        // containers stop, which is too late for a drain.
+        let ready = pod.metadata.deletion_timestamp.is_none()
+            && status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
         s.pods.push(m::Pod {
             meta: meta(&pod.metadata, true),
             labels: labels(pod.metadata.labels.as_ref()),

@@ -361,6 +361,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_terminating_pod_is_not_ready_although_its_ready_condition_still_says_so() {
+        let pod = |name: &str, deleting: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: llm}}{deleting}}}\n\
+                 status: {{podIP: 198.18.0.9, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+            )
+        };
+        let mut resources = Resources::default();
+        let text = format!(
+            "{}---\n{}",
+            pod("serving", ""),
+            pod("leaving", ", deletionTimestamp: \"2026-11-30T00:00:00Z\"")
+        );
+        resources.add_yaml("pods.yaml", &text).unwrap();
+        let snapshot = resources
+            .to_snapshot(Settings {
+                controller_name: "c".into(),
+                inference_extension: true,
+                default_address: "127.0.0.1".into(),
+            })
+            .unwrap();
+        let ready: Vec<(&str, bool)> = snapshot
+            .pods
+            .iter()
+            .map(|p| (p.meta.name.as_str(), p.ready))
+            .collect();
+        assert_eq!(ready, [("serving", true), ("leaving", false)]);
+    }
+
     fn slice(address_type: &str, addresses: &str) -> String {
         format!(
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, labels: {{kubernetes.io/service-name: web}}}}\naddressType: {address_type}\nendpoints: [{{addresses: {addresses}}}]\n"
