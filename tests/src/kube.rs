@@ -1,8 +1,11 @@
-//! A real Kubernetes control plane for tests: etcd and kube-apiserver on
-//! loopback (built by scripts/kube-tools.sh), TLS with a CA made here, static
-//! tokens for an admin, the controller and the picker. No kubelet and no
-//! controller-manager: tests create Pods and EndpointSlices themselves and
-//! set Pod status the way a kubelet would.
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver
+//! (built by scripts/kube-tools.sh) in a network namespace of the test's own
+//! (`crate::netns`), TLS with a CA made here, static tokens for an admin, the
+//! controller and the picker. No kubelet and no controller-manager: tests
+//! create Pods and EndpointSlices themselves and set Pod status the way a
+//! kubelet would. Servers behind Services, pickers and simulated Pods run in
+//! the same namespace, each Pod on an address of its own; the controller and
+//! its Envoys run on this machine and reach them through the veth pair.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +16,8 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::discovery::Discovery;
 use serde_json::json;
 
-use crate::{Process, TempDir, free_port};
+use crate::netns::Netns;
+use crate::{NamedServer, Process, TempDir, free_port};
 
 /// Where scripts/kube-tools.sh put kube-apiserver and etcd.
 pub fn tools_dir() -> PathBuf {
@@ -48,20 +52,6 @@ pub fn crds_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")
 }
 
-/// This machine's first non-loopback IPv4 address. EndpointSlices may not
-/// hold loopback addresses, so servers behind Services listen here.
-pub fn host_ip() -> String {
-    let out = std::process::Command::new("hostname")
-        .arg("-I")
-        .output()
-        .expect("running hostname -I");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
-        .unwrap_or_else(|| panic!("this machine has no non-loopback IPv4 address (hostname -I); EndpointSlices need one"))
-        .to_string()
-}
-
 /// Users of the test cluster, each with its own kubeconfig.
 pub const ADMIN: &str = "admin";
 pub const CONTROLLER: &str = "infergate-controller";
@@ -74,6 +64,8 @@ pub struct Cluster {
     apiserver_args: Vec<String>,
     pub port: u16,
     ca_pem: String,
+    /// Where the control plane, pickers and simulated Pods run.
+    pub netns: Netns,
 }
 
 impl Cluster {
@@ -82,6 +74,8 @@ impl Cluster {
     /// (`with_pool_crd: false` leaves out the InferencePool CRD).
     pub async fn start(tag: &str, with_pool_crd: bool) -> Cluster {
         let tools = tools_dir();
+        let netns = Netns::create();
+        let ip = netns.ip();
         let dir = TempDir::new(&format!("kube-{tag}"));
         let root = dir.0.clone();
 
@@ -102,7 +96,7 @@ impl Cluster {
         .expect("serving params");
         serving_params
             .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            .push(rcgen::SanType::IpAddress(ip.parse().unwrap()));
         let serving = serving_params
             .signed_by(&serving_key, &ca_issuer)
             .expect("serving certificate");
@@ -126,15 +120,16 @@ impl Cluster {
 
         let etcd_port = free_port();
         let peer_port = free_port();
-        let etcd = Process::start(
+        let etcd = Process::start_in(
+            Some(&netns),
             &tools.join("etcd"),
             &[
                 "--data-dir".into(),
                 root.join("etcd").display().to_string(),
                 "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{etcd_port}"),
+                format!("http://{ip}:{etcd_port}"),
                 "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{etcd_port}"),
+                format!("http://{ip}:{etcd_port}"),
                 "--listen-peer-urls".into(),
                 format!("http://127.0.0.1:{peer_port}"),
                 "--initial-advertise-peer-urls".into(),
@@ -147,7 +142,7 @@ impl Cluster {
             root.join("etcd.log"),
         );
         assert!(
-            crate::wait_for_listener(&format!("127.0.0.1:{etcd_port}")),
+            crate::wait_for_listener(&format!("{ip}:{etcd_port}")),
             "etcd did not start; see {}",
             root.join("etcd.log").display()
         );
@@ -155,8 +150,8 @@ impl Cluster {
         let port = free_port();
         let path = |name: &str| root.join(name).display().to_string();
         let apiserver_args: Vec<String> = vec![
-            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
+            format!("--etcd-servers=http://{ip}:{etcd_port}"),
+            format!("--bind-address={ip}"),
             format!("--secure-port={port}"),
             format!("--tls-cert-file={}", path("apiserver.crt")),
             format!("--tls-private-key-file={}", path("apiserver.key")),
@@ -180,6 +175,7 @@ impl Cluster {
             apiserver_args,
             port,
             ca_pem: ca.pem(),
+            netns,
         };
         for user in [ADMIN, CONTROLLER, PICKER] {
             cluster.write_kubeconfig(user);
@@ -201,13 +197,40 @@ impl Cluster {
     fn write_kubeconfig(&self, user: &str) {
         use base64_encode as b64;
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{}:{}\n    certificate-authority-data: {}\n\
              users:\n- name: {user}\n  user:\n    token: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\ncurrent-context: test\n",
+            self.netns.ip(),
             self.port,
             b64(self.ca_pem.as_bytes()),
             Self::token(user),
         );
         std::fs::write(self.kubeconfig(user), text).expect("writing a kubeconfig");
+    }
+
+    /// The namespace's first address: servers behind Services and pickers
+    /// listen there (on ports of their own).
+    pub fn ip(&self) -> String {
+        self.netns.ip()
+    }
+
+    /// Another address in the namespace (3..=254; 2 is [`Cluster::ip`]), for
+    /// a simulated Pod of its own.
+    pub fn pod_address(&self, n: u8) -> String {
+        assert!(
+            n >= 3,
+            "address .{n} is the namespace's first address or not a host"
+        );
+        self.netns.address(n)
+    }
+
+    /// A [`NamedServer`] on [`Cluster::ip`].
+    pub fn named_server(&self, name: &str) -> NamedServer {
+        NamedServer::start_in(&self.netns, &self.ip(), name)
+    }
+
+    /// `infergate-sim` on `address` (ip:port) in the namespace.
+    pub fn sim(&self, address: &str, name: &str, extra: &[&str]) -> Process {
+        crate::sim_in(Some(&self.netns), address, name, &self.dir.0, extra)
     }
 
     /// The kubeconfig of a test user.
@@ -232,7 +255,8 @@ impl Cluster {
                 .unwrap()
                 .as_millis()
         ));
-        self.apiserver = Some(Process::start(
+        self.apiserver = Some(Process::start_in(
+            Some(&self.netns),
             &tools_dir().join("kube-apiserver"),
             &self.apiserver_args,
             log.clone(),
@@ -735,7 +759,11 @@ impl Drop for Controller {
     /// no Envoy it started outlives the test, even after a crash().
     fn drop(&mut self) {
         let pid = self.process.child.id().to_string();
-        let _ = std::process::Command::new("kill").arg(&pid).status();
+        // After crash() the process is gone already: nothing to say.
+        let _ = std::process::Command::new("kill")
+            .arg(&pid)
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = crate::wait_until(Duration::from_secs(5), || {
             matches!(self.process.child.try_wait(), Ok(Some(_)))
         });
@@ -950,16 +978,16 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// `infergate-epp` as the picker user, discovering `namespace/pool` from the
-/// cluster, TLS (self-signed), listening on `ip:port`; steered by the test
-/// header when `test_steering`.
+/// cluster, TLS (self-signed), listening on `port` of [`Cluster::ip`] in the
+/// cluster's namespace; steered by the test header when `test_steering`.
 pub fn picker(
     cluster: &Cluster,
     namespace: &str,
     pool: &str,
-    ip: &str,
     port: u16,
     test_steering: bool,
 ) -> Process {
+    let ip = cluster.ip();
     let mut args: Vec<String> = [
         "--kubeconfig",
         &cluster.kubeconfig(PICKER).display().to_string(),
@@ -968,7 +996,7 @@ pub fn picker(
         "--pool-name",
         pool,
         "--bind-address",
-        ip,
+        &ip,
         "--grpc-port",
         &port.to_string(),
         "--grpc-health-port",
@@ -982,7 +1010,8 @@ pub fn picker(
     if test_steering {
         args.push("--test-header-steering".into());
     }
-    let process = Process::start(
+    let process = Process::start_in(
+        Some(&cluster.netns),
         &crate::workspace_binary("infergate-epp"),
         &args,
         cluster.dir.0.join(format!("epp-{namespace}-{pool}.log")),

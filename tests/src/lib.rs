@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kube;
+pub mod netns;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,16 @@ impl NamedServer {
 
     /// On `ip` (any free port).
     pub fn start_on(ip: &str, name: &str) -> Self {
-        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind");
+        Self::serve(std::net::TcpListener::bind((ip, 0)).expect("bind"), name)
+    }
+
+    /// On `ip` inside `netns` (any free port).
+    pub fn start_in(netns: &netns::Netns, ip: &str, name: &str) -> Self {
+        let address = SocketAddr::new(ip.parse().expect("an IP address"), 0);
+        Self::serve(netns.bind(address), name)
+    }
+
+    fn serve(listener: std::net::TcpListener, name: &str) -> Self {
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -333,7 +343,21 @@ pub struct Process {
 
 impl Process {
     pub fn start(binary: &Path, args: &[String], log: PathBuf) -> Self {
-        let child = Command::new(binary)
+        Self::start_in(None, binary, args, log)
+    }
+
+    /// `binary` inside `netns` when given (it keeps its PID: nsenter execs it).
+    pub fn start_in(
+        netns: Option<&netns::Netns>,
+        binary: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> Self {
+        let mut command = match netns {
+            Some(netns) => netns.command(binary),
+            None => Command::new(binary),
+        };
+        let child = command
             .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -364,6 +388,17 @@ pub fn wait_for_listener(address: &str) -> bool {
 
 /// `infergate-sim` on `address` (ip:port) named `name`.
 pub fn sim(address: &str, name: &str, work: &Path, extra: &[&str]) -> Process {
+    sim_in(None, address, name, work, extra)
+}
+
+/// `infergate-sim` on `address` inside `netns` when given.
+pub fn sim_in(
+    netns: Option<&netns::Netns>,
+    address: &str,
+    name: &str,
+    work: &Path,
+    extra: &[&str],
+) -> Process {
     let mut args = vec![
         "--bind".to_string(),
         address.to_string(),
@@ -377,7 +412,8 @@ pub fn sim(address: &str, name: &str, work: &Path, extra: &[&str]) -> Process {
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let process = Process::start(
+    let process = Process::start_in(
+        netns,
         &workspace_binary("infergate-sim"),
         &args,
         work.join(format!("sim-{name}.log")),

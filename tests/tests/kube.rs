@@ -4,19 +4,19 @@
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    CLASS, CONTROLLER, Cluster, Controller, SlowStatusProxy, gateway, grant_printed_rbac, host_ip,
+    CLASS, CONTROLLER, Cluster, Controller, SlowStatusProxy, gateway, grant_printed_rbac,
     parent_condition, service_route, wait_for_object,
 };
-use infergate_e2e::{NamedServer, get, wait_until};
+use infergate_e2e::{get, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_status_from_the_api_server() {
     let cluster = Cluster::start("basic", true).await;
     grant_printed_rbac(&cluster, "default", false).await;
     let listener_port = infergate_e2e::free_port();
-    let ip = host_ip();
-    let a = NamedServer::start_on(&ip, "a");
-    let b = NamedServer::start_on(&ip, "b");
+    let ip = cluster.ip();
+    let a = cluster.named_server("a");
+    let b = cluster.named_server("b");
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;
     cluster.route_to_endpoint("svc-a", "/a", &ip, a.port).await;
@@ -130,8 +130,8 @@ where
 async fn a_rejected_component_is_an_event_on_our_gateway_class() {
     let cluster = Cluster::start("component", true).await;
     grant_printed_rbac(&cluster, "default", false).await;
-    let ip = host_ip();
-    let a = NamedServer::start_on(&ip, "a");
+    let ip = cluster.ip();
+    let a = cluster.named_server("a");
     let listener_port = infergate_e2e::free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;
@@ -186,9 +186,9 @@ async fn a_slow_api_server_delays_statuses_never_configuration() {
     let cluster = Cluster::start("slow-status", true).await;
     grant_printed_rbac(&cluster, "default", false).await;
     let proxy = SlowStatusProxy::start(&cluster, CONTROLLER, Duration::from_secs(60)).await;
-    let ip = host_ip();
-    let a = NamedServer::start_on(&ip, "a");
-    let b = NamedServer::start_on(&ip, "b");
+    let ip = cluster.ip();
+    let a = cluster.named_server("a");
+    let b = cluster.named_server("b");
     let listener_port = infergate_e2e::free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener_port)).await;

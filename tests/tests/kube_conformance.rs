@@ -6,20 +6,21 @@
 //! pools in the cluster (in the upstream conformance picker's test mode).
 //!
 //! No kubelet or controller-manager runs: this test plays them. For each
-//! model-server Deployment it creates ready Pods whose IPs are loopback
-//! addresses where simulators listen; for each picker Service an
-//! EndpointSlice pointing at a picker on this machine's address. The
-//! Gateways get spec.addresses (127.0.9.1 and .2) so that their two local
-//! Envoys can both listen on port 80.
+//! model-server Deployment it creates ready Pods, each on an address of its
+//! own in the cluster's network namespace where simulators listen; for each
+//! picker Service an EndpointSlice pointing at a picker in that namespace.
+//! The Gateways get spec.addresses (127.0.9.1 and .2) so that their two local
+//! Envoys can both listen on port 80. (The unmodified upstream suite runs on
+//! the real cluster: issue 18.)
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    Cluster, Controller, grant_printed_rbac, host_ip, manifests_dir, parent_condition, picker,
+    Cluster, Controller, grant_printed_rbac, manifests_dir, parent_condition, picker,
     wait_for_object,
 };
-use infergate_e2e::{Process, Response, free_port, request_at, sim, wait_until};
+use infergate_e2e::{Process, Response, free_port, request_at, wait_until};
 use kube::api::{Api, DeleteParams, DynamicObject};
 
 const APP: &str = "inference-conformance-app-backend";
@@ -28,17 +29,21 @@ const PRIMARY_GW: &str = "127.0.9.1";
 const SECONDARY_GW: &str = "127.0.9.2";
 const BODY: &str = r#"{"model":"conformance-fake-model","prompt":"Write as if you were a critic: San Francisco","max_tokens":3}"#;
 
-/// Model-server Deployments: (label app=, IP prefix, container ports).
-const MODEL_SERVERS: &[(&str, &str, &[u16])] = &[
-    ("primary-inference-model-server", "127.0.1", &[3000]),
-    ("secondary-inference-model-server", "127.0.2", &[3000]),
+/// Model-server Deployments: (label app=, number, container ports). Pod `i`
+/// (1..=3) of Deployment `n` has address `.<10 n + i>` in the namespace.
+const MODEL_SERVERS: &[(&str, u8, &[u16])] = &[
+    ("primary-inference-model-server", PRIMARY, &[3000]),
+    ("secondary-inference-model-server", SECONDARY, &[3000]),
+    ("appprotocol-inference-model-server", 3, &[3000, 3001]),
     (
-        "appprotocol-inference-model-server",
-        "127.0.3",
-        &[3000, 3001],
+        "dp-inference-model-server",
+        DATA_PARALLEL,
+        &[3000, 3002, 3004],
     ),
-    ("dp-inference-model-server", "127.0.4", &[3000, 3002, 3004]),
 ];
+const PRIMARY: u8 = 1;
+const SECONDARY: u8 = 2;
+const DATA_PARALLEL: u8 = 4;
 
 /// Picker Services and their pools.
 const PICKERS: &[(&str, &str)] = &[
@@ -104,7 +109,6 @@ fn served_by(r: &Option<Response>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_conformance_manifests() {
     let cluster = Cluster::start("conformance", true).await;
-    let work = cluster.dir.0.clone();
     cluster
         .apply_yaml(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: { name: infergate }\n\
@@ -119,14 +123,14 @@ async fn upstream_conformance_manifests() {
     // The kubelet's part: 3 ready Pods per model-server Deployment, each a
     // simulator per container port.
     let mut sims: Vec<Process> = Vec::new();
-    for (app, prefix, ports) in MODEL_SERVERS {
+    let pod = |deployment: u8, i: u8| cluster.pod_address(10 * deployment + i);
+    for (app, deployment, ports) in MODEL_SERVERS {
         for i in 1..=3 {
-            let ip = format!("{prefix}.{i}");
+            let ip = pod(*deployment, i);
             for port in *ports {
-                sims.push(sim(
+                sims.push(cluster.sim(
                     &format!("{ip}:{port}"),
                     &format!("{app}-{i}-{port}"),
-                    &work,
                     &["--echo-other-paths"],
                 ));
             }
@@ -136,11 +140,11 @@ async fn upstream_conformance_manifests() {
         }
     }
     // The pickers, and the EndpointSlices of their Services.
-    let ip = host_ip();
+    let ip = cluster.ip();
     let mut pickers: HashMap<&str, Process> = HashMap::new();
     for (service, pool) in PICKERS {
         let port = free_port();
-        pickers.insert(pool, picker(&cluster, APP, pool, &ip, port, true));
+        pickers.insert(pool, picker(&cluster, APP, pool, port, true));
         cluster
             .endpoint_slice(APP, service, &[ip.as_str()], port, Some("http2"))
             .await;
@@ -229,7 +233,7 @@ async fn upstream_conformance_manifests() {
 
     // Traffic. 9. GatewayFollowingEPPRouting: 100 requests at concurrency
     // 10, all on the picked pod; 13. the served endpoint is echoed.
-    let wanted = "127.0.1.2";
+    let wanted = pod(PRIMARY, 2);
     let diagnostics = || {
         format!(
             "{:?}\ncontroller log:\n{}\nEnvoy log:\n{}\npicker log:\n{}",
@@ -266,6 +270,7 @@ async fn upstream_conformance_manifests() {
     );
     let threads: Vec<_> = (0..10)
         .map(|_| {
+            let wanted = wanted.clone();
             std::thread::spawn(move || {
                 (0..10)
                     .map(|_| {
@@ -273,7 +278,7 @@ async fn upstream_conformance_manifests() {
                             PRIMARY_GW,
                             "primary.example.com",
                             "/primary-gateway-test",
-                            &[("test-epp-endpoint-selection", wanted)],
+                            &[("test-epp-endpoint-selection", &wanted)],
                         )
                     })
                     .collect::<Vec<_>>()
@@ -290,13 +295,14 @@ async fn upstream_conformance_manifests() {
         );
     }
     // 10. Data parallelism: the exact ip:port.
-    for target in ["127.0.4.3:3002", "127.0.4.1:3004", "127.0.4.2:3000"] {
+    for (i, port) in [(3, 3002), (1, 3004), (2, 3000)] {
+        let target = format!("{}:{port}", pod(DATA_PARALLEL, i));
         eventually_served(
             PRIMARY_GW,
             "primary.example.com",
             "/primary-gateway-dp-test",
-            target,
-            target,
+            &target,
+            &target,
         );
     }
     // 6. Port validation: unset, matching and other ports all route.
@@ -310,37 +316,38 @@ async fn upstream_conformance_manifests() {
             "port-matching.example.com" => "/test-port-matching",
             _ => "/test-port-non-matching",
         };
-        eventually_served(PRIMARY_GW, host, path, "127.0.1.1", "127.0.1.1:3000");
+        let target = pod(PRIMARY, 1);
+        eventually_served(PRIMARY_GW, host, path, &target, &format!("{target}:3000"));
     }
     // 7. Two Gateways, two pools.
     eventually_served(
         PRIMARY_GW,
         "primary.example.com",
         "/test-primary-gateway",
-        "127.0.1.3",
-        "127.0.1.3:3000",
+        &pod(PRIMARY, 3),
+        &format!("{}:3000", pod(PRIMARY, 3)),
     );
     eventually_served(
         SECONDARY_GW,
         "secondary.example.com",
         "/test-secondary-gateway",
-        "127.0.2.3",
-        "127.0.2.3:3000",
+        &pod(SECONDARY, 3),
+        &format!("{}:3000", pod(SECONDARY, 3)),
     );
     // 8. Two rules, two pools.
     eventually_served(
         PRIMARY_GW,
         "example.com",
         "/primary",
-        "127.0.1.1",
-        "127.0.1.1:3000",
+        &pod(PRIMARY, 1),
+        &format!("{}:3000", pod(PRIMARY, 1)),
     );
     eventually_served(
         PRIMARY_GW,
         "example.com",
         "/secondary",
-        "127.0.2.1",
-        "127.0.2.1:3000",
+        &pod(SECONDARY, 1),
+        &format!("{}:3000", pod(SECONDARY, 1)),
     );
     // 14. appProtocol: h2c to the pool on 3001, HTTP/1.1 to the http pool.
     for (host, path, port, protocol) in [
@@ -366,6 +373,7 @@ async fn upstream_conformance_manifests() {
         );
     }
     // 11. Weighted 70/30 across two pools, 200 requests.
+    let primary_pods: Vec<String> = (1..=3).map(|i| pod(PRIMARY, i)).collect();
     let mut primary = 0;
     for _ in 0..200 {
         let r = post(
@@ -376,7 +384,10 @@ async fn upstream_conformance_manifests() {
         );
         let endpoint = served_by(&r);
         assert!(!endpoint.is_empty(), "{r:?}");
-        if endpoint.starts_with("127.0.1.") {
+        if primary_pods
+            .iter()
+            .any(|ip| endpoint.starts_with(&format!("{ip}:")))
+        {
             primary += 1;
         }
     }
@@ -418,7 +429,11 @@ async fn upstream_conformance_manifests() {
             &[],
         );
         assert_eq!(r.as_ref().map(|r| r.status), Some(200), "{r:?}");
-        assert!(served_by(&r).starts_with("127.0.2."), "{r:?}");
+        let endpoint = served_by(&r);
+        assert!(
+            (1..=3).any(|i| endpoint.starts_with(&format!("{}:", pod(SECONDARY, i)))),
+            "{r:?}"
+        );
     }
 
     // 2 (continued): deleting the secondary Gateway's route removes that

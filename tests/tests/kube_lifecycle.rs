@@ -1,16 +1,17 @@
-//! Kubernetes mode over time, against a real kube-apiserver and etcd: Pods
-//! coming and going, routes deleted, the feature and the CRD switched, two
-//! replicas, the API server restarted.
+//! Kubernetes mode over time, against a real kube-apiserver and etcd: routes
+//! deleted, the feature and the CRD switched, two replicas, the API server
+//! restarted. Pods whose readiness changes under traffic run on the real
+//! cluster (tests/cluster.rs), with real readiness probes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use infergate_e2e::kube::{
-    CLASS, Cluster, Controller, gateway, grant_printed_rbac, host_ip, parent_condition, picker,
-    service_route, wait_for_object,
+    CLASS, Cluster, Controller, gateway, grant_printed_rbac, parent_condition, service_route,
+    wait_for_object,
 };
-use infergate_e2e::{NamedServer, SteadyTraffic, complete, free_port, get, sim, wait_until};
+use infergate_e2e::{complete, free_port, get, wait_until};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -52,96 +53,6 @@ spec:
 
 fn accepted(object: &serde_json::Value, parent: &str) -> bool {
     parent_condition(object, parent, "Accepted") == Some(("True".into(), "Accepted".into()))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pool_endpoints_follow_pod_readiness_without_failing_requests() {
-    let cluster = Cluster::start("scale", true).await;
-    grant_printed_rbac(&cluster, "default", true).await;
-    let work = cluster.dir.0.clone();
-    let listener = free_port();
-    let ip = host_ip();
-    let epp_port = free_port();
-    let sims: Vec<_> = (1..=3)
-        .map(|i| {
-            sim(
-                &format!("127.0.0.{}:8000", 20 + i),
-                &format!("pod-{i}"),
-                &work,
-                &[],
-            )
-        })
-        .collect();
-    cluster.apply_yaml(CLASS).await;
-    cluster.apply_yaml(&gateway(listener)).await;
-    cluster
-        .apply_yaml(&pool_and_route("llm", "/v1", true))
-        .await;
-    cluster
-        .endpoint_slice("default", "llm-epp", &[ip.as_str()], epp_port, None)
-        .await;
-    for i in 1..=3 {
-        cluster
-            .pod(
-                "default",
-                &format!("pod-{i}"),
-                &[("app", "llm")],
-                &format!("127.0.0.{}", 20 + i),
-                i != 3,
-            )
-            .await;
-    }
-    let _picker = picker(&cluster, "default", "llm", &ip, epp_port, false);
-    let controller = Controller::start(&cluster, "one", &["--enable-inference-extension"]);
-    let routes = cluster.routes("default").await;
-    wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
-        accepted(r, "gw")
-    })
-    .await;
-    assert!(
-        wait_until(Duration::from_secs(20), || complete(
-            listener,
-            "/v1/completions",
-            &[]
-        )
-        .is_some_and(|r| r.status == 200)),
-        "no completion through the pool; controller log:\n{}",
-        controller.log_text()
-    );
-
-    // Steady traffic from two threads while Pods change; every request must succeed.
-    let traffic = SteadyTraffic::start(listener, 2);
-    let seen_since = |mark: usize, name: &str| traffic.served_since(mark).contains(name);
-
-    // Scale up: pod-3 becomes ready and gets traffic.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mark = traffic.mark();
-    assert!(!seen_since(0, "pod-3"), "pod-3 served before it was ready");
-    cluster
-        .set_pod_ready("default", "pod-3", "127.0.0.23", true)
-        .await;
-    assert!(
-        wait_until(Duration::from_secs(20), || seen_since(mark, "pod-3")),
-        "pod-3 never got traffic after becoming ready"
-    );
-    // Scale down: pod-1 stops being ready; after a short settling time it gets nothing.
-    cluster
-        .set_pod_ready("default", "pod-1", "127.0.0.21", false)
-        .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mark = traffic.mark();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !seen_since(mark, "pod-1"),
-        "pod-1 still served after it stopped being ready"
-    );
-    assert!(seen_since(mark, "pod-2") && seen_since(mark, "pod-3"));
-    let (total, failed) = traffic.finish();
-    assert_eq!(
-        failed, 0,
-        "requests failed while Pods changed ({total} succeeded)"
-    );
-    drop(sims);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,10 +144,10 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
     let cluster = Cluster::start("crd-later", false).await;
     grant_printed_rbac(&cluster, "default", true).await;
     let listener = free_port();
-    let ip = host_ip();
-    let plain = NamedServer::start_on(&ip, "plain");
-    let work = cluster.dir.0.clone();
-    let _sim = sim("127.0.0.31:8000", "pool-pod", &work, &[]);
+    let ip = cluster.ip();
+    let plain = cluster.named_server("plain");
+    let pod_ip = cluster.pod_address(31);
+    let _sim = cluster.sim(&format!("{pod_ip}:8000"), "pool-pod", &[]);
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
     cluster
@@ -269,7 +180,7 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
         .apply_yaml(&pool_and_route("llm", "/v1", false))
         .await;
     cluster
-        .pod("default", "pool-pod", &[("app", "llm")], "127.0.0.31", true)
+        .pod("default", "pool-pod", &[("app", "llm")], &pod_ip, true)
         .await;
     let routes = cluster.routes("default").await;
     wait_for_object(&routes, "llm-route", Duration::from_secs(30), |r| {
@@ -342,8 +253,8 @@ async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
 async fn two_replicas_one_writer_and_a_handover() {
     let cluster = Cluster::start("leader", true).await;
     grant_printed_rbac(&cluster, "default", false).await;
-    let ip = host_ip();
-    let server = NamedServer::start_on(&ip, "backend");
+    let ip = cluster.ip();
+    let server = cluster.named_server("backend");
     let listener = free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
@@ -398,9 +309,9 @@ async fn two_replicas_one_writer_and_a_handover() {
 async fn api_server_restart_keeps_serving_and_watches_resume() {
     let mut cluster = Cluster::start("restart", true).await;
     grant_printed_rbac(&cluster, "default", false).await;
-    let ip = host_ip();
-    let a = NamedServer::start_on(&ip, "a");
-    let b = NamedServer::start_on(&ip, "b");
+    let ip = cluster.ip();
+    let a = cluster.named_server("a");
+    let b = cluster.named_server("b");
     let listener = free_port();
     cluster.apply_yaml(CLASS).await;
     cluster.apply_yaml(&gateway(listener)).await;
