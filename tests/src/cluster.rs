@@ -14,26 +14,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Whether this process may run a cluster (it needs root). When not, the
-/// caller prints why it skips.
-pub fn can_run() -> Result<(), String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        })
-        .unwrap_or_default();
-    if uid == "0" {
-        Ok(())
-    } else {
-        Err("a real cluster needs root (network namespaces, cgroups, containers)".into())
-    }
-}
-
 pub struct RealCluster {
     index: u32,
+    /// The host as it was before `up` (after cleaning up a crashed run).
+    before: HostState,
+    down: bool,
     pub kubeconfig: PathBuf,
     /// The node's address: the API server listens there on 6443.
     pub node_ip: String,
@@ -43,8 +28,10 @@ impl RealCluster {
     /// Bring up cluster `index` (1..99); panics with the script's output
     /// if it does not come up.
     pub fn up(index: u32) -> RealCluster {
+        crate::netns::require_root("a real cluster (namespaces, cgroups, containers)");
         // Left over from a crashed run: start clean.
         let _ = script(index, &["down"]);
+        let before = HostState::now();
         let (ok, output) = script(index, &["up"]);
         assert!(ok, "scripts/cluster.sh up failed:\n{output}");
         let (_, env) = script(index, &["env"]);
@@ -56,6 +43,8 @@ impl RealCluster {
         };
         RealCluster {
             index,
+            before,
+            down: false,
             kubeconfig: PathBuf::from(value("INFERGATE_CLUSTER_KUBECONFIG")),
             node_ip: value("INFERGATE_CLUSTER_NODE_IP"),
         }
@@ -202,8 +191,29 @@ impl RealCluster {
     }
 }
 
+impl RealCluster {
+    /// `scripts/cluster.sh down`, then check that the host is as it was
+    /// before `up`: links, addresses, routes, network namespaces, mounts,
+    /// iptables rules, cgroups and `ip_forward`.
+    pub fn down_and_check_host(mut self) {
+        self.down = true;
+        let (ok, output) = self.script(&["down"]);
+        assert!(ok, "scripts/cluster.sh down failed:\n{output}");
+        let after = HostState::now();
+        let changed = self.before.differences(&after);
+        assert!(
+            changed.is_empty(),
+            "scripts/cluster.sh down left the host changed:\n{}",
+            changed.join("\n")
+        );
+    }
+}
+
 impl Drop for RealCluster {
     fn drop(&mut self) {
+        if self.down {
+            return;
+        }
         let (ok, output) = self.script(&["down"]);
         if !ok {
             eprintln!("scripts/cluster.sh down failed:\n{output}");
@@ -250,4 +260,125 @@ pub fn http_request(address: SocketAddr, method: &str, path: &str) -> Option<(u1
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
     Some((status, body))
+}
+
+/// What a cluster changes on the host, each as a set of lines that do not
+/// depend on counters or timing.
+pub struct HostState(std::collections::BTreeMap<&'static str, std::collections::BTreeSet<String>>);
+
+impl HostState {
+    pub fn now() -> HostState {
+        let run = |program: &str, args: &[&str]| -> String {
+            Command::new(program)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_else(|e| format!("{program}: {e}"))
+        };
+        let lines = |text: String, keep: &dyn Fn(&str) -> Option<String>| {
+            text.lines().filter_map(keep).collect()
+        };
+        let mut state = std::collections::BTreeMap::new();
+        // "3: name@if2: <FLAGS> ..." -> "name"
+        state.insert(
+            "ip link",
+            lines(run("ip", &["-o", "link", "show"]), &|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            }),
+        );
+        state.insert(
+            "ip addr",
+            lines(run("ip", &["-o", "addr", "show"]), &|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() > 3).then(|| format!("{} {}", f[1], f[3]))
+            }),
+        );
+        state.insert(
+            "ip route",
+            lines(run("ip", &["route", "show", "table", "all"]), &|l| {
+                Some(l.to_string())
+            }),
+        );
+        state.insert(
+            "ip netns",
+            lines(run("ip", &["netns", "list"]), &|l| {
+                l.split_whitespace().next().map(str::to_string)
+            }),
+        );
+        // mountinfo: field 5 is the mount point, then the type after " - ".
+        state.insert(
+            "mounts",
+            lines(
+                std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                &|l| {
+                    let point = l.split_whitespace().nth(4)?;
+                    let kind = l.split(" - ").nth(1)?.split_whitespace().next()?;
+                    Some(format!("{point} {kind}"))
+                },
+            ),
+        );
+        for (key, program) in [
+            ("iptables", "iptables-save"),
+            ("ip6tables", "ip6tables-save"),
+        ] {
+            state.insert(
+                key,
+                lines(run(program, &[]), &|l| {
+                    if l.starts_with('#') {
+                        return None;
+                    }
+                    // ":CHAIN POLICY [packets:bytes]": counters differ by nature.
+                    Some(match l.rfind(" [") {
+                        Some(at) if l.starts_with(':') => l[..at].to_string(),
+                        _ => l.to_string(),
+                    })
+                }),
+            );
+        }
+        let mut cgroups = std::collections::BTreeSet::new();
+        // Two levels: each hierarchy and the groups at its top, where the
+        // cluster's root (/infergate-<index>) lives; deeper ones belong to
+        // whatever else runs on the machine meanwhile.
+        collect_dirs(Path::new("/sys/fs/cgroup"), 2, &mut cgroups);
+        state.insert("cgroups", cgroups);
+        state.insert(
+            "ip_forward",
+            std::iter::once(
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            )
+            .collect(),
+        );
+        HostState(state)
+    }
+
+    /// One line per difference: "<what>: +<added>" or "<what>: -<removed>".
+    pub fn differences(&self, after: &HostState) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, before) in &self.0 {
+            let now = after.0.get(key).cloned().unwrap_or_default();
+            out.extend(now.difference(before).map(|l| format!("{key}: +{l}")));
+            out.extend(before.difference(&now).map(|l| format!("{key}: -{l}")));
+        }
+        out
+    }
+}
+
+fn collect_dirs(dir: &Path, depth: u32, out: &mut std::collections::BTreeSet<String>) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.insert(entry.path().display().to_string());
+            collect_dirs(&entry.path(), depth - 1, out);
+        }
+    }
 }

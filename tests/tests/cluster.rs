@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use infergate_e2e::cluster::{RealCluster, can_run, http_get, http_request};
+use infergate_e2e::cluster::{HostState, RealCluster, http_get, http_request};
 use infergate_e2e::{SteadyTraffic, complete, wait_until};
 
-/// The tests share the test cluster's index: one at a time.
+/// The tests share the test cluster's index and compare the host before
+/// and after: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The picker's Role as `infergate rbac` prints it, for `namespace`.
@@ -148,10 +149,6 @@ fn pod_ips(cluster: &RealCluster) -> BTreeSet<String> {
 
 #[test]
 fn pods_services_and_the_picker_on_a_real_node() {
-    if let Err(why) = can_run() {
-        println!("SKIPPED pods_services_and_the_picker_on_a_real_node: {why}");
-        return;
-    }
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
     cluster.kubectl(&[
@@ -281,6 +278,7 @@ fn pods_services_and_the_picker_on_a_real_node() {
         pod_ips(&cluster),
         cluster.diagnose("demo")
     );
+    cluster.down_and_check_host();
 }
 
 /// The Gateway's Envoy (started by the controller on this machine) routes
@@ -289,10 +287,6 @@ fn pods_services_and_the_picker_on_a_real_node() {
 /// traffic stops getting requests, and no request fails.
 #[test]
 fn a_gateway_reaches_real_pods_through_the_picker_and_a_pod_failing_its_probe_is_drained() {
-    if let Err(why) = can_run() {
-        println!("SKIPPED a_gateway_reaches_real_pods_through_the_picker: {why}");
-        return;
-    }
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
     let crds = infergate_e2e::kube::crds_dir();
@@ -338,6 +332,10 @@ spec:
           httpGet: {{path: /health, port: 8000}}
           periodSeconds: 1
           failureThreshold: 1
+        # Deleted, the Pod keeps serving while the controller and the
+        # picker take it out (they see its deletionTimestamp at once).
+        lifecycle: {{preStop: {{sleep: {{seconds: 3}}}}}}
+      terminationGracePeriodSeconds: 10
 ---
 apiVersion: inference.networking.k8s.io/v1
 kind: InferencePool
@@ -483,9 +481,154 @@ spec:
     );
     assert_eq!(since.len(), 2, "the other Pods serve: {since:?}");
 
+    // It passes its probe again: back in the pool, it gets traffic again.
+    let healed = http_request(address, "POST", "/admin/health/ok");
+    assert_eq!(healed.map(|(s, _)| s), Some(200));
+    let mark = traffic.mark();
+    assert!(
+        wait_until(Duration::from_secs(20), || traffic
+            .served_since(mark)
+            .contains(&victim)),
+        "{victim} got no traffic after it was ready again"
+    );
+
+    // A Pod deleted under traffic: the Deployment replaces it, the
+    // replacement gets traffic, the deleted one none once it is gone.
+    let leaving = pods.iter().nth(1).unwrap().clone();
+    cluster.kubectl(&["delete", "pod", "-n", "default", &leaving, "--wait=false"]);
+    let current = || -> BTreeSet<String> {
+        cluster
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "default",
+                "-l",
+                "app=llm",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let now = current();
+            now.len() == 3 && !now.contains(&leaving)
+        }),
+        "{leaving} was not replaced: {:?}\n{}",
+        current(),
+        cluster.diagnose("default")
+    );
+    let replacement = current().difference(&pods).next().unwrap().clone();
+    let mark = traffic.mark();
+    assert!(
+        wait_until(Duration::from_secs(30), || traffic
+            .served_since(mark)
+            .contains(&replacement)),
+        "the replacement {replacement} got no traffic:\n{}",
+        cluster.diagnose("default")
+    );
+    assert!(!traffic.served_since(mark).contains(&leaving));
+
     let (succeeded, failed) = traffic.finish();
     assert_eq!(
         failed, 0,
-        "requests failed while a Pod was drained ({succeeded} succeeded)"
+        "requests failed while Pods were drained, healed and replaced ({succeeded} succeeded)"
     );
+
+    // The picker's Pod deleted: the pool fails closed until its Deployment
+    // has a new one, then serves again through it.
+    let picker_pod = cluster.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-l",
+        "app=llm-epp",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let started = std::time::Instant::now();
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "default",
+        &picker_pod,
+        "--wait=false",
+    ]);
+    let new_picker = || {
+        cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "default",
+            "-l",
+            "app=llm-epp",
+            "-o",
+            "jsonpath={.items[?(@.status.phase==\"Running\")].metadata.name}",
+        ])
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let now = new_picker();
+            !now.is_empty() && !now.contains(&picker_pod)
+        }),
+        "no new picker Pod:\n{}",
+        cluster.diagnose("default")
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(|r| r.status == 200)),
+        "no completion through the new picker; controller log:\n{}\n{}",
+        controller.log_text(),
+        cluster.diagnose("default")
+    );
+    println!(
+        "the pool served again {:.1} s after its picker's Pod was deleted",
+        started.elapsed().as_secs_f64()
+    );
+    drop(controller);
+    cluster.down_and_check_host();
+}
+
+/// The check that `down` leaves the host as it found it can fail: a link
+/// added meanwhile is reported.
+#[test]
+fn the_host_check_sees_a_change() {
+    infergate_e2e::netns::require_root("adding a link");
+    // Not while a cluster test compares the host before and after.
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = HostState::now();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        "igtcheck",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "igtcheck2",
+    ]);
+    let during = HostState::now();
+    run(&["link", "del", "igtcheck"]);
+    let changed = before.differences(&during);
+    assert!(
+        changed.iter().any(|c| c == "ip link: +igtcheck"),
+        "{changed:?}"
+    );
+    assert_eq!(before.differences(&HostState::now()), Vec::<String>::new());
 }
