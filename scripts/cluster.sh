@@ -218,19 +218,29 @@ start() { # name command...
   echo $! >"$DIR/run/$name.pid"
 }
 
-stop() { # name
-  local pidfile="$DIR/run/$1.pid" pid
-  [ -f "$pidfile" ] || return 0
-  pid="$(cat "$pidfile")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
+stop() { # name...: SIGTERM to all at once, up to 5 s to exit, then SIGKILL
+  local name pidfile pids=() pid
+  for name in "$@"; do
+    pidfile="$DIR/run/$name.pid"
+    [ -f "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$pidfile"
+  done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
     done
+    [ "$alive" = 0 ] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
     kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
+  done
 }
 
 wait_for() { # seconds what command...
@@ -416,9 +426,7 @@ down() {
     timeout 20 "$(kube_bin)/kubectl" --kubeconfig "$DIR/admin.kubeconfig" delete pods --all -A \
       --grace-period=1 --wait=true >/dev/null 2>&1 || true
   fi
-  for p in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
-    stop "$p"
-  done
+  stop kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver
   # Containers the kubelet left: their shims, then containerd.
   if [ -S "$DIR/run/containerd.sock" ]; then
     for task in $(ctr --address "$DIR/run/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
