@@ -10,7 +10,7 @@
 #   scripts/kube-tools.sh          # build (or find) the binaries
 #   scripts/kube-tools.sh --node   # also the node's: kubelet, kube-controller-manager,
 #                                  # kube-scheduler, kube-proxy, kubectl (scripts/cluster.sh),
-#                                  # and crane (to check images)
+#                                  # crane (to check images) and helm (the chart's tests)
 #   scripts/kube-tools.sh --print  # print the directory that holds them
 set -euo pipefail
 
@@ -35,11 +35,13 @@ NODE=false
 NODE_BINARIES="kubelet kube-controller-manager kube-scheduler kube-proxy kubectl"
 # crane checks the images (cargo xtask images) as a registry client reads them.
 CRANE_VERSION=v0.22.1
+# helm lints, renders and installs charts/infergate.
+HELM_VERSION=v4.3.1
 
 have_all() {
   for b in kube-apiserver etcd; do [ -x "$OUT/$b" ] || return 1; done
   if $NODE; then
-    for b in $NODE_BINARIES crane; do [ -x "$OUT/$b" ] || return 1; done
+    for b in $NODE_BINARIES crane helm; do [ -x "$OUT/$b" ] || return 1; done
   fi
   return 0
 }
@@ -132,6 +134,21 @@ if $NODE && [ ! -x "$OUT/crane" ]; then
   )
 fi
 
+if $NODE && [ ! -x "$OUT/helm" ]; then
+  echo "kube-tools: building helm $HELM_VERSION (a few minutes, once per machine)" >&2
+  mkdir "$work/helm"
+  (
+    cd "$work/helm"
+    go mod init infergate.dev/helm-tools >/dev/null 2>&1
+    go get "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >/dev/null 2>&1 ||
+      go get "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+    CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+      -o "$OUT/helm.tmp" helm.sh/helm/v4/cmd/helm
+    mv "$OUT/helm.tmp" "$OUT/helm"
+  )
+fi
+
 if [ ! -x "$OUT/etcd" ]; then
   echo "kube-tools: building etcd $ETCD_VERSION" >&2
   mkdir "$work/etcd"
@@ -150,4 +167,5 @@ fi
 if $NODE; then
   "$OUT/kubelet" --version >/dev/null || { echo "kube-tools: the built kubelet does not run" >&2; exit 1; }
   "$OUT/crane" version >/dev/null || { echo "kube-tools: the built crane does not run" >&2; exit 1; }
+  "$OUT/helm" version >/dev/null || { echo "kube-tools: the built helm does not run" >&2; exit 1; }
 fi

@@ -105,6 +105,31 @@ impl RealCluster {
         self.kubectl_with_input(args, None)
     }
 
+    /// `helm` (scripts/kube-tools.sh --node builds it) against the cluster,
+    /// with no configuration of this machine's; panics with its output if
+    /// it fails.
+    pub fn helm(&self, args: &[&str]) -> String {
+        let helm = crate::kube::tools_dir().join("helm");
+        let home = std::env::temp_dir().join(format!("infergate-helm-{}", self.index));
+        let output = Command::new(&helm)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", helm.display()));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "helm {args:?} failed:\n{text}");
+        text
+    }
+
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) {
         self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml));

@@ -598,6 +598,264 @@ spec:
     cluster.down_and_check_host();
 }
 
+/// The chart installed with `helm install`: the controller runs in a Pod
+/// from its image, writes statuses, and serves xDS through its Service to
+/// an Envoy (here on the host, as the Gateway deployer does not exist
+/// yet), which routes to model servers in Pods. `helm upgrade` changing a
+/// value rolls the controller while traffic keeps flowing; `helm
+/// uninstall` leaves nothing of ours.
+#[test]
+fn the_chart_installs_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = RealCluster::up(INDEX);
+    let images = cluster.load_images(&["infergate", "infergate-sim"]);
+    let image = |name: &str| {
+        images
+            .iter()
+            .map(|(_, reference)| reference.clone())
+            .find(|r| r.contains(&format!("/{name}:")))
+            .unwrap()
+    };
+    let controller_image = image("infergate");
+    let (repository, tag) = controller_image.rsplit_once(':').unwrap();
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/infergate")
+        .display()
+        .to_string();
+    let install = cluster.helm(&[
+        "install",
+        "infergate",
+        &chart,
+        "-n",
+        "infergate-system",
+        "--create-namespace",
+        "--set",
+        &format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
+        "--set",
+        "crds.install=true",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(install.contains("STATUS: deployed"), "{install}");
+    let controller_pods = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "infergate-system",
+                "-l",
+                "app.kubernetes.io/instance=infergate",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<BTreeSet<String>>()
+    };
+    let first = controller_pods();
+    assert_eq!(first.len(), 1, "{}", cluster.diagnose("infergate-system"));
+    let first = first.into_iter().next().unwrap();
+
+    // Model servers, a Gateway on the host's loopback and a route to them.
+    let listener = infergate_e2e::free_port();
+    cluster.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: default}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: sim
+        image: {sim}
+        imagePullPolicy: Never
+        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        readinessProbe:
+          httpGet: {{path: /health, port: 8000}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8000}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: infergate
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, protocol: HTTP, port: {listener}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
+"#,
+        sim = image("infergate-sim"),
+    ));
+    cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+
+    // Statuses written by the controller in its Pod (the leader).
+    let accepted = |kind: &str, name: &str, path: &str| {
+        wait_until(Duration::from_secs(60), || {
+            cluster.get(kind, "default", name, path) == "True"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster.kubectl(&[
+            "get",
+            "gatewayclass",
+            "infergate",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
+        ]) == "True"),
+        "the GatewayClass is not Accepted:\n{}",
+        cluster.diagnose("infergate-system")
+    );
+    assert!(
+        accepted(
+            "httproute",
+            "web",
+            "{.status.parents[0].conditions[?(@.type==\"Accepted\")].status}"
+        ),
+        "the HTTPRoute is not Accepted:\n{}",
+        cluster.diagnose("infergate-system")
+    );
+    assert_eq!(
+        cluster.get(
+            "lease",
+            "infergate-system",
+            "infergate",
+            "{.spec.holderIdentity}"
+        ),
+        first,
+        "the controller Pod holds the chart's Lease"
+    );
+
+    // An Envoy for the Gateway, bootstrapped to the controller's Service.
+    let xds = format!(
+        "{}:18000",
+        cluster.get(
+            "service",
+            "infergate-system",
+            "infergate",
+            "{.spec.clusterIP}"
+        )
+    );
+    let work = infergate_e2e::TempDir::new("chart");
+    let bootstrap = std::process::Command::new(infergate_e2e::infergate_binary())
+        .args(["bootstrap", "--node", "default/gw", "--xds-address", &xds])
+        .output()
+        .expect("infergate bootstrap");
+    assert!(bootstrap.status.success());
+    let bootstrap_file = work.0.join("bootstrap.yaml");
+    std::fs::write(&bootstrap_file, &bootstrap.stdout).unwrap();
+    let _envoy = infergate_e2e::Process::start(
+        &infergate_e2e::envoy_binary(),
+        &[
+            "-c".into(),
+            bootstrap_file.display().to_string(),
+            "--ignore-unknown-dynamic-fields".into(),
+            "--disable-hot-restart".into(),
+        ],
+        work.0.join("envoy.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(|r| r.status == 200)),
+        "no completion through the Envoy of the chart's controller:\n{}\n{}",
+        infergate_e2e::kube::tail(&work.0.join("envoy.log"), 30),
+        cluster.diagnose("infergate-system")
+    );
+
+    // helm upgrade changing a value: a new controller Pod replaces the old
+    // one; Envoy reconnects through the Service; no request fails.
+    let traffic = SteadyTraffic::start(listener, 2);
+    cluster.helm(&[
+        "upgrade",
+        "infergate",
+        &chart,
+        "-n",
+        "infergate-system",
+        "--reuse-values",
+        "--set",
+        "logging.format=json",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let now = controller_pods();
+            now.len() == 1 && !now.contains(&first)
+        }),
+        "the controller did not roll: {:?}",
+        controller_pods()
+    );
+    let second = controller_pods().into_iter().next().unwrap();
+    let log = cluster.kubectl(&["logs", "-n", "infergate-system", &second]);
+    assert!(
+        log.lines().next().is_some_and(|l| l.starts_with('{')),
+        "the new controller does not log JSON:\n{log}"
+    );
+    // Its xDS answers, not only the old one's: Envoy's stream moved over.
+    std::thread::sleep(Duration::from_secs(3));
+    let (succeeded, failed) = traffic.finish();
+    assert!(succeeded > 0);
+    assert_eq!(
+        failed, 0,
+        "requests failed while the controller rolled ({succeeded} succeeded)"
+    );
+
+    // helm uninstall: nothing of ours is left.
+    cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
+    let left = cluster.kubectl(&[
+        "get",
+        "all,serviceaccounts,roles,rolebindings,leases,configmaps,poddisruptionbudgets",
+        "-n",
+        "infergate-system",
+        "-o",
+        "name",
+    ]);
+    let left: Vec<&str> = left
+        .lines()
+        // Every namespace has these two; they are Kubernetes', not ours.
+        .filter(|l| *l != "serviceaccount/default" && *l != "configmap/kube-root-ca.crt")
+        .collect();
+    assert!(left.is_empty(), "left after uninstall: {left:?}");
+    let cluster_wide = cluster.kubectl(&[
+        "get",
+        "clusterroles,clusterrolebindings,gatewayclasses",
+        "-l",
+        "app.kubernetes.io/instance=infergate",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(cluster_wide.trim(), "", "left after uninstall");
+    // The CRDs stay (deleting one deletes every object of its kind).
+    cluster.kubectl(&["get", "crd", "httproutes.gateway.networking.k8s.io"]);
+    drop(_envoy);
+    cluster.down_and_check_host();
+}
+
 /// The check that `down` leaves the host as it found it can fail: a link
 /// added meanwhile is reported.
 #[test]

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// The Kubernetes status writer's (registered here, counted there).
     pub status: StatusMetrics,
     active: Mutex<Option<ActiveComponent>>,
+    /// Whether the first configuration was worked out (`/readyz`).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -117,6 +119,7 @@ impl Default for Metrics {
             component,
             status,
             active: Mutex::new(None),
+            ready: Default::default(),
         }
     }
 }
@@ -163,6 +166,16 @@ impl Metrics {
             .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
+    /// The watches have listed everything and the first translation ran
+    /// (whatever its outcome): xDS clients now get what there is to get.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn active(&self) -> Option<ActiveComponent> {
         self.active.lock().expect("metrics lock").clone()
     }
@@ -173,19 +186,26 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics` and `/info` on `listener` until the task is dropped.
+/// Serve `/metrics`, `/info`, `/healthz` (the process answers) and
+/// `/readyz` (503 until [`Metrics::set_ready`]) on `listener` until the task
+/// is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
-    use infergate_serving::telemetry;
+    use infergate_serving::telemetry::{self, Page};
     telemetry::serve_pages(
         listener,
         infergate_serving::Limits::default(),
         std::future::pending(),
-        "try /metrics or /info",
+        "try /metrics, /info, /healthz or /readyz",
         move |path| match path {
-            "/metrics" => Some((telemetry::OPENMETRICS, metrics.render())),
-            "/info" => Some((
+            "/metrics" => Some(Page::ok(telemetry::OPENMETRICS, metrics.render())),
+            "/info" => Some(Page::ok(
                 "application/json",
                 serde_json::json!({ "component": metrics.active() }).to_string(),
+            )),
+            "/healthz" => Some(Page::ok("text/plain", "ok\n".into())),
+            "/readyz" if metrics.is_ready() => Some(Page::ok("text/plain", "ok\n".into())),
+            "/readyz" => Some(Page::unavailable(
+                "not ready: the watches have not listed everything or nothing was translated yet",
             )),
             _ => None,
         },

@@ -83,8 +83,32 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
-/// One page: content type and body.
-pub type Page = (&'static str, String);
+/// One page: HTTP status, content type and body.
+pub struct Page {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Page {
+    /// 200 with this content.
+    pub fn ok(content_type: &'static str, body: String) -> Page {
+        Page {
+            status: 200,
+            content_type,
+            body,
+        }
+    }
+
+    /// 503 in plain text: a probe that fails, saying why.
+    pub fn unavailable(why: &str) -> Page {
+        Page {
+            status: 503,
+            content_type: "text/plain",
+            body: format!("{why}\n"),
+        }
+    }
+}
 
 /// Serve GET pages on `listener` until `stop` resolves: `page(path)` says
 /// what a path shows, None is a 404 that names `hint`.
@@ -103,10 +127,15 @@ pub async fn serve_pages<P>(
         async move {
             let service = hyper::service::service_fn(
                 move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (status, kind, body) = match page(request.uri().path()) {
-                        Some((kind, body)) => (200, kind, body),
-                        None => (404, "text/plain", format!("{hint}\n")),
-                    };
+                    let Page {
+                        status,
+                        content_type: kind,
+                        body,
+                    } = page(request.uri().path()).unwrap_or_else(|| Page {
+                        status: 404,
+                        content_type: "text/plain",
+                        body: format!("{hint}\n"),
+                    });
                     async move {
                         Ok::<_, Infallible>(
                             hyper::Response::builder()

@@ -86,6 +86,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(statuses) = &state.statuses {
         status.publish(statuses.clone());
     }
+    translation.metrics.set_ready();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let publish = tokio::select! {

@@ -82,6 +82,7 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     state
         .apply(&args, &translation, &cache, fleet.as_mut(), true)
         .await;
+    translation.metrics.set_ready();
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
