@@ -9,6 +9,7 @@
 #   scripts/cluster.sh kubeconfig          # print the admin kubeconfig's path
 #   scripts/cluster.sh kubectl ARGS...     # kubectl against the cluster
 #   scripts/cluster.sh down                # stop everything, undo every host change
+#   scripts/cluster.sh purge               # down, and delete the cluster's state (a fresh one next up)
 #
 # The node is a network namespace of its own (`infergate-<index>`): every
 # process of the cluster runs in it, so its iptables rules (kubelet,
@@ -467,6 +468,14 @@ status() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  purge)
+    # down, then forget the cluster: etcd's data, containerd's images, certificates.
+    down
+    # Only what this script made there, in case INFERGATE_CLUSTER_DIR names a shared directory.
+    rm -rf "$DIR"/{etcd,containerd,kubelet,cni,run,log,pki,pod-logs} "$DIR"/*.kubeconfig "$DIR"/*.toml "$DIR"/*.yaml
+    rmdir "$DIR" 2>/dev/null || true
+    log "purged $DIR"
+    ;;
   status) status ;;
   load-image) shift; load_image "$@" ;;
   kubeconfig) echo "$DIR/admin.kubeconfig" ;;
@@ -478,7 +487,7 @@ case "${1:-}" in
     echo "INFERGATE_CLUSTER_SERVICE_CIDR=$SERVICE_CIDR"
     ;;
   *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

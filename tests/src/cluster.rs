@@ -29,8 +29,9 @@ impl RealCluster {
     /// if it does not come up.
     pub fn up(index: u32) -> RealCluster {
         crate::netns::require_root("a real cluster (namespaces, cgroups, containers)");
-        // Left over from a crashed run: start clean.
-        let _ = script(index, &["down"]);
+        // Left over from a crashed run or an earlier test: start with a
+        // fresh cluster (no objects, no images).
+        let _ = script(index, &["purge"]);
         let before = HostState::now();
         let (ok, output) = script(index, &["up"]);
         assert!(ok, "scripts/cluster.sh up failed:\n{output}");

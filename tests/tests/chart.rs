@@ -75,10 +75,7 @@ fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_
 #[test]
 fn the_chart_lints_strictly() {
     let chart = chart().display().to_string();
-    for sets in [
-        vec![],
-        vec!["inferenceExtension.enabled=true,replicas=3,crds.install=true"],
-    ] {
+    for sets in [vec![], vec!["inferenceExtension.enabled=true,replicas=3"]] {
         let mut args = vec!["lint", "--strict", &chart];
         for set in &sets {
             args.extend(["--set", set]);
@@ -235,41 +232,39 @@ fn the_controller_runs_locked_down_and_is_told_its_settings() {
     );
 }
 
+/// The chart's crds/ folder holds every CRD of the repository's crds/
+/// (Helm creates them on install, never deletes them).
 #[test]
-fn crds_are_installed_on_request_and_kept_on_uninstall() {
-    let none = documents(&template(&[]));
-    assert!(!none.iter().any(|d| d["kind"] == "CustomResourceDefinition"));
-    let docs = documents(&template(&["crds.install=true"]));
-    let crds: Vec<&serde_json::Value> = docs
-        .iter()
-        .filter(|d| d["kind"] == "CustomResourceDefinition")
-        .collect();
-    let names: Vec<&str> = crds
+fn the_chart_carries_every_crd_of_the_repository() {
+    let chart = chart().display().to_string();
+    let (ok, out, err) = run_helm(&["show", "crds", &chart]);
+    assert!(ok, "helm show crds:\n{err}");
+    let docs = documents(&out);
+    let mut names: Vec<&str> = docs
         .iter()
         .map(|c| c["metadata"]["name"].as_str().unwrap())
         .collect();
-    for wanted in [
-        "gateways.gateway.networking.k8s.io",
-        "httproutes.gateway.networking.k8s.io",
-        "inferencepools.inference.networking.k8s.io",
-    ] {
-        assert!(names.contains(&wanted), "{wanted} not among {names:?}");
+    names.sort();
+    let mut wanted = vec![];
+    for dir in ["gateway-api-v1.5.1", "inference-v1.6.0"] {
+        for entry in std::fs::read_dir(infergate_e2e::kube::crds_dir().join(dir)).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            wanted.push(
+                documents(&text)[0]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
     }
-    let repository_crds =
-        std::fs::read_dir(infergate_e2e::kube::crds_dir().join("gateway-api-v1.5.1"))
-            .unwrap()
-            .count()
-            + std::fs::read_dir(infergate_e2e::kube::crds_dir().join("inference-v1.6.0"))
-                .unwrap()
-                .count();
-    assert_eq!(crds.len(), repository_crds, "every CRD of crds/");
-    for crd in crds {
-        assert_eq!(
-            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
-            "{}",
-            crd["metadata"]["name"]
-        );
-    }
+    wanted.sort();
+    assert_eq!(names, wanted);
+    // Not among the templates: upgrades and uninstalls leave them alone.
+    assert!(
+        !documents(&template(&[]))
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition")
+    );
 }
 
 #[test]

@@ -631,8 +631,6 @@ fn the_chart_installs_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
         "--create-namespace",
         "--set",
         &format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
-        "--set",
-        "crds.install=true",
         "--wait",
         "--timeout",
         "180s",
@@ -816,7 +814,6 @@ spec:
         log.lines().next().is_some_and(|l| l.starts_with('{')),
         "the new controller does not log JSON:\n{log}"
     );
-    // Its xDS answers, not only the old one's: Envoy's stream moved over.
     std::thread::sleep(Duration::from_secs(3));
     let (succeeded, failed) = traffic.finish();
     assert!(succeeded > 0);
@@ -824,23 +821,44 @@ spec:
         failed, 0,
         "requests failed while the controller rolled ({succeeded} succeeded)"
     );
+    // Envoy's xDS stream moved to the new controller: a route deleted now
+    // is gone from Envoy.
+    cluster.kubectl(&["delete", "httproute", "web", "-n", "default"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || complete(
+            listener,
+            "/v1/completions",
+            &[]
+        )
+        .is_some_and(|r| r.status == 404)),
+        "Envoy still routes after the route was deleted: the new controller does not configure it:\n{}",
+        infergate_e2e::kube::tail(&work.0.join("envoy.log"), 30)
+    );
 
     // helm uninstall: nothing of ours is left.
     cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
-    let left = cluster.kubectl(&[
-        "get",
-        "all,serviceaccounts,roles,rolebindings,leases,configmaps,poddisruptionbudgets",
-        "-n",
-        "infergate-system",
-        "-o",
-        "name",
-    ]);
-    let left: Vec<&str> = left
-        .lines()
-        // Every namespace has these two; they are Kubernetes', not ours.
-        .filter(|l| *l != "serviceaccount/default" && *l != "configmap/kube-root-ca.crt")
-        .collect();
-    assert!(left.is_empty(), "left after uninstall: {left:?}");
+    let left = || -> Vec<String> {
+        cluster
+            .kubectl(&[
+                "get",
+                "all,serviceaccounts,roles,rolebindings,leases,configmaps,poddisruptionbudgets",
+                "-n",
+                "infergate-system",
+                "-o",
+                "name",
+            ])
+            .lines()
+            // Every namespace has these two; they are Kubernetes', not ours.
+            .filter(|l| *l != "serviceaccount/default" && *l != "configmap/kube-root-ca.crt")
+            .map(str::to_string)
+            .collect()
+    };
+    // The controller Pod terminates gracefully after its Deployment is gone.
+    assert!(
+        wait_until(Duration::from_secs(60), || left().is_empty()),
+        "left after uninstall: {:?}",
+        left()
+    );
     let cluster_wide = cluster.kubectl(&[
         "get",
         "clusterroles,clusterrolebindings,gatewayclasses",
