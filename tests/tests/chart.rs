@@ -142,13 +142,17 @@ fn rendered_manifests_match_the_golden_files() {
 }
 
 /// The chart's ClusterRole and leader-election Role have exactly the rules
-/// `infergate rbac` prints, with the inference extension on and off.
+/// `infergate rbac` prints, with the inference extension and the Envoy
+/// deployer on and off.
 #[test]
 fn the_charts_rbac_is_what_infergate_rbac_prints() {
-    for inference in [false, true] {
+    for (inference, deploy) in [(false, false), (false, true), (true, false), (true, true)] {
         let mut args = vec!["rbac", "--namespace", "infergate-system"];
         if inference {
             args.push("--enable-inference-extension");
+        }
+        if deploy {
+            args.push("--deploy-envoys");
         }
         let printed = Command::new(infergate_e2e::infergate_binary())
             .args(&args)
@@ -157,12 +161,12 @@ fn the_charts_rbac_is_what_infergate_rbac_prints() {
         assert!(printed.status.success());
         let printed = documents(&String::from_utf8_lossy(&printed.stdout));
         let rendered = documents(&template(&[&format!(
-            "inferenceExtension.enabled={inference}"
+            "inferenceExtension.enabled={inference},gatewayDeployer.enabled={deploy}"
         )]));
         assert_eq!(
             find(&rendered, "ClusterRole", "infergate")["rules"],
             find(&printed, "ClusterRole", "infergate")["rules"],
-            "ClusterRole rules (inference extension {inference})"
+            "ClusterRole rules (inference extension {inference}, Envoy deployer {deploy})"
         );
         assert_eq!(
             find(&rendered, "Role", "infergate-leader-election")["rules"],

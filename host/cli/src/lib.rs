@@ -210,6 +210,38 @@ pub struct RunArgs {
     /// written by a task of its own: a slow API server delays statuses, never configuration.
     #[arg(long, default_value_t = 10)]
     status_write_timeout_seconds: u64,
+    #[command(flatten)]
+    deployer: DeployerArgs,
+}
+
+/// The Envoy deployer of `infergate run`.
+#[derive(Args)]
+#[command(next_help_heading = "Envoy deployer")]
+pub struct DeployerArgs {
+    /// For each Gateway of ours, create and keep in shape an Envoy Deployment, its Service and its
+    /// bootstrap in the Gateway's namespace, owned by the Gateway. Gateway addresses then come from
+    /// the Service, and Programmed waits for a ready Envoy. Needs --xds-service.
+    #[arg(long)]
+    deploy_envoys: bool,
+    /// The controller's own Service, "namespace/name": the Envoys reach xDS at its ClusterIP, on
+    /// the port of --xds-address.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    xds_service: Option<String>,
+    /// Envoy image of the deployed Envoys.
+    #[arg(long, default_value = concat!("infergate.local/envoy:", env!("CARGO_PKG_VERSION")))]
+    envoy_image: String,
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    envoy_image_pull_policy: String,
+    /// Envoy replicas per Gateway.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    envoy_replicas: i32,
+    /// Type of each Gateway's Service.
+    #[arg(long, default_value = "ClusterIP", value_parser = ["ClusterIP", "NodePort", "LoadBalancer"])]
+    envoy_service_type: String,
+    /// Seconds an Envoy keeps serving after its Pod is deleted (a preStop sleep), so that the
+    /// Service stops sending to it first.
+    #[arg(long, default_value_t = 5)]
+    envoy_drain_seconds: u32,
 }
 
 #[derive(Args)]
@@ -220,6 +252,9 @@ pub struct RbacArgs {
     /// Include the permissions the inference extension needs (InferencePools, Pods).
     #[arg(long)]
     enable_inference_extension: bool,
+    /// Include the permissions the Envoy deployer needs (Deployments, Services, ConfigMaps).
+    #[arg(long)]
+    deploy_envoys: bool,
 }
 
 #[derive(Copy, Clone, ValueEnum)]

@@ -277,7 +277,8 @@ async fn serve_metrics(
         let _ = stopped.wait_for(|s| *s).await;
     };
     telemetry::serve_pages(listener, limits, stop, "try /metrics", move |path| {
-        (path == "/metrics").then(|| telemetry::Page::ok(telemetry::OPENMETRICS, telemetry::encode(&registry)))
+        (path == "/metrics")
+            .then(|| telemetry::Page::ok(telemetry::OPENMETRICS, telemetry::encode(&registry)))
     })
     .await
 }

@@ -8,13 +8,17 @@
 //!   its own (never in the way of configuration), only when they changed,
 //!   other controllers' entries left alone; Warning Events.
 //! - [`leader`]: Lease-based leader election (only the leader writes).
+//! - [`deploy`]: an Envoy Deployment, Service and bootstrap per Gateway of
+//!   ours, kept in shape by the leader.
 //! - [`rbac`]: the permissions all of this needs, in one place.
 
+pub mod deploy;
 pub mod leader;
 pub mod rbac;
 pub mod status;
 pub mod watch;
 
+pub use kube::Client;
 pub use leader::LeaseConfig;
 pub use status::{
     Backoff, Observed, Report, StatusMetrics, StatusPatch, StatusTask, StatusWriter, WriterConfig,

@@ -17,9 +17,20 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 
 const READ: &[&str] = &["get", "list", "watch"];
 
+/// What the controller is run to do, as far as its permissions go.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// InferencePools and Pods (`--enable-inference-extension`).
+    pub inference_extension: bool,
+    /// An Envoy Deployment, Service and ConfigMap per Gateway
+    /// (`--deploy-envoys`).
+    pub deploy_envoys: bool,
+}
+
 /// Cluster-wide rules of the controller (`infergate run`). With the inference
-/// extension off, no rule names InferencePools or Pods.
-pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
+/// extension off, no rule names InferencePools or Pods; without the Envoy
+/// deployer, nothing is written but statuses and Events.
+pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
     let mut rules = vec![
         rule(
             "gateway.networking.k8s.io",
@@ -46,7 +57,19 @@ pub fn controller_rules(inference_extension: bool) -> Vec<PolicyRule> {
         // Warning Events on objects whose translation reports a problem.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];
-    if inference_extension {
+    if needs.deploy_envoys {
+        // Server-side apply creates and patches; objects of Gateways no
+        // longer ours are deleted (the rest goes with its Gateway).
+        let write = &["get", "list", "watch", "create", "patch", "delete"];
+        rules.push(rule("apps", &["deployments"], write));
+        rules.push(rule(
+            "",
+            &["services", "configmaps"],
+            &["create", "patch", "delete"],
+        ));
+        rules.push(rule("", &["configmaps"], READ));
+    }
+    if needs.inference_extension {
         rules.push(rule(pool::GROUP, &[pool::PLURAL], READ));
         rules.push(rule(
             pool::GROUP,
@@ -76,13 +99,13 @@ pub fn picker_rules() -> Vec<PolicyRule> {
     ]
 }
 
-pub fn controller_cluster_role(name: &str, inference_extension: bool) -> ClusterRole {
+pub fn controller_cluster_role(name: &str, needs: Needs) -> ClusterRole {
     ClusterRole {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             ..Default::default()
         },
-        rules: Some(controller_rules(inference_extension)),
+        rules: Some(controller_rules(needs)),
         ..Default::default()
     }
 }
@@ -110,12 +133,12 @@ pub fn picker_role(name: &str, namespace: &str) -> Role {
 }
 
 /// All three as YAML documents (what `infergate rbac` prints).
-pub fn yaml(namespace: &str, inference_extension: bool) -> String {
+pub fn yaml(namespace: &str, needs: Needs) -> String {
     let docs = [
         with_kind(
             "rbac.authorization.k8s.io/v1",
             "ClusterRole",
-            &controller_cluster_role("infergate", inference_extension),
+            &controller_cluster_role("infergate", needs),
         ),
         with_kind(
             "rbac.authorization.k8s.io/v1",
@@ -149,7 +172,7 @@ mod tests {
 
     #[test]
     fn the_feature_off_needs_no_inference_pool_or_pod_permission() {
-        let off = controller_rules(false);
+        let off = controller_rules(Needs::default());
         let names = |rules: &[PolicyRule]| -> Vec<String> {
             rules
                 .iter()
@@ -161,7 +184,10 @@ mod tests {
                 .iter()
                 .any(|r| r.starts_with("inferencepools") || r == "pods")
         );
-        let on = controller_rules(true);
+        let on = controller_rules(Needs {
+            inference_extension: true,
+            deploy_envoys: false,
+        });
         assert!(names(&on).contains(&"inferencepools/status".to_string()));
         assert!(names(&on).contains(&"pods".to_string()));
         // Nothing may write specs or delete anything.
@@ -182,15 +208,44 @@ mod tests {
     }
 
     #[test]
+    fn only_the_envoy_deployer_writes_objects_and_only_its_own_kinds() {
+        let names = |rules: &[PolicyRule]| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r.verbs.iter().any(|v| v == "create" || v == "delete"))
+                .flat_map(|r| r.resources.clone().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(
+            names(&controller_rules(Needs::default())),
+            ["events"],
+            "without the deployer only Events are created"
+        );
+        let mut deploying = names(&controller_rules(Needs {
+            inference_extension: true,
+            deploy_envoys: true,
+        }));
+        deploying.sort();
+        assert_eq!(
+            deploying,
+            ["configmaps", "deployments", "events", "services"]
+        );
+    }
+
+    #[test]
     fn printed_rbac_is_yaml_the_api_objects_read_back_from() {
-        let text = yaml("infergate-system", true);
+        let needs = Needs {
+            inference_extension: true,
+            deploy_envoys: true,
+        };
+        let text = yaml("infergate-system", needs);
         let docs: Vec<serde_json::Value> = text
             .split("---\n")
             .map(|d| serde_yaml_ng::from_str(d).expect("valid YAML"))
             .collect();
         assert_eq!(docs.len(), 3);
         let role: ClusterRole = serde_json::from_value(docs[0].clone()).expect("a ClusterRole");
-        assert_eq!(role.rules, Some(controller_rules(true)));
+        assert_eq!(role.rules, Some(controller_rules(needs)));
         let lease: Role = serde_json::from_value(docs[1].clone()).expect("a Role");
         assert_eq!(
             lease.metadata.namespace.as_deref(),

@@ -408,6 +408,37 @@ fn strip_pod(pod: &mut Pod) {
     }
 }
 
+/// A reflector over the objects with these labels (a label selector), for
+/// what the controller itself makes.
+pub(crate) fn reflect_selected<K>(
+    api: Api<K>,
+    labels: &str,
+    changed: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default().labels(labels))
+        .default_backoff()
+        .modify(strip_meta::<K>);
+    let task = tokio::spawn(run_reflector(
+        std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("object"),
+        reflector::reflector(writer, stream),
+        changed,
+    ));
+    (store, task)
+}
+
 fn reflect<K>(api: Api<K>, strip: fn(&mut K), changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>

@@ -5,7 +5,13 @@ use crate::RbacArgs;
 pub fn run(args: RbacArgs) -> anyhow::Result<()> {
     print!(
         "{}",
-        infergate_kube::rbac::yaml(&args.namespace, args.enable_inference_extension)
+        infergate_kube::rbac::yaml(
+            &args.namespace,
+            infergate_kube::rbac::Needs {
+                inference_extension: args.enable_inference_extension,
+                deploy_envoys: args.deploy_envoys,
+            }
+        )
     );
     Ok(())
 }

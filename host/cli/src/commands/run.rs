@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use infergate_kube::deploy::{Deployer, DeployerConfig, EnvoySettings};
 use infergate_kube::{
     Backoff, LeaseConfig, StatusTask, StatusWriter, WatchConfig, Watches, WriterConfig,
 };
@@ -45,6 +46,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs_f64((args.lease_duration_seconds.max(2) as f64) / 4.0),
         },
     );
+    let deployer = start_deployer(&args, &client, &watches, &leading)?;
     let writer = Arc::new(StatusWriter::new(
         client.clone(),
         WriterConfig {
@@ -83,14 +85,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     state
         .apply(&args, &translation, &cache, &watches, fleet.as_mut())
         .await;
+    let publish_statuses = |statuses: &Statuses| match &deployer {
+        Some(deployer) => status.publish(deployer.adjust(statuses.clone())),
+        None => status.publish(statuses.clone()),
+    };
     if let Some(statuses) = &state.statuses {
-        status.publish(statuses.clone());
+        publish_statuses(statuses);
     }
     translation.metrics.set_ready();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let publish = tokio::select! {
             _ = watches.changed.notified() => {
+                if let Some(deployer) = &deployer {
+                    deployer.poke();
+                }
                 tokio::time::sleep(Duration::from_millis(args.debounce_ms)).await;
                 state.apply(&args, &translation, &cache, &watches, fleet.as_mut()).await;
                 // Also when only the stores changed: the task compares again.
@@ -128,7 +137,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
         };
         if publish && let Some(statuses) = &state.statuses {
-            status.publish(statuses.clone());
+            publish_statuses(statuses);
         }
     }
     tracing::info!("shutting down");
@@ -139,6 +148,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     xds_server.stop().await;
     metrics_server.stop().await;
     Ok(())
+}
+
+/// The Envoy deployer, with `--deploy-envoys`.
+fn start_deployer(
+    args: &RunArgs,
+    client: &infergate_kube::Client,
+    watches: &Watches,
+    leading: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<Deployer>> {
+    let d = &args.deployer;
+    if !d.deploy_envoys {
+        return Ok(None);
+    }
+    let service = d
+        .xds_service
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--deploy-envoys needs --xds-service NAMESPACE/NAME: the Service Envoys reach this controller's xDS by"))?;
+    let (namespace, name) = service
+        .split_once('/')
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--xds-service {service:?}: expected NAMESPACE/NAME"))?;
+    let config = DeployerConfig {
+        envoy: EnvoySettings {
+            image: d.envoy_image.clone(),
+            image_pull_policy: d.envoy_image_pull_policy.clone(),
+            replicas: d.envoy_replicas,
+            service_type: d.envoy_service_type.clone(),
+            drain_seconds: d.envoy_drain_seconds,
+            ..EnvoySettings::default()
+        },
+        controller_name: args.translation.controller_name.clone(),
+        field_manager: args.field_manager.clone(),
+        xds_service: (
+            namespace.to_string(),
+            name.to_string(),
+            args.xds_address.port(),
+        ),
+        // Admin on the Pod's loopback, a fixed port.
+        bootstrap: Arc::new(|node, xds| {
+            prost::Message::encode_to_vec(&crate::envoy::bootstrap_message(node, xds, 19000))
+        }),
+    };
+    tracing::info!(
+        image = %d.envoy_image,
+        xds_service = %service,
+        "deploying an Envoy per Gateway"
+    );
+    Ok(Some(Deployer::start(
+        client.clone(),
+        config,
+        watches.gateways().clone(),
+        watches.gateway_classes().clone(),
+        watches.changed.clone(),
+        leading.clone(),
+    )))
 }
 
 fn default_identity() -> String {
@@ -182,6 +246,14 @@ impl State {
         };
         let snapshot =
             match pipeline::snapshot(&resources, &args.translation, &args.listener_address) {
+                // Deployed Envoys listen on every address of their Pod;
+                // spec.addresses are the Service's business.
+                Ok(mut s) if args.deployer.deploy_envoys => {
+                    for gateway in &mut s.gateways {
+                        gateway.addresses.clear();
+                    }
+                    s
+                }
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("{e:#}");

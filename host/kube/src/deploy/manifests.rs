@@ -1,0 +1,448 @@
+//! The objects that make one Gateway's data plane, as pure functions of the
+//! Gateway and the deployer's settings: a ConfigMap with the Envoy's
+//! bootstrap, a Deployment of Envoy, and a Service in front of it, all in
+//! the Gateway's namespace and owned by it (deleting the Gateway deletes
+//! them).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, Sysctl, TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Labels on everything the deployer makes; the deployer watches objects
+/// with [`MANAGED_BY`] = [`MANAGER`] only.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "infergate";
+pub const COMPONENT: &str = "app.kubernetes.io/component";
+/// The Gateway's name, as Gateway API implementations label their data plane.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The bootstrap file in the ConfigMap and in the Envoy container.
+const BOOTSTRAP_KEY: &str = "bootstrap.pb";
+const BOOTSTRAP_DIR: &str = "/etc/envoy";
+
+/// One Gateway to deploy an Envoy for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The ports its Envoy listens on (one per distinct listener port).
+    pub ports: Vec<u16>,
+}
+
+/// How Envoys are deployed (flags of `infergate run`, chart values).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvoySettings {
+    pub image: String,
+    pub image_pull_policy: String,
+    pub replicas: i32,
+    /// ClusterIP, NodePort or LoadBalancer.
+    pub service_type: String,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    /// Seconds Envoy keeps serving after its Pod is deleted, so that Services
+    /// and load balancers stop sending before it stops.
+    pub drain_seconds: u32,
+}
+
+impl Default for EnvoySettings {
+    fn default() -> Self {
+        EnvoySettings {
+            image: format!("infergate.local/envoy:{}", env!("CARGO_PKG_VERSION")),
+            image_pull_policy: "IfNotPresent".into(),
+            replicas: 1,
+            service_type: "ClusterIP".into(),
+            cpu_request: "100m".into(),
+            memory_request: "64Mi".into(),
+            memory_limit: "1Gi".into(),
+            drain_seconds: 5,
+        }
+    }
+}
+
+/// The name of every object of `gateway`'s data plane: `infergate-<gateway>`,
+/// shortened with a hash of the full name when that is longer than a
+/// Service name may be (63).
+pub fn object_name(gateway: &str) -> String {
+    let full = format!("infergate-{gateway}");
+    if full.len() <= 63 {
+        return full;
+    }
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let hash = gateway.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let keep = 63 - 1 - 8;
+    format!("{}-{:08x}", full[..keep].trim_end_matches('-'), hash as u32)
+}
+
+pub fn labels(gateway: &GatewayRef) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), MANAGER.to_string()),
+        (COMPONENT.to_string(), "envoy".to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "infergate-envoy".to_string(),
+        ),
+        (GATEWAY_NAME.to_string(), label_value(&gateway.name)),
+    ])
+}
+
+/// Gateway names may be 253 characters; label values 63.
+fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        name.to_string()
+    } else {
+        object_name(name)["infergate-".len()..].to_string()
+    }
+}
+
+fn meta(gateway: &GatewayRef) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(object_name(&gateway.name)),
+        namespace: Some(gateway.namespace.clone()),
+        labels: Some(labels(gateway)),
+        owner_references: Some(vec![OwnerReference {
+            api_version: "gateway.networking.k8s.io/v1".into(),
+            kind: "Gateway".into(),
+            name: gateway.name.clone(),
+            uid: gateway.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The ConfigMap holding the bootstrap (binary protobuf).
+pub fn config_map(gateway: &GatewayRef, bootstrap: &[u8]) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(gateway),
+        binary_data: Some(BTreeMap::from([(
+            BOOTSTRAP_KEY.to_string(),
+            ByteString(bootstrap.to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The Envoy Deployment. `bootstrap_digest` (of the ConfigMap's content) is
+/// a Pod annotation, so a new bootstrap rolls the Envoys.
+pub fn deployment(
+    gateway: &GatewayRef,
+    settings: &EnvoySettings,
+    bootstrap_digest: &str,
+) -> Deployment {
+    let labels = labels(gateway);
+    let selector = BTreeMap::from([
+        (GATEWAY_NAME.to_string(), labels[GATEWAY_NAME].clone()),
+        (COMPONENT.to_string(), "envoy".to_string()),
+    ]);
+    let ports: Vec<ContainerPort> = gateway
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: i32::from(*p),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect();
+    let resources = ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(settings.cpu_request.clone())),
+            (
+                "memory".to_string(),
+                Quantity(settings.memory_request.clone()),
+            ),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(settings.memory_limit.clone()),
+        )])),
+        ..Default::default()
+    };
+    // Ready once Envoy listens on the Gateway's first port: it has this
+    // Gateway's listeners from xDS.
+    let readiness = gateway.ports.first().map(|port| Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(i32::from(*port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(2),
+        failure_threshold: Some(1),
+        ..Default::default()
+    });
+    let container = Container {
+        name: "envoy".into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args: Some(vec![
+            "--config-path".into(),
+            format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}"),
+            "--ignore-unknown-dynamic-fields".into(),
+            "--disable-hot-restart".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ]),
+        ports: Some(ports),
+        readiness_probe: readiness,
+        resources: Some(resources),
+        lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
+            // Keep serving while the endpoint is removed from the Service.
+            pre_stop: Some(k8s_openapi::api::core::v1::LifecycleHandler {
+                sleep: Some(k8s_openapi::api::core::v1::SleepAction {
+                    seconds: i64::from(settings.drain_seconds),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "bootstrap".into(),
+            mount_path: BOOTSTRAP_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(gateway),
+        spec: Some(DeploymentSpec {
+            replicas: Some(settings.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            // Never fewer ready Envoys than asked for during a rollout.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        "infergate.dev/bootstrap-digest".to_string(),
+                        bootstrap_digest.to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(i64::from(settings.drain_seconds) + 10),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        // Listeners on ports below 1024 without a capability.
+                        sysctls: Some(vec![Sysctl {
+                            name: "net.ipv4.ip_unprivileged_port_start".into(),
+                            value: "0".into(),
+                        }]),
+                        ..Default::default()
+                    }),
+                    volumes: Some(vec![Volume {
+                        name: "bootstrap".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: object_name(&gateway.name),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service in front of the Envoys: one port per listener port.
+pub fn service(gateway: &GatewayRef, settings: &EnvoySettings) -> Service {
+    let labels = labels(gateway);
+    Service {
+        metadata: meta(gateway),
+        spec: Some(ServiceSpec {
+            type_: Some(settings.service_type.clone()),
+            selector: Some(BTreeMap::from([
+                (GATEWAY_NAME.to_string(), labels[GATEWAY_NAME].clone()),
+                (COMPONENT.to_string(), "envoy".to_string()),
+            ])),
+            ports: Some(
+                gateway
+                    .ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: Some(format!("port-{p}")),
+                        port: i32::from(*p),
+                        target_port: Some(IntOrString::Int(i32::from(*p))),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(name: &str) -> GatewayRef {
+        GatewayRef {
+            namespace: "team".into(),
+            name: name.into(),
+            uid: "1234".into(),
+            ports: vec![80, 8080],
+        }
+    }
+
+    #[test]
+    fn names_fit_kubernetes_limits_and_stay_distinct() {
+        assert_eq!(object_name("gw"), "infergate-gw");
+        let long_a = "a".repeat(100);
+        let long_b = format!("{}b", "a".repeat(99));
+        assert!(object_name(&long_a).len() <= 63);
+        assert_ne!(object_name(&long_a), object_name(&long_b));
+        assert!(label_value(&long_a).len() <= 63);
+    }
+
+    #[test]
+    fn everything_is_owned_by_the_gateway_and_labelled_as_ours() {
+        let g = gateway("gw");
+        let settings = EnvoySettings::default();
+        let metas = [
+            config_map(&g, b"x").metadata,
+            deployment(&g, &settings, "d").metadata,
+            service(&g, &settings).metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.namespace.as_deref(), Some("team"));
+            assert_eq!(m.name.as_deref(), Some("infergate-gw"));
+            let owner = &m.owner_references.unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("Gateway", "1234")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(m.labels.unwrap()[MANAGED_BY], MANAGER);
+        }
+    }
+
+    #[test]
+    fn the_service_selects_the_envoy_pods_on_every_listener_port() {
+        let g = gateway("gw");
+        let settings = EnvoySettings::default();
+        let d = deployment(&g, &settings, "d");
+        let s = service(&g, &settings);
+        let pod_labels = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
+        for (k, v) in s.spec.as_ref().unwrap().selector.as_ref().unwrap() {
+            assert_eq!(pod_labels.get(k), Some(v), "selector {k}");
+        }
+        for (k, v) in d
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .as_ref()
+            .unwrap()
+        {
+            assert_eq!(pod_labels.get(k), Some(v), "Deployment selector {k}");
+        }
+        let ports: Vec<i32> = s
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [80, 8080]);
+    }
+
+    #[test]
+    fn envoy_runs_locked_down_and_drains_before_it_stops() {
+        let d = deployment(&gateway("gw"), &EnvoySettings::default(), "d");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap();
+        assert_eq!(sleep.seconds, 5);
+        assert!(pod.termination_grace_period_seconds.unwrap() > sleep.seconds);
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .tcp_socket
+                .as_ref()
+                .unwrap()
+                .port,
+            IntOrString::Int(80)
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! The Gateway deployer: for each Gateway of our class, an Envoy Deployment,
+//! its Service and its bootstrap, kept in shape by the leader.
+//!
+//! - What is wanted comes from the Gateway objects themselves (a Gateway of
+//!   our class, its listener ports), not from the translation's outcome: a
+//!   route or listener with an error never takes a Gateway's Envoys away.
+//! - Objects are written with server-side apply (field manager
+//!   `<field manager>-deployer`), owned by their Gateway, so the garbage
+//!   collector deletes them with it. Objects of ours whose Gateway is no
+//!   longer ours are deleted.
+//! - Drift is repaired: the deployer watches the objects it made (by label)
+//!   and applies again when one is missing or changed (a deleted Deployment
+//!   comes back, a scaled one is scaled back).
+//! - [`Deployer::adjust`] gives the Gateway statuses their addresses from
+//!   the Service and keeps `Programmed` false until an Envoy Pod is ready
+//!   (it listens on the Gateway's port: it has this Gateway's listeners).
+
+pub mod manifests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::apis::standard::gatewayclasses::GatewayClass;
+use gateway_api::apis::standard::gateways::Gateway;
+use infergate_model::{Condition, ConditionStatus, ConditionType, Statuses};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use manifests::{EnvoySettings, GatewayRef};
+
+/// Makes an Envoy bootstrap (binary protobuf) for node `namespace/name`
+/// reaching the xDS server at the address given.
+pub type BootstrapFn = Arc<dyn Fn(&str, SocketAddr) -> Vec<u8> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct DeployerConfig {
+    pub envoy: EnvoySettings,
+    pub controller_name: String,
+    pub field_manager: String,
+    /// The controller's Service (namespace, name, port): Envoys reach xDS at
+    /// its ClusterIP (no cluster DNS needed).
+    pub xds_service: (String, String, u16),
+    pub bootstrap: BootstrapFn,
+}
+
+pub struct Deployer {
+    poke: Arc<Notify>,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Deployer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What a Gateway's data plane looks like now, for its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataPlane {
+    /// Load balancer ingress (IPs, else host names), else the ClusterIP.
+    pub addresses: Vec<String>,
+    pub ready_replicas: i32,
+}
+
+impl Deployer {
+    /// Watch the objects we made and keep every Gateway's data plane in
+    /// shape while `leading`. `gateways` and `classes` are the controller's
+    /// stores ([`Deployer::poke`] after they change); `statuses_stale` is
+    /// woken when a data plane changes, so that statuses follow.
+    pub fn start(
+        client: Client,
+        config: DeployerConfig,
+        gateways: Store<Gateway>,
+        classes: Store<GatewayClass>,
+        statuses_stale: Arc<Notify>,
+        leading: watch::Receiver<bool>,
+    ) -> Deployer {
+        let poke = Arc::new(Notify::new());
+        let ours = format!("{}={}", manifests::MANAGED_BY, manifests::MANAGER);
+        let selector = format!("{ours},{}=envoy", manifests::COMPONENT);
+        let owned = Arc::new(Notify::new());
+        let (deployments, d_task) = crate::watch::reflect_selected::<Deployment>(
+            Api::all(client.clone()),
+            &selector,
+            owned.clone(),
+        );
+        let (services, s_task) = crate::watch::reflect_selected::<Service>(
+            Api::all(client.clone()),
+            &selector,
+            owned.clone(),
+        );
+        let (config_maps, c_task) = crate::watch::reflect_selected::<ConfigMap>(
+            Api::all(client.clone()),
+            &selector,
+            owned.clone(),
+        );
+        let worker = Worker {
+            client,
+            config,
+            gateways,
+            classes,
+            deployments: deployments.clone(),
+            services: services.clone(),
+            config_maps,
+            applied: BTreeMap::new(),
+        };
+        let task = tokio::spawn(worker.run(poke.clone(), owned, statuses_stale, leading));
+        Deployer {
+            poke,
+            deployments,
+            services,
+            tasks: vec![d_task, s_task, c_task, task],
+        }
+    }
+
+    /// Gateways or GatewayClasses changed: look again.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// The data plane of Gateway `namespace/name`, if it has been made.
+    pub fn data_plane(&self, namespace: &str, name: &str) -> Option<DataPlane> {
+        let object = manifests::object_name(name);
+        let service = self.services.get(&object_ref(&object, namespace))?;
+        let deployment = self.deployments.get(&object_ref(&object, namespace));
+        Some(DataPlane {
+            addresses: service_addresses(&service),
+            ready_replicas: deployment
+                .and_then(|d| d.status.clone())
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        })
+    }
+
+    /// Gateway statuses as the data plane makes them: addresses from the
+    /// Service, `Programmed` false until an Envoy Pod is ready.
+    pub fn adjust(&self, mut statuses: Statuses) -> Statuses {
+        for gateway in &mut statuses.gateways {
+            let plane = self.data_plane(&gateway.gateway.namespace, &gateway.gateway.name);
+            adjust_gateway(gateway, plane.as_ref());
+        }
+        statuses
+    }
+}
+
+fn adjust_gateway(gateway: &mut infergate_model::GatewayStatus, plane: Option<&DataPlane>) {
+    let object = manifests::object_name(&gateway.gateway.name);
+    let (addresses, pending) = match plane {
+        None => (
+            vec![],
+            Some(format!(
+                "waiting for the Envoy Deployment and Service {object} to be made"
+            )),
+        ),
+        Some(p) if p.addresses.is_empty() => (
+            vec![],
+            Some(format!("the Service {object} has no address yet")),
+        ),
+        Some(p) if p.ready_replicas == 0 => (
+            p.addresses.clone(),
+            Some(format!(
+                "waiting for an Envoy Pod of the Deployment {object} to be ready with this Gateway's listeners"
+            )),
+        ),
+        Some(p) => (p.addresses.clone(), None),
+    };
+    gateway.addresses = addresses;
+    if let Some(message) = pending
+        && let Some(programmed) = gateway
+            .conditions
+            .iter_mut()
+            .find(|c| c.condition_type == ConditionType::Programmed)
+        && programmed.status == ConditionStatus::True
+    {
+        *programmed = Condition {
+            condition_type: ConditionType::Programmed,
+            status: ConditionStatus::False,
+            reason: "Pending".into(),
+            message,
+            observed_generation: programmed.observed_generation,
+        };
+    }
+}
+
+fn service_addresses(service: &Service) -> Vec<String> {
+    let ingress: Vec<String> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect();
+    if !ingress.is_empty() {
+        return ingress;
+    }
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .into_iter()
+        .collect()
+}
+
+struct Worker {
+    client: Client,
+    config: DeployerConfig,
+    gateways: Store<Gateway>,
+    classes: Store<GatewayClass>,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    config_maps: Store<ConfigMap>,
+    /// Per Gateway (namespace/name): the digest of what was applied last and
+    /// the Deployment's generation that apply returned.
+    applied: BTreeMap<(String, String), (String, Option<i64>)>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        gateways_changed: Arc<Notify>,
+        owned_changed: Arc<Notify>,
+        statuses_stale: Arc<Notify>,
+        mut leading: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if *leading.borrow() {
+                match self.reconcile().await {
+                    Ok(()) => backoff = Duration::from_millis(500),
+                    Err(e) => {
+                        tracing::warn!("deploying Envoys: {e:#}; trying again in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = gateways_changed.notified() => {}
+                _ = owned_changed.notified() => statuses_stale.notify_one(),
+                _ = leading.changed() => {
+                    // A new leader applies everything again.
+                    self.applied.clear();
+                }
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            // Let a burst of events settle.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn wanted(&self) -> Vec<GatewayRef> {
+        let ours: BTreeSet<String> = self
+            .classes
+            .state()
+            .iter()
+            .filter(|c| c.spec.controller_name == self.config.controller_name)
+            .map(|c| c.name_any())
+            .collect();
+        let mut wanted: Vec<GatewayRef> = self
+            .gateways
+            .state()
+            .iter()
+            .filter(|g| ours.contains(&g.spec.gateway_class_name))
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+            .filter_map(|g| {
+                let mut ports: Vec<u16> = g
+                    .spec
+                    .listeners
+                    .iter()
+                    .filter_map(|l| u16::try_from(l.port).ok())
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                Some(GatewayRef {
+                    namespace: g.namespace()?,
+                    name: g.name_any(),
+                    uid: g.uid()?,
+                    ports,
+                })
+            })
+            .collect();
+        wanted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        wanted
+    }
+
+    async fn xds_address(&self) -> anyhow::Result<SocketAddr> {
+        let (namespace, name, port) = &self.config.xds_service;
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let service = api
+            .get(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the xDS Service {namespace}/{name}: {e}"))?;
+        let ip = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .ok_or_else(|| {
+                anyhow::anyhow!("the xDS Service {namespace}/{name} has no ClusterIP")
+            })?;
+        Ok(SocketAddr::new(ip.parse()?, *port))
+    }
+
+    async fn reconcile(&mut self) -> anyhow::Result<()> {
+        let wanted = self.wanted();
+        let xds = if wanted.is_empty() {
+            None
+        } else {
+            Some(self.xds_address().await?)
+        };
+        let params = PatchParams::apply(&format!("{}-deployer", self.config.field_manager)).force();
+        let mut keep = BTreeSet::new();
+        for gateway in &wanted {
+            let key = (gateway.namespace.clone(), gateway.name.clone());
+            let object = manifests::object_name(&gateway.name);
+            keep.insert((gateway.namespace.clone(), object.clone()));
+            let node = format!("{}/{}", gateway.namespace, gateway.name);
+            let bootstrap = (self.config.bootstrap)(&node, xds.expect("wanted is not empty"));
+            let digest = digest(&bootstrap);
+            let spec_digest = format!("{digest}-{:?}-{:?}", gateway.ports, self.config.envoy);
+            let live_deployment = self
+                .deployments
+                .get(&object_ref(&object, &gateway.namespace));
+            let fresh = match self.applied.get(&key) {
+                Some((applied, generation)) => {
+                    applied == &spec_digest
+                        && live_deployment
+                            .as_ref()
+                            .is_some_and(|d| d.metadata.generation == *generation)
+                        && self
+                            .services
+                            .get(&object_ref(&object, &gateway.namespace))
+                            .is_some()
+                        && self
+                            .config_maps
+                            .get(&object_ref(&object, &gateway.namespace))
+                            .is_some()
+                }
+                None => false,
+            };
+            if fresh {
+                continue;
+            }
+            let ns = &gateway.namespace;
+            let cm: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+            cm.patch(
+                &object,
+                &params,
+                &Patch::Apply(&with_kind(
+                    manifests::config_map(gateway, &bootstrap),
+                    "v1",
+                    "ConfigMap",
+                )),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("applying ConfigMap {ns}/{object}: {e}"))?;
+            let svc: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            svc.patch(
+                &object,
+                &params,
+                &Patch::Apply(&with_kind(
+                    manifests::service(gateway, &self.config.envoy),
+                    "v1",
+                    "Service",
+                )),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("applying Service {ns}/{object}: {e}"))?;
+            let dep: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
+            let applied = dep
+                .patch(
+                    &object,
+                    &params,
+                    &Patch::Apply(&with_kind(
+                        manifests::deployment(gateway, &self.config.envoy, &digest),
+                        "apps/v1",
+                        "Deployment",
+                    )),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("applying Deployment {ns}/{object}: {e}"))?;
+            if live_deployment.is_none() || !self.applied.contains_key(&key) {
+                tracing::info!(gateway = %node, deployment = %object, "Envoy deployed");
+            } else {
+                tracing::info!(gateway = %node, deployment = %object, "Envoy Deployment put back in shape");
+            }
+            self.applied
+                .insert(key, (spec_digest, applied.metadata.generation));
+        }
+        self.applied
+            .retain(|(ns, name), _| keep.contains(&(ns.clone(), manifests::object_name(name))));
+        // Ours, but no Gateway of ours wants them (its class changed): delete.
+        for deployment in self.deployments.state() {
+            let (Some(ns), name) = (deployment.namespace(), deployment.name_any()) else {
+                continue;
+            };
+            if keep.contains(&(ns.clone(), name.clone()))
+                || deployment.metadata.deletion_timestamp.is_some()
+            {
+                continue;
+            }
+            tracing::info!(deployment = %format!("{ns}/{name}"), "no Gateway of ours wants this Envoy any more: deleting it");
+            let dp = DeleteParams::default();
+            let _ = Api::<Deployment>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &dp)
+                .await;
+            let _ = Api::<Service>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &dp)
+                .await;
+            let _ = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &dp)
+                .await;
+        }
+        Ok(())
+    }
+}
+
+fn object_ref<K: kube::Resource<DynamicType = ()>>(
+    name: &str,
+    namespace: &str,
+) -> kube::runtime::reflector::ObjectRef<K> {
+    kube::runtime::reflector::ObjectRef::new(name).within(namespace)
+}
+
+/// Server-side apply needs apiVersion and kind in the body; k8s-openapi's
+/// types serialize without them.
+fn with_kind<T: serde::Serialize>(object: T, api_version: &str, kind: &str) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("a Kubernetes object serializes");
+    value["apiVersion"] = api_version.into();
+    value["kind"] = kind.into();
+    value
+}
+
+/// A short digest of the bootstrap (FNV-1a, 64 bits, hex): a Pod annotation
+/// that changes when the bootstrap does.
+fn digest(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infergate_model::{GatewayStatus, ObjectRef};
+
+    fn status(programmed: ConditionStatus) -> GatewayStatus {
+        GatewayStatus {
+            gateway: ObjectRef {
+                namespace: "team".into(),
+                name: "gw".into(),
+            },
+            addresses: vec!["0.0.0.0".into()],
+            conditions: vec![Condition {
+                condition_type: ConditionType::Programmed,
+                status: programmed,
+                reason: "Programmed".into(),
+                message: String::new(),
+                observed_generation: 3,
+            }],
+            listeners: vec![],
+        }
+    }
+
+    #[test]
+    fn programmed_waits_for_a_ready_envoy_and_addresses_come_from_the_service() {
+        let mut s = status(ConditionStatus::True);
+        adjust_gateway(&mut s, None);
+        assert!(s.addresses.is_empty());
+        assert_eq!(s.conditions[0].status, ConditionStatus::False);
+        assert_eq!(s.conditions[0].reason, "Pending");
+        assert_eq!(s.conditions[0].observed_generation, 3);
+
+        let mut s = status(ConditionStatus::True);
+        let plane = DataPlane {
+            addresses: vec!["198.19.9.20".into()],
+            ready_replicas: 0,
+        };
+        adjust_gateway(&mut s, Some(&plane));
+        assert_eq!(s.addresses, ["198.19.9.20"]);
+        assert_eq!(s.conditions[0].status, ConditionStatus::False);
+        assert!(
+            s.conditions[0].message.contains("infergate-gw"),
+            "{}",
+            s.conditions[0].message
+        );
+
+        let mut s = status(ConditionStatus::True);
+        let ready = DataPlane {
+            ready_replicas: 1,
+            ..plane
+        };
+        adjust_gateway(&mut s, Some(&ready));
+        assert_eq!(s.conditions[0].status, ConditionStatus::True);
+        assert_eq!(s.addresses, ["198.19.9.20"]);
+    }
+
+    #[test]
+    fn a_gateway_the_translation_refused_stays_refused() {
+        let mut s = status(ConditionStatus::False);
+        s.conditions[0].reason = "Invalid".into();
+        let ready = DataPlane {
+            addresses: vec!["198.19.9.20".into()],
+            ready_replicas: 2,
+        };
+        adjust_gateway(&mut s, Some(&ready));
+        assert_eq!(s.conditions[0].reason, "Invalid");
+    }
+
+    #[test]
+    fn load_balancer_ingress_wins_over_the_cluster_ip() {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "spec": {"clusterIP": "198.19.9.20"},
+        }))
+        .unwrap();
+        assert_eq!(service_addresses(&service), ["198.19.9.20"]);
+        service = serde_json::from_value(serde_json::json!({
+            "spec": {"clusterIP": "198.19.9.20"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.200.1"}, {"hostname": "lb.example"}]}},
+        }))
+        .unwrap();
+        assert_eq!(service_addresses(&service), ["198.18.200.1", "lb.example"]);
+    }
+}
