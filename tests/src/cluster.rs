@@ -182,6 +182,21 @@ impl RealCluster {
         ])
     }
 
+    /// Like [`RealCluster::get`], but empty when kubectl fails (the object
+    /// does not exist, say).
+    pub fn get_lossy(&self, kind: &str, namespace: &str, name: &str, jsonpath: &str) -> String {
+        Command::new(crate::kube::tools_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["get", kind, "-n", namespace, name, "-o"])
+            .arg(format!("jsonpath={jsonpath}"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    }
+
     /// What `kubectl describe` and the Pods' logs say, for failure messages.
     pub fn diagnose(&self, namespace: &str) -> String {
         let mut out = self.kubectl_lossy(&["get", "all", "-n", namespace, "-o", "wide"]);
@@ -193,6 +208,17 @@ impl RealCluster {
             "--all-containers",
             "-l",
             "app",
+            "--tail",
+            "30",
+        ]);
+        // The chart's and the deployer's Pods.
+        out += &self.kubectl_lossy(&[
+            "logs",
+            "-n",
+            namespace,
+            "--all-containers",
+            "-l",
+            "app.kubernetes.io/name",
             "--tail",
             "30",
         ]);

@@ -552,6 +552,19 @@ pub fn request_at(
 /// A completion request body for the simulators.
 pub const COMPLETION: &str = r#"{"model":"sim-model","prompt":"Write as if you were a critic: San Francisco","max_tokens":3}"#;
 
+/// POST a completion to `ip:port` (a Gateway's address).
+pub fn complete_at(ip: &str, port: u16, path: &str) -> Option<Response> {
+    request_at(
+        ip,
+        port,
+        "example.com",
+        "POST",
+        path,
+        &[],
+        COMPLETION.as_bytes(),
+    )
+}
+
 /// POST a completion through the gateway.
 pub fn complete(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
     request(port, "POST", path, headers, COMPLETION.as_bytes())
@@ -638,6 +651,11 @@ pub struct SteadyTraffic {
 
 impl SteadyTraffic {
     pub fn start(listener: u16, clients: usize) -> SteadyTraffic {
+        Self::start_at("127.0.0.1", listener, clients)
+    }
+
+    /// Against a Gateway at `ip:port`.
+    pub fn start_at(ip: &str, listener: u16, clients: usize) -> SteadyTraffic {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -645,9 +663,10 @@ impl SteadyTraffic {
         let clients = (0..clients)
             .map(|_| {
                 let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+                let ip = ip.to_string();
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        match complete(listener, "/v1/completions", &[]) {
+                        match complete_at(&ip, listener, "/v1/completions") {
                             Some(r) if r.status == 200 => served
                                 .lock()
                                 .unwrap()

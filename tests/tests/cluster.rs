@@ -599,16 +599,18 @@ spec:
 }
 
 /// The chart installed with `helm install`: the controller runs in a Pod
-/// from its image, writes statuses, and serves xDS through its Service to
-/// an Envoy (here on the host, as the Gateway deployer does not exist
-/// yet), which routes to model servers in Pods. `helm upgrade` changing a
-/// value rolls the controller while traffic keeps flowing; `helm
-/// uninstall` leaves nothing of ours.
+/// from its image, writes statuses, and deploys an Envoy for the Gateway
+/// (Deployment, Service, bootstrap) that routes to model servers in Pods;
+/// the Gateway's address is its Service's and it is Programmed once the
+/// Envoy is ready. The deployer repairs drift and removes the data plane
+/// with its Gateway. Rolling the Envoys and `helm upgrade` (the controller
+/// rolls) lose no request under steady traffic; `helm uninstall` leaves
+/// nothing of ours.
 #[test]
-fn the_chart_installs_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
+fn the_chart_deploys_envoys_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
-    let images = cluster.load_images(&["infergate", "infergate-sim"]);
+    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim"]);
     let image = |name: &str| {
         images
             .iter()
@@ -618,6 +620,8 @@ fn the_chart_installs_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
     };
     let controller_image = image("infergate");
     let (repository, tag) = controller_image.rsplit_once(':').unwrap();
+    let envoy_image = image("envoy");
+    let (envoy_repository, envoy_tag) = envoy_image.rsplit_once(':').unwrap();
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../charts/infergate")
         .display()
@@ -631,33 +635,37 @@ fn the_chart_installs_upgrades_under_traffic_and_uninstalls_leaving_nothing() {
         "--create-namespace",
         "--set",
         &format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
+        "--set",
+        &format!(
+            "gatewayDeployer.envoy.image.repository={envoy_repository},gatewayDeployer.envoy.image.tag={envoy_tag},gatewayDeployer.envoy.image.pullPolicy=Never"
+        ),
         "--wait",
         "--timeout",
         "180s",
     ]);
     assert!(install.contains("STATUS: deployed"), "{install}");
-    let controller_pods = || {
+    let names = |namespace: &str, selector: &str| -> BTreeSet<String> {
         cluster
             .kubectl(&[
                 "get",
                 "pods",
                 "-n",
-                "infergate-system",
+                namespace,
                 "-l",
-                "app.kubernetes.io/instance=infergate",
+                selector,
                 "-o",
                 "jsonpath={.items[*].metadata.name}",
             ])
             .split_whitespace()
             .map(str::to_string)
-            .collect::<BTreeSet<String>>()
+            .collect()
     };
+    let controller_pods = || names("infergate-system", "app.kubernetes.io/instance=infergate");
     let first = controller_pods();
     assert_eq!(first.len(), 1, "{}", cluster.diagnose("infergate-system"));
     let first = first.into_iter().next().unwrap();
 
-    // Model servers, a Gateway on the host's loopback and a route to them.
-    let listener = infergate_e2e::free_port();
+    // Model servers, a Gateway on port 80 and a route to them.
     cluster.apply(&format!(
         r#"
 apiVersion: apps/v1
@@ -693,8 +701,7 @@ kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: infergate
-  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
-  listeners: [{{name: http, protocol: HTTP, port: {listener}}}]
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -707,30 +714,55 @@ spec:
     ));
     cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
 
-    // Statuses written by the controller in its Pod (the leader).
-    let accepted = |kind: &str, name: &str, path: &str| {
+    // The data plane: made, owned by the Gateway, Programmed once ready,
+    // the Gateway's address is the Service's.
+    assert!(
         wait_until(Duration::from_secs(60), || {
-            cluster.get(kind, "default", name, path) == "True"
-        })
+            cluster.get_lossy("deployment", "default", "infergate-gw", "{.metadata.name}")
+                == "infergate-gw"
+        }),
+        "the controller made no Envoy Deployment for the Gateway:\n{}\n{}",
+        cluster.diagnose("infergate-system"),
+        cluster.diagnose("default")
+    );
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/infergate-gw",
+        "--timeout=120s",
+    ]);
+    let gateway_uid = cluster.get("gateway", "default", "gw", "{.metadata.uid}");
+    for kind in ["deployment", "service", "configmap"] {
+        assert_eq!(
+            cluster.get(
+                kind,
+                "default",
+                "infergate-gw",
+                "{.metadata.ownerReferences[0].uid}"
+            ),
+            gateway_uid,
+            "the Gateway owns the {kind}"
+        );
+    }
+    let service_ip = cluster.get("service", "default", "infergate-gw", "{.spec.clusterIP}");
+    let programmed = || {
+        cluster.get(
+            "gateway",
+            "default",
+            "gw",
+            "{.status.conditions[?(@.type==\"Programmed\")].status}",
+        )
     };
     assert!(
-        wait_until(Duration::from_secs(60), || cluster.kubectl(&[
-            "get",
-            "gatewayclass",
-            "infergate",
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
-        ]) == "True"),
-        "the GatewayClass is not Accepted:\n{}",
-        cluster.diagnose("infergate-system")
-    );
-    assert!(
-        accepted(
-            "httproute",
-            "web",
-            "{.status.parents[0].conditions[?(@.type==\"Accepted\")].status}"
-        ),
-        "the HTTPRoute is not Accepted:\n{}",
+        wait_until(Duration::from_secs(30), || programmed() == "True"
+            && cluster.get(
+                "gateway",
+                "default",
+                "gw",
+                "{.status.addresses[0].value}"
+            ) == service_ip),
+        "the Gateway is not Programmed at its Service's address {service_ip}: {}\n{}",
+        cluster.get("gateway", "default", "gw", "{.status}"),
         cluster.diagnose("infergate-system")
     );
     assert_eq!(
@@ -743,50 +775,65 @@ spec:
         first,
         "the controller Pod holds the chart's Lease"
     );
-
-    // An Envoy for the Gateway, bootstrapped to the controller's Service.
-    let xds = format!(
-        "{}:18000",
-        cluster.get(
-            "service",
-            "infergate-system",
-            "infergate",
-            "{.spec.clusterIP}"
-        )
-    );
-    let work = infergate_e2e::TempDir::new("chart");
-    let bootstrap = std::process::Command::new(infergate_e2e::infergate_binary())
-        .args(["bootstrap", "--node", "default/gw", "--xds-address", &xds])
-        .output()
-        .expect("infergate bootstrap");
-    assert!(bootstrap.status.success());
-    let bootstrap_file = work.0.join("bootstrap.yaml");
-    std::fs::write(&bootstrap_file, &bootstrap.stdout).unwrap();
-    let _envoy = infergate_e2e::Process::start(
-        &infergate_e2e::envoy_binary(),
-        &[
-            "-c".into(),
-            bootstrap_file.display().to_string(),
-            "--ignore-unknown-dynamic-fields".into(),
-            "--disable-hot-restart".into(),
-        ],
-        work.0.join("envoy.log"),
-    );
     assert!(
-        wait_until(Duration::from_secs(60), || complete(
-            listener,
-            "/v1/completions",
-            &[]
-        )
-        .is_some_and(|r| r.status == 200)),
-        "no completion through the Envoy of the chart's controller:\n{}\n{}",
-        infergate_e2e::kube::tail(&work.0.join("envoy.log"), 30),
+        wait_until(Duration::from_secs(60), || {
+            infergate_e2e::complete_at(&service_ip, 80, "/v1/completions")
+                .is_some_and(|r| r.status == 200)
+        }),
+        "no completion through the deployed Envoy at {service_ip}:80:\n{}",
+        cluster.diagnose("default")
+    );
+
+    // Drift: a deleted Deployment comes back, a scaled one is scaled back.
+    let deployment_uid = cluster.get("deployment", "default", "infergate-gw", "{.metadata.uid}");
+    cluster.kubectl(&["delete", "deployment", "infergate-gw", "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let uid = cluster.get_lossy("deployment", "default", "infergate-gw", "{.metadata.uid}");
+            !uid.is_empty() && uid != deployment_uid
+        }),
+        "the deleted Envoy Deployment did not come back:\n{}",
         cluster.diagnose("infergate-system")
     );
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/infergate-gw",
+        "--timeout=120s",
+    ]);
+    cluster.kubectl(&["scale", "deployment", "infergate-gw", "--replicas=3"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.get(
+            "deployment",
+            "default",
+            "infergate-gw",
+            "{.spec.replicas}"
+        ) == "1"),
+        "the scaled Envoy Deployment was not scaled back"
+    );
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/infergate-gw",
+        "--timeout=120s",
+    ]);
 
-    // helm upgrade changing a value: a new controller Pod replaces the old
-    // one; Envoy reconnects through the Service; no request fails.
-    let traffic = SteadyTraffic::start(listener, 2);
+    // Under steady traffic through the Gateway's Service: the Envoys roll,
+    // then the controller rolls (helm upgrade changing a value).
+    let traffic = SteadyTraffic::start_at(&service_ip, 80, 2);
+    let mark = traffic.mark();
+    assert!(
+        wait_until(Duration::from_secs(20), || traffic.served_since(mark).len()
+            == 2),
+        "both model servers serve through the Gateway"
+    );
+    cluster.kubectl(&["rollout", "restart", "deployment/infergate-gw"]);
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/infergate-gw",
+        "--timeout=120s",
+    ]);
     cluster.helm(&[
         "upgrade",
         "infergate",
@@ -819,20 +866,35 @@ spec:
     assert!(succeeded > 0);
     assert_eq!(
         failed, 0,
-        "requests failed while the controller rolled ({succeeded} succeeded)"
+        "requests failed while the Envoys and the controller rolled ({succeeded} succeeded)"
     );
-    // Envoy's xDS stream moved to the new controller: a route deleted now
-    // is gone from Envoy.
+    // The Envoys follow the new controller: a route deleted now is gone.
     cluster.kubectl(&["delete", "httproute", "web", "-n", "default"]);
     assert!(
-        wait_until(Duration::from_secs(30), || complete(
-            listener,
-            "/v1/completions",
-            &[]
-        )
-        .is_some_and(|r| r.status == 404)),
-        "Envoy still routes after the route was deleted: the new controller does not configure it:\n{}",
-        infergate_e2e::kube::tail(&work.0.join("envoy.log"), 30)
+        wait_until(Duration::from_secs(30), || {
+            infergate_e2e::complete_at(&service_ip, 80, "/v1/completions")
+                .is_some_and(|r| r.status == 404)
+        }),
+        "the Envoys still route after the route was deleted: the new controller does not configure them"
+    );
+
+    // The Gateway deleted: its data plane goes with it.
+    cluster.kubectl(&["delete", "gateway", "gw", "-n", "default"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster
+            .kubectl(&[
+                "get",
+                "deployments,services,configmaps",
+                "-n",
+                "default",
+                "-l",
+                "app.kubernetes.io/managed-by=infergate",
+                "-o",
+                "name"
+            ])
+            .trim()
+            .is_empty()),
+        "the Gateway's Envoy Deployment, Service or ConfigMap outlived it"
     );
 
     // helm uninstall: nothing of ours is left.
@@ -870,7 +932,6 @@ spec:
     assert_eq!(cluster_wide.trim(), "", "left after uninstall");
     // The CRDs stay (deleting one deletes every object of its kind).
     cluster.kubectl(&["get", "crd", "httproutes.gateway.networking.k8s.io"]);
-    drop(_envoy);
     cluster.down_and_check_host();
 }
 
