@@ -911,12 +911,7 @@ pub async fn grant_printed_rbac(cluster: &Cluster, namespace: &str, inference_ex
     };
     let bindings = [
         bind("ClusterRoleBinding", "ClusterRole", "infergate", CONTROLLER),
-        bind(
-            "RoleBinding",
-            "Role",
-            "infergate-leader-election",
-            CONTROLLER,
-        ),
+        bind("RoleBinding", "Role", "infergate-controller", CONTROLLER),
         bind("RoleBinding", "Role", "infergate-endpoint-picker", PICKER),
     ]
     .join("\n---\n");

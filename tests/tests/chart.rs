@@ -141,7 +141,7 @@ fn rendered_manifests_match_the_golden_files() {
     );
 }
 
-/// The chart's ClusterRole and leader-election Role have exactly the rules
+/// The chart's ClusterRole and namespaced Role have exactly the rules
 /// `infergate rbac` prints, with the inference extension and the Envoy
 /// deployer on and off.
 #[test]
@@ -169,9 +169,9 @@ fn the_charts_rbac_is_what_infergate_rbac_prints() {
             "ClusterRole rules (inference extension {inference}, Envoy deployer {deploy})"
         );
         assert_eq!(
-            find(&rendered, "Role", "infergate-leader-election")["rules"],
-            find(&printed, "Role", "infergate-leader-election")["rules"],
-            "leader-election Role rules"
+            find(&rendered, "Role", "infergate-controller")["rules"],
+            find(&printed, "Role", "infergate-controller")["rules"],
+            "the controller's namespaced Role rules"
         );
         // Bound to the controller's ServiceAccount, nothing more.
         let binding = find(&rendered, "ClusterRoleBinding", "infergate");

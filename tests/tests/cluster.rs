@@ -784,6 +784,60 @@ spec:
         cluster.diagnose("default")
     );
 
+    // xDS is closed to clients without a certificate of the controller's CA:
+    // an Envoy on the host, bootstrapped to the controller's Service in
+    // cleartext as this Gateway's node, gets no configuration.
+    let xds = format!(
+        "{}:18000",
+        cluster.get(
+            "service",
+            "infergate-system",
+            "infergate",
+            "{.spec.clusterIP}"
+        )
+    );
+    let admin_port = infergate_e2e::free_port();
+    let bootstrap = std::process::Command::new(infergate_e2e::infergate_binary())
+        .args(["bootstrap", "--node", "default/gw", "--xds-address", &xds])
+        .args(["--admin-port", &admin_port.to_string()])
+        .output()
+        .expect("infergate bootstrap");
+    assert!(bootstrap.status.success());
+    let work = infergate_e2e::TempDir::new("intruder");
+    let bootstrap_file = work.0.join("bootstrap.yaml");
+    std::fs::write(&bootstrap_file, &bootstrap.stdout).unwrap();
+    let intruder = infergate_e2e::Process::start(
+        &infergate_e2e::envoy_binary(),
+        &[
+            "-c".into(),
+            bootstrap_file.display().to_string(),
+            "--disable-hot-restart".into(),
+        ],
+        work.0.join("envoy.log"),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(admin, "/ready")
+            .is_some()),
+        "the cleartext Envoy did not start: {}",
+        infergate_e2e::kube::tail(&work.0.join("envoy.log"), 20)
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let stats = http_get(admin, "/stats?filter=control_plane.connected_state").map(|r| r.1);
+    assert_eq!(
+        stats.as_deref().map(str::trim),
+        Some("control_plane.connected_state: 0"),
+        "a cleartext client connected to xDS"
+    );
+    let listeners = http_get(admin, "/listeners")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    assert!(
+        listeners.trim().is_empty(),
+        "a client without a certificate got listeners: {listeners}"
+    );
+    drop(intruder);
+
     // Drift: a deleted Deployment comes back, a scaled one is scaled back.
     let deployment_uid = cluster.get("deployment", "default", "infergate-gw", "{.metadata.uid}");
     cluster.kubectl(&["delete", "deployment", "infergate-gw", "--wait=false"]);

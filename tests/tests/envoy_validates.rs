@@ -97,6 +97,7 @@ fn static_bootstrap(gateway: &Value) -> Value {
             xds: "127.0.0.1:1".parse().unwrap(),
             admin_port: 0,
             re2_max_program_size: infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
+            tls: None,
         },
     ))
     .expect("the bootstrap as JSON");

@@ -37,3 +37,40 @@ pub mod picker {
     /// gateway removes them before the picker runs.
     pub const PROTOCOL_HEADERS: [&str; 3] = [DESTINATION, SUBSET, SERVED];
 }
+
+/// How a deployed Envoy proves which Gateway it serves: its client
+/// certificate for xDS carries the URI `<PREFIX><namespace>/<name>`, and
+/// the xDS server gives it that node's configuration only.
+pub mod xds_identity {
+    pub const GATEWAY_URI_PREFIX: &str = "spiffe://infergate.dev/gateway/";
+
+    /// The URI of Gateway `namespace/name`.
+    pub fn gateway_uri(namespace: &str, name: &str) -> String {
+        format!("{GATEWAY_URI_PREFIX}{namespace}/{name}")
+    }
+
+    /// The Gateway (`namespace/name`, its xDS node id) a URI names.
+    pub fn gateway_of_uri(uri: &str) -> Option<&str> {
+        let rest = uri.strip_prefix(GATEWAY_URI_PREFIX)?;
+        let (namespace, name) = rest.split_once('/')?;
+        (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some(rest)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_a_gateway_uri_names_a_gateway() {
+            assert_eq!(gateway_of_uri(&gateway_uri("team", "gw")), Some("team/gw"));
+            for bad in [
+                "spiffe://infergate.dev/gateway/team",
+                "spiffe://infergate.dev/gateway//gw",
+                "spiffe://infergate.dev/gateway/team/gw/x",
+                "spiffe://example.com/gateway/team/gw",
+            ] {
+                assert_eq!(gateway_of_uri(bad), None, "{bad}");
+            }
+        }
+    }
+}

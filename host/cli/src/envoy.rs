@@ -32,12 +32,14 @@ pub fn bootstrap_message(
     node: &str,
     xds: SocketAddr,
     admin_port: u16,
+    tls: Option<infergate_xds::encode::XdsTls>,
 ) -> envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap {
     infergate_xds::encode::bootstrap(&infergate_xds::encode::BootstrapSettings {
         node: node.to_string(),
         xds,
         admin_port,
         re2_max_program_size: infergate_translate::validate::ENVOY_RE2_MAX_PROGRAM_SIZE,
+        tls,
     })
 }
 
@@ -45,8 +47,9 @@ pub fn bootstrap_message(
 /// printed through the bundled Envoy descriptors, which take tens of MiB
 /// once loaded: the controller's own Envoys get the binary form instead.
 pub fn bootstrap(node: &str, xds: SocketAddr, admin_port: u16) -> String {
-    let json = infergate_xds::json::bootstrap_to_json(bootstrap_message(node, xds, admin_port))
-        .expect("the bundled descriptors describe the bootstrap");
+    let json =
+        infergate_xds::json::bootstrap_to_json(bootstrap_message(node, xds, admin_port, None))
+            .expect("the bundled descriptors describe the bootstrap");
     serde_yaml_ng::to_string(&json).expect("JSON values are YAML")
 }
 
@@ -120,7 +123,7 @@ impl Fleet {
             let file_name = node.replace('/', "_");
             // Binary protobuf (Envoy reads `.pb` as such): no descriptors needed.
             let bootstrap_path = self.work_dir.join(format!("{file_name}.bootstrap.pb"));
-            let bytes = prost::Message::encode_to_vec(&bootstrap_message(node, self.xds, 0));
+            let bytes = prost::Message::encode_to_vec(&bootstrap_message(node, self.xds, 0, None));
             if let Err(e) = std::fs::write(&bootstrap_path, bytes) {
                 tracing::error!(node = %node, "cannot write the Envoy bootstrap {}: {e}", bootstrap_path.display());
                 continue;

@@ -56,7 +56,7 @@ pub enum Command {
     /// Every replica watches and serves xDS; only the holder of the leader-election Lease writes status and
     /// Events. InferencePools are watched only with --enable-inference-extension and while the API server
     /// serves inference.networking.k8s.io/v1 (checked every --discovery-interval-seconds).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the RBAC objects `infergate run` and the endpoint picker need (ClusterRole and Roles).
     Rbac(RbacArgs),
     /// Translate YAML offline and print, per Gateway, the Envoy resources (Envoy's JSON mapping: listeners,
@@ -246,7 +246,7 @@ pub struct DeployerArgs {
 
 #[derive(Args)]
 pub struct RbacArgs {
-    /// Namespace of the controller's leader-election Role and of the picker's Role.
+    /// Namespace of the controller's own Role (its Lease, the xDS CA) and of the picker's Role.
     #[arg(long, default_value = "infergate-system")]
     namespace: String,
     /// Include the permissions the inference extension needs (InferencePools, Pods).
@@ -309,7 +309,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(run::run(args))
+            runtime.block_on(run::run(*args))
         }
         Command::Rbac(args) => rbac::run(args),
         Command::Translate(args) => translate::run(args),

@@ -26,24 +26,45 @@ impl Running {
     }
 }
 
-/// Serve ADS from `cache` on `address` (`flag` names the option, for errors).
+/// Serve ADS from `cache` on `address` (`flag` names the option, for errors):
+/// in cleartext, or with `tls` only to clients with a certificate of its CA,
+/// each given only the Gateway its certificate names.
 pub async fn xds(
     address: SocketAddr,
     cache: Arc<SnapshotCache>,
     flag: &str,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the xDS server to {address} ({flag})"))?;
-    tracing::info!(address = %listener.local_addr()?, "xDS server listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        tls = tls.is_some(),
+        "xDS server listening"
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(AdsServer::new(cache).into_service())
-            .serve_with_incoming_shutdown(infergate_serving::incoming(listener), async {
-                let _ = stopped.await;
-            })
-            .await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let served = match tls {
+            None => {
+                tonic::transport::Server::builder()
+                    .add_service(AdsServer::new(cache).into_service())
+                    .serve_with_incoming_shutdown(infergate_serving::incoming(listener), stopped)
+                    .await
+            }
+            Some(tls) => {
+                tonic::transport::Server::builder()
+                    .add_service(AdsServer::authenticated(cache).into_service())
+                    .serve_with_incoming_shutdown(
+                        infergate_xds::tls::incoming(listener, tls),
+                        stopped,
+                    )
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::error!("xDS server failed: {e}");
         }

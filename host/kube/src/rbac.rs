@@ -62,9 +62,10 @@ pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
         // longer ours are deleted (the rest goes with its Gateway).
         let write = &["get", "list", "watch", "create", "patch", "delete"];
         rules.push(rule("apps", &["deployments"], write));
+        // Each Gateway's xDS client certificate: written, never read.
         rules.push(rule(
             "",
-            &["services", "configmaps"],
+            &["services", "configmaps", "secrets"],
             &["create", "patch", "delete"],
         ));
         rules.push(rule("", &["configmaps"], READ));
@@ -81,13 +82,18 @@ pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
     rules
 }
 
-/// Rules in the controller's own namespace: its leader-election Lease.
-pub fn leader_election_rules() -> Vec<PolicyRule> {
-    vec![rule(
+/// Rules in the controller's own namespace: its leader-election Lease and,
+/// with the Envoy deployer, the Secret that keeps the xDS CA.
+pub fn namespace_rules(needs: Needs) -> Vec<PolicyRule> {
+    let mut rules = vec![rule(
         "coordination.k8s.io",
         &["leases"],
         &["get", "create", "update"],
-    )]
+    )];
+    if needs.deploy_envoys {
+        rules.push(rule("", &["secrets"], &["get", "create"]));
+    }
+    rules
 }
 
 /// Rules of an endpoint picker, in its pool's namespace: its InferencePool
@@ -110,14 +116,14 @@ pub fn controller_cluster_role(name: &str, needs: Needs) -> ClusterRole {
     }
 }
 
-pub fn leader_election_role(name: &str, namespace: &str) -> Role {
+pub fn namespace_role(name: &str, namespace: &str, needs: Needs) -> Role {
     Role {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             ..Default::default()
         },
-        rules: Some(leader_election_rules()),
+        rules: Some(namespace_rules(needs)),
     }
 }
 
@@ -143,7 +149,7 @@ pub fn yaml(namespace: &str, needs: Needs) -> String {
         with_kind(
             "rbac.authorization.k8s.io/v1",
             "Role",
-            &leader_election_role("infergate-leader-election", namespace),
+            &namespace_role("infergate-controller", namespace, needs),
         ),
         with_kind(
             "rbac.authorization.k8s.io/v1",
@@ -228,8 +234,22 @@ mod tests {
         deploying.sort();
         assert_eq!(
             deploying,
-            ["configmaps", "deployments", "events", "services"]
+            ["configmaps", "deployments", "events", "secrets", "services"]
         );
+        // Secrets are never read cluster-wide.
+        for rule in controller_rules(Needs {
+            inference_extension: true,
+            deploy_envoys: true,
+        }) {
+            if rule.resources.iter().flatten().any(|r| r == "secrets") {
+                assert!(
+                    !rule
+                        .verbs
+                        .iter()
+                        .any(|v| matches!(v.as_str(), "get" | "list" | "watch"))
+                );
+            }
+        }
     }
 
     #[test]

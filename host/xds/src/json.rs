@@ -102,6 +102,7 @@ mod tests {
                 xds: "127.0.0.1:18000".parse().unwrap(),
                 admin_port: 0,
                 re2_max_program_size: 4096,
+                tls: None,
             },
         ))
         .unwrap();
@@ -121,6 +122,43 @@ mod tests {
         assert_eq!(
             json["dynamicResources"]["adsConfig"]["grpcServices"][0]["envoyGrpc"]["clusterName"],
             crate::encode::XDS_CLUSTER
+        );
+    }
+
+    #[test]
+    fn with_tls_the_xds_cluster_presents_its_certificate_and_checks_the_servers_name() {
+        let json = bootstrap_to_json(crate::encode::bootstrap(
+            &crate::encode::BootstrapSettings {
+                node: "apps/gw".into(),
+                xds: "198.19.9.10:18000".parse().unwrap(),
+                admin_port: 19000,
+                re2_max_program_size: 4096,
+                tls: Some(crate::encode::XdsTls {
+                    cert_file: "/etc/envoy/xds-tls/tls.crt".into(),
+                    key_file: "/etc/envoy/xds-tls/tls.key".into(),
+                    ca_file: "/etc/envoy/xds-tls/ca.crt".into(),
+                    server_name: "infergate.infergate-system.svc".into(),
+                }),
+            },
+        ))
+        .unwrap();
+        let socket = &json["staticResources"]["clusters"][0]["transportSocket"];
+        assert_eq!(socket["name"], "envoy.transport_sockets.tls");
+        let context = &socket["typedConfig"];
+        assert_eq!(context["sni"], "infergate.infergate-system.svc");
+        let common = &context["commonTlsContext"];
+        assert_eq!(common["alpnProtocols"][0], "h2");
+        assert_eq!(
+            common["tlsCertificates"][0]["certificateChain"]["filename"],
+            "/etc/envoy/xds-tls/tls.crt"
+        );
+        assert_eq!(
+            common["validationContext"]["trustedCa"]["filename"],
+            "/etc/envoy/xds-tls/ca.crt"
+        );
+        assert_eq!(
+            common["validationContext"]["matchTypedSubjectAltNames"][0]["matcher"]["exact"],
+            "infergate.infergate-system.svc"
         );
     }
 

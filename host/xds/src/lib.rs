@@ -8,6 +8,7 @@ pub mod encoder;
 pub mod feedback;
 pub mod json;
 pub mod server;
+pub mod tls;
 
 pub use cache::SnapshotCache;
 pub use encoder::{EncodeStats, Encoder};

@@ -33,11 +33,27 @@ static STREAMS: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone)]
 pub struct AdsServer {
     cache: Arc<SnapshotCache>,
+    /// Serve a stream only the node its TLS client certificate names
+    /// ([`crate::tls::PeerGateway`]).
+    authenticated: bool,
 }
 
 impl AdsServer {
+    /// Any client gets any node's configuration (loopback, local Envoys).
     pub fn new(cache: Arc<SnapshotCache>) -> Self {
-        AdsServer { cache }
+        AdsServer {
+            cache,
+            authenticated: false,
+        }
+    }
+
+    /// Behind [`crate::tls::incoming`]: each stream gets only the
+    /// configuration of the Gateway its client certificate names.
+    pub fn authenticated(cache: Arc<SnapshotCache>) -> Self {
+        AdsServer {
+            cache,
+            authenticated: true,
+        }
     }
 
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
@@ -57,8 +73,22 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let allowed = if self.authenticated {
+            let peer = request
+                .extensions()
+                .get::<crate::tls::PeerGateway>()
+                .and_then(|p| p.0.clone());
+            Allowed::Only(peer)
+        } else {
+            Allowed::Any
+        };
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(serve_stream(self.cache.clone(), request.into_inner(), tx));
+        tokio::spawn(serve_stream(
+            self.cache.clone(),
+            request.into_inner(),
+            tx,
+            allowed,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -82,10 +112,18 @@ struct Subscription {
     nonce: String,
 }
 
+/// Which node a stream may ask for.
+enum Allowed {
+    Any,
+    /// The node its certificate names; None: its certificate names none.
+    Only(Option<String>),
+}
+
 async fn serve_stream(
     cache: Arc<SnapshotCache>,
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    allowed: Allowed,
 ) {
     let mut changes = cache.subscribe();
     let stream = STREAMS.fetch_add(1, Ordering::Relaxed);
@@ -97,7 +135,21 @@ async fn serve_stream(
             request = requests.next() => {
                 let Some(Ok(request)) = request else { break };
                 if node.is_empty() {
-                    node = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                    let asked = request.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+                    if let Allowed::Only(certified) = &allowed
+                        && certified.as_deref() != Some(asked.as_str())
+                    {
+                        let message = match certified {
+                            Some(gateway) => format!(
+                                "node {asked:?} refused: this client's certificate is for Gateway {gateway}"
+                            ),
+                            None => format!("node {asked:?} refused: this client's certificate names no Gateway"),
+                        };
+                        tracing::warn!("xDS stream refused: {message}");
+                        let _ = tx.send(Err(Status::permission_denied(message))).await;
+                        return;
+                    }
+                    node = asked;
                     tracing::info!(node = %node, "Envoy connected");
                     cache.record(|f| f.connected(stream, &node));
                 }

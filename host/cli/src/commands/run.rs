@@ -22,7 +22,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cache = SnapshotCache::new();
     let metrics_server =
         crate::servers::metrics(args.metrics_address, translation.metrics.clone()).await?;
-    let xds_server = crate::servers::xds(args.xds_address, cache.clone(), "--xds-address").await?;
+    // With the Envoy deployer, xDS is mutual TLS with certificates of the
+    // controller's CA: deployed Envoys leave this machine's loopback.
+    let xds_tls = xds_tls(&args, &client).await?;
+    let xds_server = crate::servers::xds(
+        args.xds_address,
+        cache.clone(),
+        "--xds-address",
+        xds_tls.as_ref().map(|t| t.server.clone()),
+    )
+    .await?;
     let (_component_watcher, mut component_changed) = pipeline::watch_component(&translation.path)?;
 
     let watches = Watches::start(
@@ -46,7 +55,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs_f64((args.lease_duration_seconds.max(2) as f64) / 4.0),
         },
     );
-    let deployer = start_deployer(&args, &client, &watches, &leading)?;
+    let deployer = xds_tls
+        .as_ref()
+        .map(|tls| start_deployer(&args, &client, &watches, &leading, tls));
     let writer = Arc::new(StatusWriter::new(
         client.clone(),
         WriterConfig {
@@ -150,13 +161,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Envoy deployer, with `--deploy-envoys`.
-fn start_deployer(
+/// xDS over mutual TLS, with `--deploy-envoys`: the CA (kept in Secret
+/// `<service>-ca` next to the controller's Service), this replica's serving
+/// certificate for the Service's DNS names.
+struct XdsTls {
+    namespace: String,
+    name: String,
+    ca: Arc<infergate_kube::deploy::pki::Ca>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl XdsTls {
+    /// The name Envoys check the server's certificate for.
+    fn server_name(&self) -> String {
+        format!("{}.{}.svc", self.name, self.namespace)
+    }
+}
+
+async fn xds_tls(
     args: &RunArgs,
     client: &infergate_kube::Client,
-    watches: &Watches,
-    leading: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Option<Deployer>> {
+) -> anyhow::Result<Option<XdsTls>> {
     let d = &args.deployer;
     if !d.deploy_envoys {
         return Ok(None);
@@ -169,6 +194,40 @@ fn start_deployer(
         .split_once('/')
         .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--xds-service {service:?}: expected NAMESPACE/NAME"))?;
+    let ca = infergate_kube::deploy::pki::load_or_create(client, namespace, &format!("{name}-ca"))
+        .await?;
+    let names = vec![
+        format!("{name}.{namespace}.svc"),
+        format!("{name}.{namespace}.svc.cluster.local"),
+        format!("{name}.{namespace}"),
+    ];
+    let issued = ca.issue_server(&names, &[])?;
+    let server =
+        infergate_xds::tls::server_config(&issued.cert_pem, &issued.key_pem, &ca.cert_pem)?;
+    Ok(Some(XdsTls {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        ca: Arc::new(ca),
+        server,
+    }))
+}
+
+/// The Envoy deployer, with `--deploy-envoys`.
+fn start_deployer(
+    args: &RunArgs,
+    client: &infergate_kube::Client,
+    watches: &Watches,
+    leading: &tokio::sync::watch::Receiver<bool>,
+    tls: &XdsTls,
+) -> Deployer {
+    let d = &args.deployer;
+    let dir = infergate_kube::deploy::manifests::XDS_TLS_DIR;
+    let files = infergate_xds::encode::XdsTls {
+        cert_file: format!("{dir}/tls.crt"),
+        key_file: format!("{dir}/tls.key"),
+        ca_file: format!("{dir}/ca.crt"),
+        server_name: tls.server_name(),
+    };
     let config = DeployerConfig {
         envoy: EnvoySettings {
             image: d.envoy_image.clone(),
@@ -181,28 +240,34 @@ fn start_deployer(
         controller_name: args.translation.controller_name.clone(),
         field_manager: args.field_manager.clone(),
         xds_service: (
-            namespace.to_string(),
-            name.to_string(),
+            tls.namespace.clone(),
+            tls.name.clone(),
             args.xds_address.port(),
         ),
         // Admin on the Pod's loopback, a fixed port.
-        bootstrap: Arc::new(|node, xds| {
-            prost::Message::encode_to_vec(&crate::envoy::bootstrap_message(node, xds, 19000))
+        bootstrap: Arc::new(move |node, xds| {
+            prost::Message::encode_to_vec(&crate::envoy::bootstrap_message(
+                node,
+                xds,
+                19000,
+                Some(files.clone()),
+            ))
         }),
+        ca: tls.ca.clone(),
     };
     tracing::info!(
         image = %d.envoy_image,
-        xds_service = %service,
+        xds_service = %format!("{}/{}", tls.namespace, tls.name),
         "deploying an Envoy per Gateway"
     );
-    Ok(Some(Deployer::start(
+    Deployer::start(
         client.clone(),
         config,
         watches.gateways().clone(),
         watches.gateway_classes().clone(),
         watches.changed.clone(),
         leading.clone(),
-    )))
+    )
 }
 
 fn default_identity() -> String {

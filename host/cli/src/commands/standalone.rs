@@ -27,7 +27,8 @@ pub async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
     let metrics_server =
         crate::servers::metrics(args.metrics_address, translation.metrics.clone()).await?;
-    let server = crate::servers::xds(args.xds_address, cache.clone(), "--xds-address").await?;
+    let server =
+        crate::servers::xds(args.xds_address, cache.clone(), "--xds-address", None).await?;
 
     let (changed_tx, mut changed) = mpsc::channel::<()>(64);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

@@ -12,8 +12,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec, Sysctl, TCPSocketAction, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl,
+    TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -30,6 +31,12 @@ pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 /// The bootstrap file in the ConfigMap and in the Envoy container.
 const BOOTSTRAP_KEY: &str = "bootstrap.pb";
 const BOOTSTRAP_DIR: &str = "/etc/envoy";
+/// Where the Envoy finds its xDS client certificate, key and the CA (the
+/// Gateway's Secret); the bootstrap names these files.
+pub const XDS_TLS_DIR: &str = "/etc/envoy/xds-tls";
+/// The Pod annotation with the expiry (Unix seconds) of the certificate
+/// its Envoys reach xDS with: the deployer renews it before then.
+pub const CERTIFICATE_EXPIRY: &str = "infergate.dev/xds-certificate-expiry";
 
 /// One Gateway to deploy an Envoy for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,12 +145,29 @@ pub fn config_map(gateway: &GatewayRef, bootstrap: &[u8]) -> ConfigMap {
     }
 }
 
-/// The Envoy Deployment. `bootstrap_digest` (of the ConfigMap's content) is
-/// a Pod annotation, so a new bootstrap rolls the Envoys.
+/// The Secret with the Envoys' xDS client certificate (type kubernetes.io/tls,
+/// plus `ca.crt`).
+pub fn secret(gateway: &GatewayRef, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Secret {
+    Secret {
+        metadata: meta(gateway),
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), cert_pem.to_string()),
+            ("tls.key".to_string(), key_pem.to_string()),
+            ("ca.crt".to_string(), ca_pem.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The Envoy Deployment. `bootstrap_digest` (of the ConfigMap's content)
+/// and `certificate_expiry` (of the Secret's certificate) are Pod
+/// annotations, so a new bootstrap or certificate rolls the Envoys.
 pub fn deployment(
     gateway: &GatewayRef,
     settings: &EnvoySettings,
     bootstrap_digest: &str,
+    certificate_expiry: i64,
 ) -> Deployment {
     let labels = labels(gateway);
     let selector = BTreeMap::from([
@@ -218,12 +242,20 @@ pub fn deployment(
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "bootstrap".into(),
-            mount_path: BOOTSTRAP_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "bootstrap".into(),
+                mount_path: BOOTSTRAP_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "xds-tls".into(),
+                mount_path: XDS_TLS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     };
     Deployment {
@@ -245,10 +277,16 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        "infergate.dev/bootstrap-digest".to_string(),
-                        bootstrap_digest.to_string(),
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (
+                            "infergate.dev/bootstrap-digest".to_string(),
+                            bootstrap_digest.to_string(),
+                        ),
+                        (
+                            CERTIFICATE_EXPIRY.to_string(),
+                            certificate_expiry.to_string(),
+                        ),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -260,6 +298,8 @@ pub fn deployment(
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
+                        // The xDS certificate's Secret volume is group-readable.
+                        fs_group: Some(65532),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..Default::default()
@@ -271,14 +311,26 @@ pub fn deployment(
                         }]),
                         ..Default::default()
                     }),
-                    volumes: Some(vec![Volume {
-                        name: "bootstrap".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: object_name(&gateway.name),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "bootstrap".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: object_name(&gateway.name),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        },
+                        Volume {
+                            name: "xds-tls".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(object_name(&gateway.name)),
+                                // Readable by the Envoy's group (65532) only.
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
                     ..Default::default()
                 }),
             },
@@ -347,7 +399,8 @@ mod tests {
         let settings = EnvoySettings::default();
         let metas = [
             config_map(&g, b"x").metadata,
-            deployment(&g, &settings, "d").metadata,
+            secret(&g, "c", "k", "ca").metadata,
+            deployment(&g, &settings, "d", 0).metadata,
             service(&g, &settings).metadata,
         ];
         for m in metas {
@@ -367,7 +420,7 @@ mod tests {
     fn the_service_selects_the_envoy_pods_on_every_listener_port() {
         let g = gateway("gw");
         let settings = EnvoySettings::default();
-        let d = deployment(&g, &settings, "d");
+        let d = deployment(&g, &settings, "d", 0);
         let s = service(&g, &settings);
         let pod_labels = d
             .spec
@@ -407,7 +460,7 @@ mod tests {
 
     #[test]
     fn envoy_runs_locked_down_and_drains_before_it_stops() {
-        let d = deployment(&gateway("gw"), &EnvoySettings::default(), "d");
+        let d = deployment(&gateway("gw"), &EnvoySettings::default(), "d", 0);
         let pod = d.spec.unwrap().template.spec.unwrap();
         let c = &pod.containers[0];
         assert_eq!(pod.automount_service_account_token, Some(false));

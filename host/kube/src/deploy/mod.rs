@@ -16,6 +16,7 @@
 //!   (it listens on the Gateway's port: it has this Gateway's listeners).
 
 pub mod manifests;
+pub mod pki;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use gateway_api::apis::standard::gatewayclasses::GatewayClass;
 use gateway_api::apis::standard::gateways::Gateway;
 use infergate_model::{Condition, ConditionStatus, ConditionType, Statuses};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
@@ -48,6 +49,8 @@ pub struct DeployerConfig {
     /// its ClusterIP (no cluster DNS needed).
     pub xds_service: (String, String, u16),
     pub bootstrap: BootstrapFn,
+    /// Issues each Gateway's xDS client certificate.
+    pub ca: Arc<pki::Ca>,
 }
 
 pub struct Deployer {
@@ -228,6 +231,14 @@ struct Worker {
     applied: BTreeMap<(String, String), (String, Option<i64>)>,
 }
 
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 impl Worker {
     async fn run(
         mut self,
@@ -331,10 +342,29 @@ impl Worker {
             let node = format!("{}/{}", gateway.namespace, gateway.name);
             let bootstrap = (self.config.bootstrap)(&node, xds.expect("wanted is not empty"));
             let digest = digest(&bootstrap);
-            let spec_digest = format!("{digest}-{:?}-{:?}", gateway.ports, self.config.envoy);
             let live_deployment = self
                 .deployments
                 .get(&object_ref(&object, &gateway.namespace));
+            // The certificate its Envoys use, as their Pods' annotation says;
+            // renewed (and the Envoys rolled) before it expires. Secrets are
+            // written, never read: the controller may not read them.
+            let expiry = live_deployment
+                .as_ref()
+                .and_then(|d| {
+                    d.spec
+                        .as_ref()?
+                        .template
+                        .metadata
+                        .as_ref()?
+                        .annotations
+                        .clone()
+                })
+                .and_then(|a| a.get(manifests::CERTIFICATE_EXPIRY)?.parse::<i64>().ok())
+                .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400);
+            let spec_digest = format!(
+                "{digest}-{:?}-{:?}-{expiry:?}",
+                gateway.ports, self.config.envoy
+            );
             let fresh = match self.applied.get(&key) {
                 Some((applied, generation)) => {
                     applied == &spec_digest
@@ -356,6 +386,32 @@ impl Worker {
                 continue;
             }
             let ns = &gateway.namespace;
+            let expiry = match expiry {
+                Some(expiry) => expiry,
+                None => {
+                    let issued = self.config.ca.issue_gateway(ns, &gateway.name)?;
+                    let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+                    secrets
+                        .patch(
+                            &object,
+                            &params,
+                            &Patch::Apply(&with_kind(
+                                manifests::secret(
+                                    gateway,
+                                    &issued.cert_pem,
+                                    &issued.key_pem,
+                                    &self.config.ca.cert_pem,
+                                ),
+                                "v1",
+                                "Secret",
+                            )),
+                        )
+                        .await
+                        .map_err(|e| anyhow::anyhow!("applying Secret {ns}/{object}: {e}"))?;
+                    tracing::info!(gateway = %node, secret = %object, "issued the Envoys' xDS certificate");
+                    issued.not_after
+                }
+            };
             let cm: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
             cm.patch(
                 &object,
@@ -386,7 +442,7 @@ impl Worker {
                     &object,
                     &params,
                     &Patch::Apply(&with_kind(
-                        manifests::deployment(gateway, &self.config.envoy, &digest),
+                        manifests::deployment(gateway, &self.config.envoy, &digest, expiry),
                         "apps/v1",
                         "Deployment",
                     )),
@@ -422,6 +478,9 @@ impl Worker {
                 .delete(&name, &dp)
                 .await;
             let _ = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &dp)
+                .await;
+            let _ = Api::<Secret>::namespaced(self.client.clone(), &ns)
                 .delete(&name, &dp)
                 .await;
         }

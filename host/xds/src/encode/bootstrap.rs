@@ -12,9 +12,16 @@ use envoy_types::pb::envoy::config::bootstrap::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, Node, api_config_source,
+    ApiConfigSource, ApiVersion, DataSource, Node, TransportSocket, api_config_source, data_source,
+    transport_socket,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
+    UpstreamTlsContext, common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
+use envoy_types::util::pack_any;
 use infergate_model as ir;
 
 use super::clusters::{cluster, load_assignment};
@@ -35,6 +42,66 @@ pub struct BootstrapSettings {
     pub admin_port: u16,
     /// RE2's program-size limit (`re2.max_program_size.error_level`).
     pub re2_max_program_size: u32,
+    /// Mutual TLS to the xDS server (deployed Envoys); None: cleartext
+    /// (Envoys the controller starts next to itself, on loopback).
+    pub tls: Option<XdsTls>,
+}
+
+/// Files of the mutual TLS an Envoy reaches xDS with (mounted from its
+/// Gateway's Secret), and the name the server's certificate must carry.
+#[derive(Clone, Debug)]
+pub struct XdsTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+    pub server_name: String,
+}
+
+fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
+/// The xDS cluster's TLS: our client certificate, the server's verified
+/// against the controller's CA and its DNS name.
+fn xds_tls(tls: &XdsTls) -> TransportSocket {
+    let context = UpstreamTlsContext {
+        sni: tls.server_name.clone(),
+        common_tls_context: Some(CommonTlsContext {
+            alpn_protocols: vec!["h2".into()],
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file(&tls.cert_file)),
+                private_key: Some(file(&tls.key_file)),
+                ..Default::default()
+            }],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(file(&tls.ca_file)),
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Exact(
+                                    tls.server_name.clone(),
+                                )),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
+    }
 }
 
 pub fn bootstrap(settings: &BootstrapSettings) -> Bootstrap {
@@ -55,6 +122,7 @@ pub fn bootstrap(settings: &BootstrapSettings) -> Bootstrap {
         eds_cluster_config: None,
         connect_timeout: Some(seconds(1)),
         load_assignment: Some(load_assignment(&xds)),
+        transport_socket: settings.tls.as_ref().map(xds_tls),
         ..cluster(&xds)
     };
     let runtime = Struct {

@@ -30,7 +30,7 @@ mod headers;
 mod listeners;
 mod routes;
 
-pub use bootstrap::{BootstrapSettings, XDS_CLUSTER, bootstrap};
+pub use bootstrap::{BootstrapSettings, XDS_CLUSTER, XdsTls, bootstrap};
 use clusters::{cluster, load_assignment};
 pub use ext_proc::{
     EXT_PROC_FILTER, LB_NAMESPACE, PROTOCOL_HEADERS, SERVED_KEY, SUBSET_HINT_NAMESPACE,
