@@ -701,6 +701,9 @@ kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: infergate
+  infrastructure:
+    labels: {{team: search}}
+    annotations: {{example.com/owner: tests}}
   listeners: [{{name: http, protocol: HTTP, port: 80}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -744,6 +747,32 @@ spec:
             "the Gateway owns the {kind}"
         );
     }
+    // The Gateway's spec.infrastructure labels and annotations are on what
+    // was made for it, Pods included.
+    for (kind, name) in [("deployment", "infergate-gw"), ("service", "infergate-gw")] {
+        assert_eq!(
+            cluster.get(kind, "default", name, "{.metadata.labels.team}"),
+            "search"
+        );
+        assert_eq!(
+            cluster.get(
+                kind,
+                "default",
+                name,
+                "{.metadata.annotations.example\\.com/owner}"
+            ),
+            "tests"
+        );
+    }
+    assert_eq!(
+        cluster.get(
+            "deployment",
+            "default",
+            "infergate-gw",
+            "{.spec.template.metadata.labels.team}"
+        ),
+        "search"
+    );
     let service_ip = cluster.get("service", "default", "infergate-gw", "{.spec.clusterIP}");
     let programmed = || {
         cluster.get(
@@ -961,7 +990,7 @@ spec:
         cluster
             .kubectl(&[
                 "get",
-                "all,serviceaccounts,roles,rolebindings,leases,configmaps,poddisruptionbudgets",
+                "all,serviceaccounts,roles,rolebindings,leases,configmaps,secrets,poddisruptionbudgets",
                 "-n",
                 "infergate-system",
                 "-o",

@@ -194,8 +194,20 @@ async fn xds_tls(
         .split_once('/')
         .filter(|(ns, n)| !ns.is_empty() && !n.is_empty())
         .ok_or_else(|| anyhow::anyhow!("--xds-service {service:?}: expected NAMESPACE/NAME"))?;
-    let ca = infergate_kube::deploy::pki::load_or_create(client, namespace, &format!("{name}-ca"))
-        .await?;
+    // Owned by the leader-election Lease when it is in the same namespace
+    // (the chart makes it there), so that uninstalling removes the CA too.
+    let owner = if args.leader_election_namespace == namespace {
+        infergate_kube::deploy::pki::lease_owner(client, namespace, &args.leader_election_id).await
+    } else {
+        None
+    };
+    let ca = infergate_kube::deploy::pki::load_or_create(
+        client,
+        namespace,
+        &format!("{name}-ca"),
+        owner,
+    )
+    .await?;
     let names = vec![
         format!("{name}.{namespace}.svc"),
         format!("{name}.{namespace}.svc.cluster.local"),

@@ -46,6 +46,10 @@ pub struct GatewayRef {
     pub uid: String,
     /// The ports its Envoy listens on (one per distinct listener port).
     pub ports: Vec<u16>,
+    /// `spec.infrastructure.labels` and `.annotations`: put on everything
+    /// made for the Gateway, Pods included (ours win where keys collide).
+    pub infrastructure_labels: BTreeMap<String, String>,
+    pub infrastructure_annotations: BTreeMap<String, String>,
 }
 
 /// How Envoys are deployed (flags of `infergate run`, chart values).
@@ -95,7 +99,14 @@ pub fn object_name(gateway: &str) -> String {
     format!("{}-{:08x}", full[..keep].trim_end_matches('-'), hash as u32)
 }
 
+/// The Gateway's infrastructure labels, then ours (ours win).
 pub fn labels(gateway: &GatewayRef) -> BTreeMap<String, String> {
+    let mut labels = gateway.infrastructure_labels.clone();
+    labels.extend(own_labels(gateway));
+    labels
+}
+
+fn own_labels(gateway: &GatewayRef) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_string(), MANAGER.to_string()),
         (COMPONENT.to_string(), "envoy".to_string()),
@@ -121,6 +132,7 @@ fn meta(gateway: &GatewayRef) -> ObjectMeta {
         name: Some(object_name(&gateway.name)),
         namespace: Some(gateway.namespace.clone()),
         labels: Some(labels(gateway)),
+        annotations: Some(gateway.infrastructure_annotations.clone()).filter(|a| !a.is_empty()),
         owner_references: Some(vec![OwnerReference {
             api_version: "gateway.networking.k8s.io/v1".into(),
             kind: "Gateway".into(),
@@ -277,16 +289,20 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([
-                        (
-                            "infergate.dev/bootstrap-digest".to_string(),
-                            bootstrap_digest.to_string(),
-                        ),
-                        (
-                            CERTIFICATE_EXPIRY.to_string(),
-                            certificate_expiry.to_string(),
-                        ),
-                    ])),
+                    annotations: Some({
+                        let mut annotations = gateway.infrastructure_annotations.clone();
+                        annotations.extend([
+                            (
+                                "infergate.dev/bootstrap-digest".to_string(),
+                                bootstrap_digest.to_string(),
+                            ),
+                            (
+                                CERTIFICATE_EXPIRY.to_string(),
+                                certificate_expiry.to_string(),
+                            ),
+                        ]);
+                        annotations
+                    }),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -380,6 +396,35 @@ mod tests {
             name: name.into(),
             uid: "1234".into(),
             ports: vec![80, 8080],
+            infrastructure_labels: BTreeMap::new(),
+            infrastructure_annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_gateways_infrastructure_labels_and_annotations_go_everywhere_but_never_over_ours() {
+        let mut g = gateway("gw");
+        g.infrastructure_labels = BTreeMap::from([
+            ("team".to_string(), "search".to_string()),
+            (MANAGED_BY.to_string(), "someone-else".to_string()),
+        ]);
+        g.infrastructure_annotations =
+            BTreeMap::from([("cost-center".to_string(), "42".to_string())]);
+        let settings = EnvoySettings::default();
+        let d = deployment(&g, &settings, "d", 0);
+        let pod = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+        let metas = [
+            config_map(&g, b"x").metadata,
+            secret(&g, "c", "k", "ca").metadata,
+            service(&g, &settings).metadata,
+            d.metadata,
+            pod,
+        ];
+        for m in metas {
+            let labels = m.labels.unwrap();
+            assert_eq!(labels["team"], "search");
+            assert_eq!(labels[MANAGED_BY], MANAGER, "ours win");
+            assert_eq!(m.annotations.unwrap()["cost-center"], "42");
         }
     }
 

@@ -297,11 +297,18 @@ impl Worker {
                     .collect();
                 ports.sort_unstable();
                 ports.dedup();
+                let infrastructure = g.spec.infrastructure.as_ref();
                 Some(GatewayRef {
                     namespace: g.namespace()?,
                     name: g.name_any(),
                     uid: g.uid()?,
                     ports,
+                    infrastructure_labels: infrastructure
+                        .and_then(|i| i.labels.clone())
+                        .unwrap_or_default(),
+                    infrastructure_annotations: infrastructure
+                        .and_then(|i| i.annotations.clone())
+                        .unwrap_or_default(),
                 })
             })
             .collect();
@@ -361,10 +368,8 @@ impl Worker {
                 })
                 .and_then(|a| a.get(manifests::CERTIFICATE_EXPIRY)?.parse::<i64>().ok())
                 .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400);
-            let spec_digest = format!(
-                "{digest}-{:?}-{:?}-{expiry:?}",
-                gateway.ports, self.config.envoy
-            );
+            // Everything the objects are made of: a change applies again.
+            let spec_digest = format!("{digest}-{gateway:?}-{:?}-{expiry:?}", self.config.envoy);
             let fresh = match self.applied.get(&key) {
                 Some((applied, generation)) => {
                     applied == &spec_digest

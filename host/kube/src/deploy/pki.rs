@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use rcgen::{
@@ -117,9 +117,31 @@ impl Ca {
     }
 }
 
+/// An owner reference to Lease `namespace/name`, if it exists (the chart
+/// makes the controller's Lease; what it owns goes with the release).
+pub async fn lease_owner(client: &Client, namespace: &str, name: &str) -> Option<OwnerReference> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), namespace);
+    let lease = leases.get_opt(name).await.ok()??;
+    Some(OwnerReference {
+        api_version: "coordination.k8s.io/v1".into(),
+        kind: "Lease".into(),
+        name: name.to_string(),
+        uid: lease.metadata.uid?,
+        ..Default::default()
+    })
+}
+
 /// The CA in Secret `namespace/name`, made there first if there is none
-/// (two replicas racing: the second reads what the first made).
-pub async fn load_or_create(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Ca> {
+/// (two replicas racing: the second reads what the first made). A new
+/// Secret is owned by `owner` when given (the chart's Lease: uninstalling
+/// the chart then deletes the CA too).
+pub async fn load_or_create(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: Option<OwnerReference>,
+) -> anyhow::Result<Ca> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let read = |secret: &Secret| -> anyhow::Result<Ca> {
         let data = secret.data.clone().unwrap_or_default();
@@ -147,6 +169,7 @@ pub async fn load_or_create(client: &Client, namespace: &str, name: &str) -> any
                 "app.kubernetes.io/managed-by".to_string(),
                 "infergate".to_string(),
             )])),
+            owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         },
         data: Some(BTreeMap::from([
