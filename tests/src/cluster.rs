@@ -185,12 +185,8 @@ impl RealCluster {
     /// Like [`RealCluster::get`], but empty when kubectl fails (the object
     /// does not exist, say).
     pub fn get_lossy(&self, kind: &str, namespace: &str, name: &str, jsonpath: &str) -> String {
-        Command::new(crate::kube::tools_dir().join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["get", kind, "-n", namespace, name, "-o"])
-            .arg(format!("jsonpath={jsonpath}"))
-            .output()
+        let jsonpath = format!("jsonpath={jsonpath}");
+        self.kubectl_output(&["get", kind, "-n", namespace, name, "-o", &jsonpath])
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
@@ -225,13 +221,16 @@ impl RealCluster {
         out
     }
 
-    fn kubectl_lossy(&self, args: &[&str]) -> String {
-        let output = Command::new(crate::kube::tools_dir().join("kubectl"))
+    fn kubectl_output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new(crate::kube::tools_dir().join("kubectl"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
-            .output();
-        match output {
+            .output()
+    }
+
+    fn kubectl_lossy(&self, args: &[&str]) -> String {
+        match self.kubectl_output(args) {
             Ok(o) => format!(
                 "$ kubectl {}\n{}{}\n",
                 args.join(" "),

@@ -647,6 +647,7 @@ pub struct SteadyTraffic {
     failures: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     served: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     clients: Vec<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
 }
 
 impl SteadyTraffic {
@@ -660,6 +661,7 @@ impl SteadyTraffic {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let served: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let started = std::time::Instant::now();
         let clients = (0..clients)
             .map(|_| {
                 let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
@@ -672,7 +674,10 @@ impl SteadyTraffic {
                                 .unwrap()
                                 .push(r.header("x-served-by").unwrap_or_default().to_string()),
                             other => {
-                                eprintln!("failed request: {other:?}");
+                                eprintln!(
+                                    "failed request at {:.2} s: {other:?}",
+                                    started.elapsed().as_secs_f64()
+                                );
                                 failures.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -685,7 +690,14 @@ impl SteadyTraffic {
             failures,
             served,
             clients,
+            started,
         }
+    }
+
+    /// Say (on stderr, next to the failed requests' times) that `what`
+    /// happened now, for a failure message to be read against.
+    pub fn note(&self, what: &str) {
+        eprintln!("at {:.2} s: {what}", self.started.elapsed().as_secs_f64());
     }
 
     /// How many requests have succeeded so far: a mark for [`Self::served_since`].

@@ -147,6 +147,16 @@ fn pod_ips(cluster: &RealCluster) -> BTreeSet<String> {
         .collect()
 }
 
+/// The reference of image `name` among what `load_images` loaded.
+fn image_reference(images: &[(std::path::PathBuf, String)], name: &str) -> String {
+    images
+        .iter()
+        .map(|(_, reference)| reference)
+        .find(|r| r.contains(&format!("/{name}:")))
+        .unwrap_or_else(|| panic!("no {name} image among {images:?}"))
+        .clone()
+}
+
 #[test]
 fn pods_services_and_the_picker_on_a_real_node() {
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,14 +184,7 @@ fn pods_services_and_the_picker_on_a_real_node() {
             String::from_utf8_lossy(&crane.stderr)
         );
     }
-    let image = |name: &str| {
-        images
-            .iter()
-            .map(|(_, reference)| reference)
-            .find(|r| r.contains(&format!("/{name}:")))
-            .unwrap_or_else(|| panic!("no {name} image among {images:?}"))
-            .clone()
-    };
+    let image = |name: &str| image_reference(&images, name);
     let picker_role = picker_role("demo");
     cluster.kubectl(&[
         "wait",
@@ -301,13 +304,7 @@ fn a_gateway_reaches_real_pods_through_the_picker_and_a_pod_failing_its_probe_is
         "--timeout=30s",
     ]);
     let images = cluster.load_images(&["infergate-sim", "infergate-epp"]);
-    let image = |name: &str| {
-        images
-            .iter()
-            .map(|(_, reference)| reference.clone())
-            .find(|r| r.contains(&format!("/{name}:")))
-            .unwrap()
-    };
+    let image = |name: &str| image_reference(&images, name);
     let listener = infergate_e2e::free_port();
     cluster.apply(&format!(
         r#"
@@ -611,13 +608,7 @@ fn the_chart_deploys_envoys_upgrades_under_traffic_and_uninstalls_leaving_nothin
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
     let images = cluster.load_images(&["infergate", "envoy", "infergate-sim"]);
-    let image = |name: &str| {
-        images
-            .iter()
-            .map(|(_, reference)| reference.clone())
-            .find(|r| r.contains(&format!("/{name}:")))
-            .unwrap()
-    };
+    let image = |name: &str| image_reference(&images, name);
     let controller_image = image("infergate");
     let (repository, tag) = controller_image.rsplit_once(':').unwrap();
     let envoy_image = image("envoy");
@@ -914,6 +905,7 @@ spec:
             == 2),
         "both model servers serve through the Gateway"
     );
+    traffic.note("rolling the Envoys");
     cluster.kubectl(&["rollout", "restart", "deployment/infergate-gw"]);
     cluster.kubectl(&[
         "rollout",
@@ -921,6 +913,7 @@ spec:
         "deployment/infergate-gw",
         "--timeout=120s",
     ]);
+    traffic.note("the Envoys rolled; helm upgrade (the controller rolls)");
     cluster.helm(&[
         "upgrade",
         "infergate",
@@ -942,6 +935,7 @@ spec:
         "the controller did not roll: {:?}",
         controller_pods()
     );
+    traffic.note("the controller rolled");
     let second = controller_pods().into_iter().next().unwrap();
     let log = cluster.kubectl(&["logs", "-n", "infergate-system", &second]);
     assert!(

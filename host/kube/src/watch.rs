@@ -424,19 +424,12 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().labels(labels))
-        .default_backoff()
-        .modify(strip_meta::<K>);
-    let task = tokio::spawn(run_reflector(
-        std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("object"),
-        reflector::reflector(writer, stream),
+    reflect_with(
+        api,
+        watcher::Config::default().labels(labels),
+        strip_meta::<K>,
         changed,
-    ));
-    (store, task)
+    )
 }
 
 fn reflect<K>(api: Api<K>, strip: fn(&mut K), changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
@@ -449,10 +442,26 @@ where
         + Sync
         + 'static,
 {
+    reflect_with(api, watcher::Config::default(), strip, changed)
+}
+
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    changed: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip);
+    let stream = watcher(api, config).default_backoff().modify(strip);
     let task = tokio::spawn(run_reflector(
         std::any::type_name::<K>()
             .rsplit("::")

@@ -216,8 +216,11 @@ pub fn deployment(
             port: IntOrString::Int(i32::from(*port)),
             ..Default::default()
         }),
+        // A busy node may miss a probe now and then: one miss must not take
+        // a Gateway's only Envoy out of its Service.
         period_seconds: Some(2),
-        failure_threshold: Some(1),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
         ..Default::default()
     });
     let container = Container {
