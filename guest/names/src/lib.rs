@@ -38,6 +38,70 @@ pub mod picker {
     pub const PROTOCOL_HEADERS: [&str; 3] = [DESTINATION, SUBSET, SERVED];
 }
 
+/// Names of the objects infergate deploys for a Gateway or an InferencePool.
+pub mod objects {
+    /// The longest name a Service (a DNS-1035 label) may have.
+    pub const MAX_LEN: usize = 63;
+    /// Prefix of a Gateway's Envoy objects.
+    pub const ENVOY_PREFIX: &str = "infergate-";
+    /// Prefix of an InferencePool's managed endpoint picker objects.
+    pub const PICKER_PREFIX: &str = "infergate-epp-";
+    /// The port of a managed endpoint picker's Service (ext_proc, gRPC).
+    pub const PICKER_PORT: u32 = 9002;
+
+    /// `<prefix><name>` when that is a DNS-1035 label (lower-case letters,
+    /// digits and '-', at most 63); else a label made of the name's
+    /// characters that fit and 8 hex digits of a hash of the whole name, so
+    /// that names with dots or over-long names stay distinct. Stable across
+    /// releases (FNV-1a, not std's hasher).
+    pub fn bounded(prefix: &str, name: &str) -> String {
+        let full = format!("{prefix}{name}");
+        let label_chars = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+        if full.len() <= MAX_LEN && full.chars().all(label_chars) && !full.ends_with('-') {
+            return full;
+        }
+        let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        let keep = MAX_LEN - 1 - 8;
+        let cleaned: String = full
+            .chars()
+            .map(|c| if label_chars(c) { c } else { '-' })
+            .take(keep)
+            .collect();
+        format!("{}-{:08x}", cleaned.trim_end_matches('-'), hash as u32)
+    }
+
+    /// The name of the managed picker's objects of pool `name`.
+    pub fn picker(pool: &str) -> String {
+        bounded(PICKER_PREFIX, pool)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_are_service_names_and_stay_distinct() {
+            assert_eq!(picker("llama"), "infergate-epp-llama");
+            let long = "p".repeat(80);
+            let dotted = picker("pool.v2");
+            let dashed = picker("pool-v2");
+            assert_eq!(dashed, "infergate-epp-pool-v2");
+            assert_ne!(dotted, dashed);
+            for name in [picker(&long), dotted, picker(&format!("{long}x"))] {
+                assert!(name.len() <= MAX_LEN, "{name}");
+                assert!(
+                    name.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                    "{name}"
+                );
+            }
+            assert_ne!(picker(&long), picker(&format!("{long}x")));
+        }
+    }
+}
+
 /// How a deployed Envoy proves which Gateway it serves: its client
 /// certificate for xDS carries the URI `<PREFIX><namespace>/<name>`, and
 /// the xDS server gives it that node's configuration only.

@@ -6,14 +6,17 @@
 //! override_host policy from the endpoint the picker chose, and the picker
 //! itself (HTTP/2, TLS without verification unless the picker Service's port
 //! says `appProtocol: kubernetes.io/h2c`). The route calls the pool's
-//! picker first; a pool without a picker is balanced round robin.
+//! picker first. A pool without a picker reference is routed through the
+//! picker infergate deploys for it when the host manages pickers
+//! (`settings.managed-picker`: TLS verified with the host's CA), else
+//! balanced round robin.
 
 use std::collections::BTreeMap;
 
 use infergate_model::{
     BackendRef, ClusterIr, EndpointPickerIr, FailureMode, HttpRoute, InferencePool,
-    InferencePoolStatus, LoadBalancer, ObjectRef, PoolParentStatus, RefKind, SocketAddress,
-    UpstreamProtocol, UpstreamTls,
+    InferencePoolStatus, LoadBalancer, ManagedPicker, ObjectRef, PoolParentStatus, RefKind,
+    SocketAddress, UpstreamProtocol, UpstreamTls,
 };
 
 use crate::backends::{self, BackendKind, BackendUse, Resolved};
@@ -130,10 +133,15 @@ pub fn picker(
     index: &Index,
     pool: &InferencePool,
 ) -> Result<Option<(EndpointPickerIr, ClusterIr)>, String> {
-    let Some(r) = &pool.endpoint_picker else {
-        return Ok(None);
-    };
     let namespace = &pool.meta.namespace;
+    let Some(r) = &pool.endpoint_picker else {
+        return Ok(index
+            .snapshot
+            .settings
+            .managed_picker
+            .as_ref()
+            .map(|managed| managed_picker(index, pool, managed)));
+    };
     if !r.kind.is("", "Service") {
         return Err(format!(
             "endpointPickerRef: kind {} is not supported; the picker must be a core Service",
@@ -190,6 +198,65 @@ pub fn picker(
     )))
 }
 
+/// The picker infergate deploys for `pool`: its Service
+/// `infergate-epp-<pool>` (no endpoints until the host has made it and a
+/// picker Pod is ready), TLS verified with the host's CA, fail-close (the
+/// Inference Extension's default).
+fn managed_picker(
+    index: &Index,
+    pool: &InferencePool,
+    managed: &ManagedPicker,
+) -> (EndpointPickerIr, ClusterIr) {
+    let namespace = &pool.meta.namespace;
+    let name = infergate_names::objects::picker(&pool.meta.name);
+    let endpoints = index
+        .service(namespace, &name)
+        .and_then(|service| {
+            let port = service.ports.iter().find(|p| p.port == managed.port)?;
+            Some(index.ready_endpoints(service, port))
+        })
+        .unwrap_or_default();
+    let cluster = ClusterIr {
+        name: format!("endpointpicker/{namespace}/{name}/{}", managed.port),
+        endpoints,
+        protocol: UpstreamProtocol::H2Tls,
+        tls: Some(UpstreamTls {
+            sni: Some(format!("{name}.{namespace}.svc")),
+            ca_pem: Some(managed.ca_pem.clone()),
+        }),
+        load_balancer: LoadBalancer::RoundRobin,
+    };
+    (
+        EndpointPickerIr {
+            cluster: cluster.name.clone(),
+            fail_open: false,
+        },
+        cluster,
+    )
+}
+
+/// The pools that need a managed picker: without a picker reference, used
+/// by a route of ours that a Gateway of ours accepted. Empty unless the host
+/// manages pickers.
+pub fn managed_pickers(index: &Index, uses: &[BackendUse]) -> Vec<ObjectRef> {
+    if index.snapshot.settings.managed_picker.is_none() {
+        return Vec::new();
+    }
+    let mut pools: Vec<ObjectRef> = uses
+        .iter()
+        .filter(|u| u.kind == RefKind::InferencePool && u.accepted)
+        .filter_map(|u| index.inference_pool(&u.namespace, &u.name))
+        .filter(|pool| pool.endpoint_picker.is_none())
+        .map(|pool| ObjectRef {
+            namespace: pool.meta.namespace.clone(),
+            name: pool.meta.name.clone(),
+        })
+        .collect();
+    pools.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pools.dedup();
+    pools
+}
+
 /// For one pool: by Gateway (namespace, name), whether a route through it
 /// is accepted, and the routes (namespace/name).
 type GatewayUses = BTreeMap<(String, String), (bool, Vec<String>)>;
@@ -227,6 +294,27 @@ pub fn pool_statuses(
                 ""
             };
             let mut resolved = match picker(index, pool) {
+                Ok(Some((_, cluster))) if pool.endpoint_picker.is_none() => ok(
+                    c::RESOLVED_REFS,
+                    reason::RESOLVED_REFS,
+                    if !gateways.values().any(|(accepted, _)| *accepted) {
+                        format!(
+                            "no endpointPickerRef: infergate deploys an endpoint picker for this pool (Service {}) once a Gateway of ours accepts a route to it",
+                            infergate_names::objects::picker(name)
+                        )
+                    } else if cluster.endpoints.is_empty() {
+                        format!(
+                            "no endpointPickerRef: infergate deploys an endpoint picker for this pool (Service {}); until one is ready, requests to the pool get 500",
+                            infergate_names::objects::picker(name)
+                        )
+                    } else {
+                        format!(
+                            "no endpointPickerRef: routed through the endpoint picker infergate deployed for this pool (Service {})",
+                            infergate_names::objects::picker(name)
+                        )
+                    },
+                    generation,
+                ),
                 Ok(Some((p, _))) => ok(
                     c::RESOLVED_REFS,
                     reason::RESOLVED_REFS,

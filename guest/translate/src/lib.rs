@@ -51,10 +51,13 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
     let routes = routes::attach_all(&index, &mut gateways, backend_kinds(snapshot));
     let gateway_irs = assemble::gateway_irs(&gateways, &routes);
 
-    let inference_pools = if snapshot.settings.inference_extension {
-        inference::pool_statuses(&index, &routes.backend_uses, &routes.clusters)
+    let (inference_pools, managed_pickers) = if snapshot.settings.inference_extension {
+        (
+            inference::pool_statuses(&index, &routes.backend_uses, &routes.clusters),
+            inference::managed_pickers(&index, &routes.backend_uses),
+        )
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let statuses = Statuses {
         gateway_classes: gateways.class_statuses.clone(),
@@ -65,6 +68,7 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
     Ok(Output {
         gateways: gateway_irs,
         statuses,
+        managed_pickers,
     })
 }
 

@@ -19,6 +19,7 @@ fn settings(input: &str) -> Settings {
         controller_name: CONTROLLER.into(),
         inference_extension: false,
         default_address: "127.0.0.1".into(),
+        managed_picker: None,
     };
     for doc in serde_yaml_ng::Deserializer::from_str(input) {
         let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)
@@ -26,6 +27,12 @@ fn settings(input: &str) -> Settings {
         if value.get("kind").and_then(|k| k.as_str()) == Some("GoldenSettings") {
             if let Some(on) = value.get("inferenceExtension").and_then(|v| v.as_bool()) {
                 settings.inference_extension = on;
+            }
+            if let Some(ca) = value.get("managedPickerCa").and_then(|v| v.as_str()) {
+                settings.managed_picker = Some(infergate_model::ManagedPicker {
+                    port: infergate_names::objects::PICKER_PORT,
+                    ca_pem: ca.into(),
+                });
             }
             if let Some(name) = value.get("controllerName").and_then(|v| v.as_str()) {
                 settings.controller_name = name.into();

@@ -352,6 +352,7 @@ mod tests {
                     controller_name: "c".into(),
                     inference_extension: true,
                     default_address: "127.0.0.1".into(),
+                    managed_picker: None,
                 })
                 .map(|_| ())
         });
@@ -381,6 +382,7 @@ mod tests {
                 controller_name: "c".into(),
                 inference_extension: true,
                 default_address: "127.0.0.1".into(),
+                managed_picker: None,
             })
             .unwrap();
         let ready: Vec<(&str, bool)> = snapshot
@@ -417,6 +419,7 @@ mod tests {
                 controller_name: "c".into(),
                 inference_extension: false,
                 default_address: "127.0.0.1".into(),
+                managed_picker: None,
             })
             .unwrap();
         assert!(

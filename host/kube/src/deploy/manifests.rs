@@ -87,16 +87,7 @@ impl Default for EnvoySettings {
 /// shortened with a hash of the full name when that is longer than a
 /// Service name may be (63).
 pub fn object_name(gateway: &str) -> String {
-    let full = format!("infergate-{gateway}");
-    if full.len() <= 63 {
-        return full;
-    }
-    // FNV-1a: stable across releases, unlike std's hasher.
-    let hash = gateway.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    let keep = 63 - 1 - 8;
-    format!("{}-{:08x}", full[..keep].trim_end_matches('-'), hash as u32)
+    infergate_names::objects::bounded(infergate_names::objects::ENVOY_PREFIX, gateway)
 }
 
 /// The Gateway's infrastructure labels, then ours (ours win).

@@ -14,11 +14,13 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext, common_tls_context,
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, UpstreamTlsContext,
+    common_tls_context, subject_alt_name_matcher,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::metadata::v3::{MetadataKey, metadata_key};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
@@ -89,12 +91,27 @@ pub(super) fn upstream_tls(
     tls: &ir::UpstreamTls,
     protocol: ir::UpstreamProtocol,
 ) -> TransportSocket {
+    // A certificate of the CA is not enough: it must also name the server
+    // asked for (the CA may issue certificates to others, e.g. every pool's
+    // picker).
     let validation = tls.ca_pem.as_ref().map(|pem| {
         common_tls_context::ValidationContextType::ValidationContext(CertificateValidationContext {
             trusted_ca: Some(DataSource {
                 specifier: Some(data_source::Specifier::InlineString(pem.clone())),
                 ..Default::default()
             }),
+            match_typed_subject_alt_names: tls
+                .sni
+                .iter()
+                .map(|name| SubjectAltNameMatcher {
+                    san_type: subject_alt_name_matcher::SanType::Dns as i32,
+                    matcher: Some(StringMatcher {
+                        match_pattern: Some(string_matcher::MatchPattern::Exact(name.clone())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
     });
