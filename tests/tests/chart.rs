@@ -146,13 +146,22 @@ fn rendered_manifests_match_the_golden_files() {
 /// deployer on and off.
 #[test]
 fn the_charts_rbac_is_what_infergate_rbac_prints() {
-    for (inference, deploy) in [(false, false), (false, true), (true, false), (true, true)] {
+    for (inference, deploy, pickers) in [
+        (false, false, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
         let mut args = vec!["rbac", "--namespace", "infergate-system"];
         if inference {
             args.push("--enable-inference-extension");
         }
         if deploy {
             args.push("--deploy-envoys");
+        }
+        if pickers {
+            args.push("--manage-pickers");
         }
         let printed = Command::new(infergate_e2e::infergate_binary())
             .args(&args)
@@ -161,12 +170,12 @@ fn the_charts_rbac_is_what_infergate_rbac_prints() {
         assert!(printed.status.success());
         let printed = documents(&String::from_utf8_lossy(&printed.stdout));
         let rendered = documents(&template(&[&format!(
-            "inferenceExtension.enabled={inference},gatewayDeployer.enabled={deploy}"
+            "inferenceExtension.enabled={inference},gatewayDeployer.enabled={deploy},inferenceExtension.managedPicker.enabled={pickers}"
         )]));
         assert_eq!(
             find(&rendered, "ClusterRole", "infergate")["rules"],
             find(&printed, "ClusterRole", "infergate")["rules"],
-            "ClusterRole rules (inference extension {inference}, Envoy deployer {deploy})"
+            "ClusterRole rules (inference extension {inference}, Envoy deployer {deploy}, managed pickers {pickers})"
         );
         assert_eq!(
             find(&rendered, "Role", "infergate-controller")["rules"],
@@ -211,6 +220,28 @@ fn the_controller_runs_locked_down_and_is_told_its_settings() {
     assert!(
         args.contains(&"--controller-name=example.com/gw"),
         "{args:?}"
+    );
+    // Pickers are managed by default with the inference extension, and
+    // never without the Gateway deployer (its CA signs their certificates).
+    assert!(args.contains(&"--manage-pickers"), "{args:?}");
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("--picker-image=infergate.local/infergate-epp:")),
+        "{args:?}"
+    );
+    let without_deployer = documents(&template(&[
+        "inferenceExtension.enabled=true",
+        "gatewayDeployer.enabled=false",
+    ]));
+    let args = &find(&without_deployer, "Deployment", "infergate")["spec"]["template"]["spec"]["containers"]
+        [0]["args"];
+    assert!(
+        !args
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--manage-pickers"),
+        "{args}"
     );
     let env: Vec<&str> = container["env"]
         .as_array()
@@ -280,6 +311,14 @@ fn the_schema_refuses_bad_values_naming_them() {
         ("inferenceExtension.enabeld=true", "enabeld"),
         ("controllerName=no-path", "/controllerName"),
         ("xds.port=70000", "/xds/port"),
+        (
+            "inferenceExtension.managedPicker.resources.memoryLimit=lots",
+            "/inferenceExtension/managedPicker/resources/memoryLimit",
+        ),
+        (
+            "inferenceExtension.managedPicker.refreshMetricsInterval=often",
+            "/inferenceExtension/managedPicker/refreshMetricsInterval",
+        ),
     ] {
         let (ok, _, err) = run_helm(&["template", "infergate", &chart, "--set", set]);
         assert!(!ok, "--set {set} was accepted");

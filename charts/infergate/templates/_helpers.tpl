@@ -30,3 +30,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "infergate.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /* Non-empty when the controller deploys endpoint pickers: they need the inference extension
+and the Gateway deployer's CA. */ -}}
+{{- define "infergate.managedPicker" -}}
+{{- if and .Values.inferenceExtension.enabled .Values.gatewayDeployer.enabled .Values.inferenceExtension.managedPicker.enabled -}}
+true
+{{- end -}}
+{{- end -}}

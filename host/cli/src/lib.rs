@@ -242,6 +242,36 @@ pub struct DeployerArgs {
     /// Service stops sending to it first.
     #[arg(long, default_value_t = 5)]
     envoy_drain_seconds: u32,
+    /// For each InferencePool without an endpointPickerRef that a route of ours uses, deploy an
+    /// endpoint picker (infergate-epp) in the pool's namespace, owned by the pool: Deployment,
+    /// Service infergate-epp-<pool>, ServiceAccount, a Role reading only that namespace's Pods and
+    /// InferencePools, and a serving certificate of the controller's CA, which Envoy verifies.
+    /// Without it such pools are balanced round robin. Needs --deploy-envoys and
+    /// --enable-inference-extension. A pool's annotations picker.infergate.dev/{image,replicas,
+    /// cpu-request,memory-request,memory-limit,refresh-metrics-interval,metrics-staleness-threshold}
+    /// override the flags below for its picker.
+    #[arg(long)]
+    manage_pickers: bool,
+    /// Image of the managed endpoint pickers.
+    #[arg(long, default_value = concat!("infergate.local/infergate-epp:", env!("CARGO_PKG_VERSION")))]
+    picker_image: String,
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    picker_image_pull_policy: String,
+    /// Picker replicas per pool.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=100))]
+    picker_replicas: i32,
+    #[arg(long, default_value = "100m")]
+    picker_cpu_request: String,
+    #[arg(long, default_value = "64Mi")]
+    picker_memory_request: String,
+    #[arg(long, default_value = "512Mi")]
+    picker_memory_limit: String,
+    /// How often a picker reads each model server's metrics (its scoring inputs).
+    #[arg(long, default_value = "50ms")]
+    picker_refresh_metrics_interval: String,
+    /// Model-server metrics older than this do not count in a picker's scores.
+    #[arg(long, default_value = "2s")]
+    picker_metrics_staleness_threshold: String,
 }
 
 #[derive(Args)]
@@ -255,6 +285,10 @@ pub struct RbacArgs {
     /// Include the permissions the Envoy deployer needs (Deployments, Services, ConfigMaps).
     #[arg(long)]
     deploy_envoys: bool,
+    /// Include the permissions the endpoint-picker deployer needs (ServiceAccounts, Roles,
+    /// RoleBindings); only with --enable-inference-extension and --deploy-envoys.
+    #[arg(long)]
+    manage_pickers: bool,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
@@ -309,7 +343,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(run::run(*args))
+            runtime.block_on(run::run(*args, cli.log_format))
         }
         Command::Rbac(args) => rbac::run(args),
         Command::Translate(args) => translate::run(args),

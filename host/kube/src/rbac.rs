@@ -25,6 +25,9 @@ pub struct Needs {
     /// An Envoy Deployment, Service and ConfigMap per Gateway
     /// (`--deploy-envoys`).
     pub deploy_envoys: bool,
+    /// An endpoint picker per InferencePool without one (`--manage-pickers`,
+    /// which needs the two above): its ServiceAccount, Role and RoleBinding.
+    pub manage_pickers: bool,
 }
 
 /// Cluster-wide rules of the controller (`infergate run`). With the inference
@@ -78,6 +81,21 @@ pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
             &["patch"],
         ));
         rules.push(rule("", &["pods"], READ));
+    }
+    if needs.manage_pickers && needs.deploy_envoys && needs.inference_extension {
+        // Deployments, Services and Secrets are the Envoy deployer's rules.
+        // The Role it gives each picker grants only what the rules above
+        // grant this controller (RBAC refuses to let it grant more).
+        rules.push(rule(
+            "",
+            &["serviceaccounts"],
+            &["create", "patch", "delete"],
+        ));
+        rules.push(rule(
+            "rbac.authorization.k8s.io",
+            &["roles", "rolebindings"],
+            &["create", "patch", "delete"],
+        ));
     }
     rules
 }
@@ -193,6 +211,7 @@ mod tests {
         let on = controller_rules(Needs {
             inference_extension: true,
             deploy_envoys: false,
+            manage_pickers: false,
         });
         assert!(names(&on).contains(&"inferencepools/status".to_string()));
         assert!(names(&on).contains(&"pods".to_string()));
@@ -230,16 +249,58 @@ mod tests {
         let mut deploying = names(&controller_rules(Needs {
             inference_extension: true,
             deploy_envoys: true,
+            manage_pickers: false,
         }));
         deploying.sort();
         assert_eq!(
             deploying,
             ["configmaps", "deployments", "events", "secrets", "services"]
         );
+        let mut managing = names(&controller_rules(Needs {
+            inference_extension: true,
+            deploy_envoys: true,
+            manage_pickers: true,
+        }));
+        managing.sort();
+        assert_eq!(
+            managing,
+            [
+                "configmaps",
+                "deployments",
+                "events",
+                "rolebindings",
+                "roles",
+                "secrets",
+                "serviceaccounts",
+                "services"
+            ]
+        );
+        // The pickers' Roles grant nothing the controller does not hold.
+        let held = controller_rules(Needs {
+            inference_extension: true,
+            deploy_envoys: true,
+            manage_pickers: true,
+        });
+        for granted in picker_rules() {
+            for (resource, verb) in granted
+                .resources
+                .iter()
+                .flatten()
+                .flat_map(|r| granted.verbs.iter().map(move |v| (r, v)))
+            {
+                assert!(
+                    held.iter().any(|h| h.api_groups == granted.api_groups
+                        && h.resources.iter().flatten().any(|r| r == resource)
+                        && h.verbs.contains(verb)),
+                    "the controller may not grant {verb} on {resource}"
+                );
+            }
+        }
         // Secrets are never read cluster-wide.
         for rule in controller_rules(Needs {
             inference_extension: true,
             deploy_envoys: true,
+            manage_pickers: false,
         }) {
             if rule.resources.iter().flatten().any(|r| r == "secrets") {
                 assert!(
@@ -257,6 +318,7 @@ mod tests {
         let needs = Needs {
             inference_extension: true,
             deploy_envoys: true,
+            manage_pickers: false,
         };
         let text = yaml("infergate-system", needs);
         let docs: Vec<serde_json::Value> = text

@@ -10,6 +10,7 @@ pub fn run(args: RbacArgs) -> anyhow::Result<()> {
             infergate_kube::rbac::Needs {
                 inference_extension: args.enable_inference_extension,
                 deploy_envoys: args.deploy_envoys,
+                manage_pickers: args.manage_pickers,
             }
         )
     );

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use infergate_kube::deploy::{Deployer, DeployerConfig, EnvoySettings};
+use infergate_kube::deploy::{
+    Deployer, DeployerConfig, EnvoySettings, PickerDeployer, PickerDeployerConfig, PickerSettings,
+    PoolRef,
+};
 use infergate_kube::{
     Backoff, LeaseConfig, StatusTask, StatusWriter, WatchConfig, Watches, WriterConfig,
 };
-use infergate_model::{Output, Snapshot, Statuses};
+use infergate_model::{ManagedPicker, Output, Snapshot, Statuses};
+use infergate_serving::telemetry::LogFormat;
 use infergate_xds::SnapshotCache;
 
 use crate::RunArgs;
@@ -16,7 +20,8 @@ use crate::envoy::{Fleet, find_binary};
 use crate::pipeline::{self, SwapOutcome, Translation};
 use crate::quarantine::Guard;
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, log_format: LogFormat) -> anyhow::Result<()> {
+    let picker_settings = picker_settings(&args, log_format)?;
     let client = infergate_kube::client(args.kubeconfig.as_deref()).await?;
     let translation = Arc::new(Translation::load(&args.translation)?);
     let cache = SnapshotCache::new();
@@ -75,6 +80,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         leading.clone(),
         Backoff::default(),
     );
+    let pickers = match (&picker_settings, &xds_tls) {
+        (Some(settings), Some(tls)) => {
+            tracing::info!(image = %settings.image, "deploying an endpoint picker per InferencePool without one");
+            Some(PickerDeployer::start(
+                client.clone(),
+                PickerDeployerConfig {
+                    settings: settings.clone(),
+                    field_manager: args.field_manager.clone(),
+                    ca: tls.ca.clone(),
+                    events: Some(writer.clone()),
+                },
+                leading.clone(),
+            ))
+        }
+        _ => None,
+    };
 
     let work_dir = match &args.work_dir {
         Some(dir) => dir.clone(),
@@ -92,7 +113,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let mut answers = cache.answers();
-    let mut state = State::default();
+    let mut state = State {
+        managed_picker: pickers
+            .as_ref()
+            .zip(xds_tls.as_ref())
+            .map(|(_, tls)| ManagedPicker {
+                port: infergate_names::objects::PICKER_PORT,
+                ca_pem: tls.ca.cert_pem.clone(),
+            }),
+        ..State::default()
+    };
     state
         .apply(&args, &translation, &cache, &watches, fleet.as_mut())
         .await;
@@ -102,6 +132,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(statuses) = &state.statuses {
         publish_statuses(statuses);
+    }
+    if let Some(pickers) = &pickers {
+        pickers.want(state.wanted_pickers(&watches));
     }
     translation.metrics.set_ready();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -149,6 +182,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         if publish && let Some(statuses) = &state.statuses {
             publish_statuses(statuses);
+        }
+        if let Some(pickers) = &pickers {
+            pickers.want(state.wanted_pickers(&watches));
         }
     }
     tracing::info!("shutting down");
@@ -224,6 +260,47 @@ async fn xds_tls(
     }))
 }
 
+/// The managed pickers' settings, with `--manage-pickers` (which needs the
+/// Envoy deployer's CA and the inference extension).
+fn picker_settings(
+    args: &RunArgs,
+    log_format: LogFormat,
+) -> anyhow::Result<Option<PickerSettings>> {
+    let d = &args.deployer;
+    if !d.manage_pickers {
+        return Ok(None);
+    }
+    if !args.translation.enable_inference_extension {
+        anyhow::bail!(
+            "--manage-pickers needs --enable-inference-extension: pickers serve InferencePools"
+        );
+    }
+    if !d.deploy_envoys {
+        anyhow::bail!(
+            "--manage-pickers needs --deploy-envoys: the pickers' certificates come from the CA the Envoy deployer keeps, and only deployed Envoys reach Pod addresses"
+        );
+    }
+    let settings = PickerSettings {
+        image: d.picker_image.clone(),
+        image_pull_policy: d.picker_image_pull_policy.clone(),
+        replicas: d.picker_replicas,
+        cpu_request: d.picker_cpu_request.clone(),
+        memory_request: d.picker_memory_request.clone(),
+        memory_limit: d.picker_memory_limit.clone(),
+        refresh_metrics_interval: d.picker_refresh_metrics_interval.clone(),
+        metrics_staleness_threshold: d.picker_metrics_staleness_threshold.clone(),
+        log_format: match log_format {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        },
+    };
+    let problems = settings.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(Some(settings))
+}
+
 /// The Envoy deployer, with `--deploy-envoys`.
 fn start_deployer(
     args: &RunArgs,
@@ -291,6 +368,8 @@ fn default_identity() -> String {
 
 #[derive(Default)]
 struct State {
+    /// With `--manage-pickers`: how translation routes pools without a picker.
+    managed_picker: Option<ManagedPicker>,
     last: Option<Output>,
     last_snapshot: Option<Snapshot>,
     /// Holds back what Envoy refuses.
@@ -329,6 +408,7 @@ impl State {
                     for gateway in &mut s.gateways {
                         gateway.addresses.clear();
                     }
+                    s.settings.managed_picker = self.managed_picker.clone();
                     s
                 }
                 Ok(s) => s,
@@ -359,6 +439,34 @@ impl State {
             return;
         }
         self.report_statuses();
+    }
+
+    /// The pools the last translation says need a managed picker, with what
+    /// the deployer needs of them (uid, annotations) from the pool watch.
+    fn wanted_pickers(&self, watches: &Watches) -> Vec<PoolRef> {
+        let (Some(last), Some(store)) = (&self.last, watches.inference_pools()) else {
+            return Vec::new();
+        };
+        if last.managed_pickers.is_empty() {
+            return Vec::new();
+        }
+        let pools: std::collections::BTreeMap<(String, String), _> = store
+            .state()
+            .into_iter()
+            .filter_map(|p| Some(((p.metadata.namespace.clone()?, p.metadata.name.clone()?), p)))
+            .collect();
+        last.managed_pickers
+            .iter()
+            .filter_map(|wanted| {
+                let pool = pools.get(&(wanted.namespace.clone(), wanted.name.clone()))?;
+                Some(PoolRef {
+                    namespace: wanted.namespace.clone(),
+                    name: wanted.name.clone(),
+                    uid: pool.metadata.uid.clone()?,
+                    annotations: pool.metadata.annotations.clone().unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     /// An Envoy answered: go on with what the guard makes of it. True if

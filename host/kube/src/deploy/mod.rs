@@ -16,6 +16,8 @@
 //!   (it listens on the Gateway's port: it has this Gateway's listeners).
 
 pub mod manifests;
+pub mod picker_manifests;
+pub mod pickers;
 pub mod pki;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +37,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use manifests::{EnvoySettings, GatewayRef};
+pub use picker_manifests::{PickerSettings, PoolRef};
+pub use pickers::{PickerDeployer, PickerDeployerConfig};
 
 /// Makes an Envoy bootstrap (binary protobuf) for node `namespace/name`
 /// reaching the xDS server at the address given.

@@ -106,6 +106,13 @@ impl Ca {
         self.issue(params, "infergate xDS server")
     }
 
+    /// A managed endpoint picker's serving certificate, for these names.
+    pub fn issue_picker(&self, dns_names: &[String]) -> anyhow::Result<Issued> {
+        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params, "infergate endpoint picker")
+    }
+
     /// The client certificate of Gateway `namespace/name`'s Envoys.
     pub fn issue_gateway(&self, namespace: &str, name: &str) -> anyhow::Result<Issued> {
         let mut params = CertificateParams::default();
