@@ -229,6 +229,16 @@ impl RealCluster {
             .output()
     }
 
+    /// Whether `user` may `verb` `resource` in `namespace` (`kubectl auth
+    /// can-i`, asked as that user through impersonation).
+    pub fn can_i(&self, user: &str, verb: &str, resource: &str, namespace: &str) -> bool {
+        self.kubectl_output(&[
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", user,
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes")
+        .unwrap_or(false)
+    }
+
     fn kubectl_lossy(&self, args: &[&str]) -> String {
         match self.kubectl_output(args) {
             Ok(o) => format!(

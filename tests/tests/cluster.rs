@@ -609,32 +609,8 @@ fn the_chart_deploys_envoys_upgrades_under_traffic_and_uninstalls_leaving_nothin
     let cluster = RealCluster::up(INDEX);
     let images = cluster.load_images(&["infergate", "envoy", "infergate-sim"]);
     let image = |name: &str| image_reference(&images, name);
-    let controller_image = image("infergate");
-    let (repository, tag) = controller_image.rsplit_once(':').unwrap();
-    let envoy_image = image("envoy");
-    let (envoy_repository, envoy_tag) = envoy_image.rsplit_once(':').unwrap();
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/infergate")
-        .display()
-        .to_string();
-    let install = cluster.helm(&[
-        "install",
-        "infergate",
-        &chart,
-        "-n",
-        "infergate-system",
-        "--create-namespace",
-        "--set",
-        &format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
-        "--set",
-        &format!(
-            "gatewayDeployer.envoy.image.repository={envoy_repository},gatewayDeployer.envoy.image.tag={envoy_tag},gatewayDeployer.envoy.image.pullPolicy=Never"
-        ),
-        "--wait",
-        "--timeout",
-        "180s",
-    ]);
-    assert!(install.contains("STATUS: deployed"), "{install}");
+    install_chart(&cluster, &images, &[]);
+    let chart = chart_path();
     let names = |namespace: &str, selector: &str| -> BTreeSet<String> {
         cluster
             .kubectl(&[
@@ -1049,4 +1025,375 @@ fn the_host_check_sees_a_change() {
         "{changed:?}"
     );
     assert_eq!(before.differences(&HostState::now()), Vec::<String>::new());
+}
+
+/// `helm install` of the chart with the images loaded into the cluster and
+/// `sets` (more `--set` values); waits for the controller.
+fn install_chart(cluster: &RealCluster, images: &[(std::path::PathBuf, String)], sets: &[&str]) {
+    let split = |name: &str| {
+        let reference = image_reference(images, name);
+        let (repository, tag) = reference.rsplit_once(':').unwrap();
+        (repository.to_string(), tag.to_string())
+    };
+    let (repository, tag) = split("infergate");
+    let (envoy_repository, envoy_tag) = split("envoy");
+    let chart = chart_path();
+    let mut args = vec![
+        "install".to_string(),
+        "infergate".into(),
+        chart,
+        "-n".into(),
+        "infergate-system".into(),
+        "--create-namespace".into(),
+        "--set".into(),
+        format!("image.repository={repository},image.tag={tag},image.pullPolicy=Never"),
+        "--set".into(),
+        format!(
+            "gatewayDeployer.envoy.image.repository={envoy_repository},gatewayDeployer.envoy.image.tag={envoy_tag},gatewayDeployer.envoy.image.pullPolicy=Never"
+        ),
+    ];
+    for set in sets {
+        args.push("--set".into());
+        args.push(set.to_string());
+    }
+    args.extend(["--wait", "--timeout", "180s"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let install = cluster.helm(&args);
+    assert!(install.contains("STATUS: deployed"), "{install}");
+}
+
+fn chart_path() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/infergate")
+        .display()
+        .to_string()
+}
+
+/// The managed endpoint picker: a pool without endpointPickerRef gets a
+/// picker deployed by the controller (owned by the pool, confined to its
+/// namespace by RBAC, serving a certificate of the controller's CA), and
+/// requests go through it. Envoy verifies that certificate: a picker
+/// serving another one gets no request (fail-close 500) until the deployer
+/// makes it anew. A pool's annotations override its picker's settings, a
+/// bad one is named in an Event. No route of ours to the pool: no picker;
+/// the pool deleted: its picker goes with it.
+#[test]
+fn the_managed_picker_is_deployed_per_pool_verified_confined_and_removed_with_it() {
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = RealCluster::up(INDEX);
+    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim", "infergate-epp"]);
+    let epp = image_reference(&images, "infergate-epp");
+    let (epp_repository, epp_tag) = epp.rsplit_once(':').unwrap();
+    install_chart(
+        &cluster,
+        &images,
+        &[
+            "inferenceExtension.enabled=true",
+            &format!(
+                "inferenceExtension.managedPicker.image.repository={epp_repository},inferenceExtension.managedPicker.image.tag={epp_tag},inferenceExtension.managedPicker.image.pullPolicy=Never"
+            ),
+        ],
+    );
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: llm, namespace: llm}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: vllm}]
+"#;
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: llm}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: elsewhere}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: vllm, namespace: llm}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: vllm}}}}
+  template:
+    metadata: {{labels: {{app: vllm}}}}
+    spec:
+      containers:
+      - name: sim
+        image: {sim}
+        imagePullPolicy: Never
+        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        readinessProbe:
+          httpGet: {{path: /health, port: 8000}}
+          periodSeconds: 1
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: vllm, namespace: llm}}
+spec:
+  selector: {{matchLabels: {{app: vllm}}}}
+  targetPorts: [{{number: 8000}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: llm}}
+spec:
+  gatewayClassName: infergate
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+---
+{route}"#,
+        sim = image_reference(&images, "infergate-sim"),
+    ));
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/vllm",
+        "-n",
+        "llm",
+        "--timeout=120s",
+    ]);
+
+    // Made, owned by the pool, ready.
+    let picker = "infergate-epp-vllm";
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            cluster.get_lossy("deployment", "llm", picker, "{.metadata.name}") == picker
+        }),
+        "no picker Deployment for the pool:\n{}\n{}",
+        cluster.diagnose("infergate-system"),
+        cluster.diagnose("llm")
+    );
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{picker}"),
+        "-n",
+        "llm",
+        "--timeout=120s",
+    ]);
+    let pool_uid = cluster.get("inferencepool", "llm", "vllm", "{.metadata.uid}");
+    for kind in [
+        "deployment",
+        "service",
+        "serviceaccount",
+        "role",
+        "rolebinding",
+        "secret",
+    ] {
+        assert_eq!(
+            cluster.get(kind, "llm", picker, "{.metadata.ownerReferences[0].uid}"),
+            pool_uid,
+            "the pool owns the picker's {kind}"
+        );
+    }
+    assert_eq!(
+        cluster.get(
+            "service",
+            "llm",
+            picker,
+            "{.spec.ports[?(@.name==\"grpc\")].appProtocol}"
+        ),
+        "http2"
+    );
+    // Confined: the picker's ServiceAccount reads its namespace's Pods and
+    // pools, nothing elsewhere, and writes nothing.
+    let user = format!("system:serviceaccount:llm:{picker}");
+    assert!(cluster.can_i(&user, "list", "pods", "llm"));
+    assert!(cluster.can_i(
+        &user,
+        "watch",
+        "inferencepools.inference.networking.k8s.io",
+        "llm"
+    ));
+    assert!(
+        !cluster.can_i(&user, "list", "pods", "elsewhere"),
+        "the picker may read Pods of another namespace"
+    );
+    assert!(!cluster.can_i(&user, "get", "secrets", "llm"));
+    assert!(!cluster.can_i(&user, "patch", "pods", "llm"));
+
+    // Requests go through it.
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster.get(
+            "gateway",
+            "llm",
+            "gw",
+            "{.status.conditions[?(@.type==\"Programmed\")].status}"
+        ) == "True"),
+        "the Gateway is not Programmed: {}",
+        cluster.diagnose("llm")
+    );
+    let gateway_ip = cluster.get("gateway", "llm", "gw", "{.status.addresses[0].value}");
+    let served = || {
+        infergate_e2e::complete_at(&gateway_ip, 80, "/v1/completions")
+            .filter(|r| r.status == 200)
+            .and_then(|r| r.header("x-served-by").map(str::to_string))
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || served().is_some()),
+        "no completion through the managed picker: {}\n{}",
+        cluster.get("inferencepool", "llm", "vllm", "{.status}"),
+        cluster.diagnose("llm")
+    );
+    let resolved = cluster.get(
+        "inferencepool",
+        "llm",
+        "vllm",
+        "{.status.parents[0].conditions[?(@.type==\"ResolvedRefs\")].message}",
+    );
+    assert!(resolved.contains(picker), "{resolved}");
+    let picker_ip = cluster.get("service", "llm", picker, "{.spec.clusterIP}");
+    let picks = || -> u64 {
+        http_get(format!("{picker_ip}:9090").parse().unwrap(), "/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| l.starts_with("infergate_epp_picks_total"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64
+            })
+            .unwrap_or(0)
+    };
+    let before = picks();
+    for _ in 0..5 {
+        assert!(served().is_some(), "a completion failed");
+    }
+    assert!(
+        picks() >= before + 5,
+        "the picker did not pick the requests: {before} -> {}",
+        picks()
+    );
+
+    // Envoy verifies the picker's certificate: one of another CA, for the
+    // same names, is refused (the pool is fail-close).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec![format!("{picker}.llm.svc"), format!("{picker}.llm")])
+            .unwrap();
+    let forged = params.self_signed(&key).unwrap();
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {picker}, namespace: llm}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {:?}\n  tls.key: {:?}\n",
+        forged.pem(),
+        key.serialize_pem()
+    ));
+    cluster.kubectl(&[
+        "rollout",
+        "restart",
+        &format!("deployment/{picker}"),
+        "-n",
+        "llm",
+    ]);
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{picker}"),
+        "-n",
+        "llm",
+        "--timeout=120s",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            infergate_e2e::complete_at(&gateway_ip, 80, "/v1/completions")
+                .is_some_and(|r| r.status == 500)
+        }),
+        "Envoy still sends requests through a picker whose certificate is not of the controller's CA"
+    );
+    // Deleted, the deployer makes it anew with a certificate of its own.
+    cluster.kubectl(&["delete", "deployment", picker, "-n", "llm", "--wait=false"]);
+    assert!(
+        wait_until(Duration::from_secs(90), || served().is_some()),
+        "the picker made anew does not serve: {}",
+        cluster.diagnose("llm")
+    );
+
+    // A pool's annotations override its picker's settings; a bad one is
+    // named in a Warning Event on the pool and ignored.
+    cluster.kubectl(&[
+        "annotate",
+        "inferencepool",
+        "vllm",
+        "-n",
+        "llm",
+        "picker.infergate.dev/replicas=2",
+        "picker.infergate.dev/memory-limit=lots",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.get(
+            "deployment",
+            "llm",
+            picker,
+            "{.spec.replicas}"
+        ) == "2"),
+        "the replicas annotation was not applied"
+    );
+    assert_eq!(
+        cluster.get(
+            "deployment",
+            "llm",
+            picker,
+            "{.spec.template.spec.containers[0].resources.limits.memory}"
+        ),
+        "512Mi",
+        "a bad annotation must not change the picker"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster
+            .kubectl(&[
+                "get",
+                "events",
+                "-n",
+                "llm",
+                "--field-selector",
+                "reason=InvalidPickerAnnotation",
+                "-o",
+                "jsonpath={.items[*].note}{.items[*].message}"
+            ])
+            .contains("picker.infergate.dev/memory-limit")),
+        "no Event names the bad annotation: {}",
+        cluster.kubectl(&["get", "events", "-n", "llm"])
+    );
+
+    // No route of ours to the pool: no picker. Back with the route.
+    let ours = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "deployments,services,serviceaccounts,roles,rolebindings,secrets",
+                "-n",
+                "llm",
+                "-l",
+                "app.kubernetes.io/component=endpoint-picker",
+                "-o",
+                "name",
+            ])
+            .lines()
+            .count()
+    };
+    cluster.kubectl(&["delete", "httproute", "llm", "-n", "llm"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || ours() == 0),
+        "the picker outlived the last route to its pool: {}",
+        cluster.diagnose("llm")
+    );
+    cluster.apply(route);
+    assert!(
+        wait_until(Duration::from_secs(60), || ours() == 6),
+        "the picker did not come back with the route"
+    );
+    // The pool deleted: the garbage collector takes its picker.
+    cluster.kubectl(&["delete", "inferencepool", "vllm", "-n", "llm"]);
+    assert!(
+        wait_until(Duration::from_secs(60), || ours() == 0),
+        "the picker outlived its pool: {}",
+        cluster.diagnose("llm")
+    );
+
+    cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
+    cluster.down_and_check_host();
 }
