@@ -549,6 +549,110 @@ pub fn request_at(
     })
 }
 
+/// An HTTP/1.1 client that keeps its connection between requests and
+/// opens a new one only before its first request or after the server said
+/// `connection: close`; it never retries. A server that drops a kept
+/// connection instead (an Envoy stopped without draining) fails the request
+/// sent on it.
+pub struct KeepAliveClient {
+    ip: String,
+    port: u16,
+    connection: Option<std::io::BufReader<std::net::TcpStream>>,
+    /// Connections opened so far.
+    pub connections: usize,
+}
+
+impl KeepAliveClient {
+    pub fn new(ip: &str, port: u16) -> KeepAliveClient {
+        KeepAliveClient {
+            ip: ip.to_string(),
+            port,
+            connection: None,
+            connections: 0,
+        }
+    }
+
+    /// POST a completion to `path`.
+    pub fn complete(&mut self, path: &str) -> Option<Response> {
+        use std::io::Write;
+        if self.connection.is_none() {
+            let stream = std::net::TcpStream::connect((self.ip.as_str(), self.port)).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .ok()?;
+            self.connections += 1;
+            self.connection = Some(std::io::BufReader::new(stream));
+        }
+        let connection = self.connection.as_mut()?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: example.com\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{COMPLETION}",
+            COMPLETION.len()
+        );
+        let response = connection
+            .get_mut()
+            .write_all(request.as_bytes())
+            .ok()
+            .and_then(|()| read_response(connection));
+        let close = response.as_ref().is_none_or(|r| {
+            r.header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+        });
+        if close {
+            self.connection = None;
+        }
+        response
+    }
+}
+
+/// One HTTP/1.1 response (content-length or chunked body) off `reader`.
+fn read_response(reader: &mut impl std::io::BufRead) -> Option<Response> {
+    fn read_line(reader: &mut impl std::io::BufRead, line: &mut String) -> Option<()> {
+        line.clear();
+        (reader.read_line(line).ok()? > 0).then_some(())
+    }
+    let mut line = String::new();
+    read_line(reader, &mut line)?;
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        read_line(reader, &mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        loop {
+            read_line(reader, &mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; size + 2];
+            std::io::Read::read_exact(reader, &mut chunk).ok()?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length: usize = header("content-length").unwrap_or("0").parse().ok()?;
+        body.resize(length, 0);
+        std::io::Read::read_exact(reader, &mut body).ok()?;
+    }
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 /// A completion request body for the simulators.
 pub const COMPLETION: &str = r#"{"model":"sim-model","prompt":"Write as if you were a critic: San Francisco","max_tokens":3}"#;
 
@@ -655,8 +759,19 @@ impl SteadyTraffic {
         Self::start_at("127.0.0.1", listener, clients)
     }
 
-    /// Against a Gateway at `ip:port`.
+    /// Against a Gateway at `ip:port`, a new connection per request.
     pub fn start_at(ip: &str, listener: u16, clients: usize) -> SteadyTraffic {
+        Self::start_with(ip, listener, clients, false)
+    }
+
+    /// Against a Gateway at `ip:port`, each client keeping its connection
+    /// open as HTTP clients do ([`KeepAliveClient`]): a request sent on a
+    /// connection the server then drops counts as failed.
+    pub fn start_keep_alive_at(ip: &str, listener: u16, clients: usize) -> SteadyTraffic {
+        Self::start_with(ip, listener, clients, true)
+    }
+
+    fn start_with(ip: &str, listener: u16, clients: usize, keep_alive: bool) -> SteadyTraffic {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -667,8 +782,14 @@ impl SteadyTraffic {
                 let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
                 let ip = ip.to_string();
                 std::thread::spawn(move || {
+                    let mut client = KeepAliveClient::new(&ip, listener);
                     while !stop.load(Ordering::Relaxed) {
-                        match complete_at(&ip, listener, "/v1/completions") {
+                        let response = if keep_alive {
+                            client.complete("/v1/completions")
+                        } else {
+                            complete_at(&ip, listener, "/v1/completions")
+                        };
+                        match response {
                             Some(r) if r.status == 200 => served
                                 .lock()
                                 .unwrap()

@@ -872,8 +872,89 @@ spec:
         "--timeout=120s",
     ]);
 
+    // Per-Gateway parameters (spec.infrastructure.parametersRef to a
+    // ConfigMap): replicas from it; a bad key makes the Gateway not
+    // Accepted (InvalidParameters) and changes nothing deployed; with
+    // autoscaling the replicas are left alone.
+    let replicas = || cluster.get("deployment", "default", "infergate-gw", "{.spec.replicas}");
+    let parameters = |data: &str| {
+        cluster.apply(&format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: gw-envoy, namespace: default}}\ndata: {data}\n"
+        ))
+    };
+    parameters(r#"{replicas: "2"}"#);
+    cluster.kubectl(&[
+        "patch",
+        "gateway",
+        "gw",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"infrastructure":{"parametersRef":{"group":"","kind":"ConfigMap","name":"gw-envoy"}}}}"#,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(30), || replicas() == "2"),
+        "the Gateway's parameters did not set its Envoy replicas: {}",
+        replicas()
+    );
+    parameters(r#"{replicas: "3", replica: "1"}"#);
+    let accepted = || {
+        cluster.get(
+            "gateway",
+            "default",
+            "gw",
+            "{.status.conditions[?(@.type==\"Accepted\")]}",
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || accepted()
+            .contains("InvalidParameters")),
+        "a misspelt parameter was not reported: {}",
+        accepted()
+    );
+    assert!(accepted().contains("key replica:"), "{}", accepted());
+    assert_eq!(replicas(), "2", "invalid parameters changed the Envoys");
+    parameters(r#"{autoscaling: "true"}"#);
+    assert!(
+        wait_until(Duration::from_secs(30), || accepted().contains("\"True\"")),
+        "valid parameters again: {}",
+        accepted()
+    );
+    cluster.kubectl(&["scale", "deployment", "infergate-gw", "--replicas=3"]);
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        replicas(),
+        "3",
+        "with autoscaling the deployer must leave replicas alone"
+    );
+    cluster.kubectl(&[
+        "patch",
+        "gateway",
+        "gw",
+        "-n",
+        "default",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/infrastructure/parametersRef"}]"#,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(30), || replicas() == "1"),
+        "without parameters the flags' replicas are back: {}",
+        replicas()
+    );
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/infergate-gw",
+        "--timeout=120s",
+    ]);
+
     // Under steady traffic through the Gateway's Service: the Envoys roll,
     // then the controller rolls (helm upgrade changing a value).
+    // Clients on kept connections too: a terminating Envoy drains them
+    // (`connection: close`, then they reconnect) instead of dropping them.
+    let kept = SteadyTraffic::start_keep_alive_at(&service_ip, 80, 2);
     let traffic = SteadyTraffic::start_at(&service_ip, 80, 2);
     let mark = traffic.mark();
     assert!(
@@ -920,10 +1001,12 @@ spec:
     );
     std::thread::sleep(Duration::from_secs(3));
     let (succeeded, failed) = traffic.finish();
-    assert!(succeeded > 0);
+    let (kept_succeeded, kept_failed) = kept.finish();
+    assert!(succeeded > 0 && kept_succeeded > 0);
     assert_eq!(
-        failed, 0,
-        "requests failed while the Envoys and the controller rolled ({succeeded} succeeded)"
+        (failed, kept_failed),
+        (0, 0),
+        "requests failed while the Envoys and the controller rolled ({succeeded} succeeded on new connections, {kept_succeeded} on kept ones)"
     );
     // The Envoys follow the new controller: a route deleted now is gone.
     cluster.kubectl(&["delete", "httproute", "web", "-n", "default"]);

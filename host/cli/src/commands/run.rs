@@ -338,7 +338,7 @@ fn start_deployer(
             prost::Message::encode_to_vec(&crate::envoy::bootstrap_message(
                 node,
                 xds,
-                19000,
+                infergate_kube::deploy::manifests::ENVOY_ADMIN_PORT,
                 Some(files.clone()),
             ))
         }),

@@ -34,6 +34,14 @@ const BOOTSTRAP_DIR: &str = "/etc/envoy";
 /// Where the Envoy finds its xDS client certificate, key and the CA (the
 /// Gateway's Secret); the bootstrap names these files.
 pub const XDS_TLS_DIR: &str = "/etc/envoy/xds-tls";
+/// The Envoys' admin port, on the Pod's loopback (the bootstrap's).
+pub const ENVOY_ADMIN_PORT: u16 = 19000;
+/// The drain hook in the Envoy image (`infergate-envoy-drain`).
+pub const DRAIN_HOOK: &str = "/usr/local/bin/infergate-envoy-drain";
+/// Seconds a terminating Envoy waits, after draining, for requests in
+/// flight (streamed completions) before it stops.
+pub const IN_FLIGHT_GRACE_SECONDS: u32 = 20;
+
 /// The Pod annotation with the expiry (Unix seconds) of the certificate
 /// its Envoys reach xDS with: the deployer renews it before then.
 pub const CERTIFICATE_EXPIRY: &str = "infergate.dev/xds-certificate-expiry";
@@ -66,6 +74,8 @@ pub struct EnvoySettings {
     /// Seconds Envoy keeps serving after its Pod is deleted, so that Services
     /// and load balancers stop sending before it stops.
     pub drain_seconds: u32,
+    /// Replicas are an autoscaler's: the Deployment is applied without them.
+    pub autoscaling: bool,
 }
 
 impl Default for EnvoySettings {
@@ -79,6 +89,7 @@ impl Default for EnvoySettings {
             memory_request: "64Mi".into(),
             memory_limit: "1Gi".into(),
             drain_seconds: 5,
+            autoscaling: false,
         }
     }
 }
@@ -223,6 +234,12 @@ pub fn deployment(
             format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}"),
             "--ignore-unknown-dynamic-fields".into(),
             "--disable-hot-restart".into(),
+            // What the drain hook's graceful drain lasts, every connection
+            // told to close at once (the Pod is leaving its Service).
+            "--drain-time-s".into(),
+            settings.drain_seconds.to_string(),
+            "--drain-strategy".into(),
+            "immediate".into(),
             "--log-level".into(),
             "warn".into(),
         ]),
@@ -230,10 +247,20 @@ pub fn deployment(
         readiness_probe: readiness,
         resources: Some(resources),
         lifecycle: Some(k8s_openapi::api::core::v1::Lifecycle {
-            // Keep serving while the endpoint is removed from the Service.
+            // Drain gracefully while the endpoint is removed from the
+            // Service (clients told to reconnect, new connections still
+            // served), then wait for requests in flight; SIGTERM follows.
             pre_stop: Some(k8s_openapi::api::core::v1::LifecycleHandler {
-                sleep: Some(k8s_openapi::api::core::v1::SleepAction {
-                    seconds: i64::from(settings.drain_seconds),
+                exec: Some(k8s_openapi::api::core::v1::ExecAction {
+                    command: Some(vec![
+                        DRAIN_HOOK.into(),
+                        "--admin-port".into(),
+                        ENVOY_ADMIN_PORT.to_string(),
+                        "--drain-seconds".into(),
+                        settings.drain_seconds.to_string(),
+                        "--max-wait-seconds".into(),
+                        (settings.drain_seconds + IN_FLIGHT_GRACE_SECONDS).to_string(),
+                    ]),
                 }),
                 ..Default::default()
             }),
@@ -267,7 +294,9 @@ pub fn deployment(
     Deployment {
         metadata: meta(gateway),
         spec: Some(DeploymentSpec {
-            replicas: Some(settings.replicas),
+            // Left out, our field manager lets go of them and an autoscaler
+            // sets them.
+            replicas: (!settings.autoscaling).then_some(settings.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..Default::default()
@@ -303,7 +332,9 @@ pub fn deployment(
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(i64::from(settings.drain_seconds) + 10),
+                    termination_grace_period_seconds: Some(
+                        i64::from(settings.drain_seconds + IN_FLIGHT_GRACE_SECONDS) + 10,
+                    ),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -423,6 +454,52 @@ mod tests {
     }
 
     #[test]
+    fn a_terminating_envoy_drains_for_its_drain_time_then_waits_for_requests_in_flight() {
+        let settings = EnvoySettings {
+            drain_seconds: 7,
+            ..EnvoySettings::default()
+        };
+        let d = deployment(&gateway("gw"), &settings, "d", 0);
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let envoy = &pod.containers[0];
+        let args = envoy.args.as_ref().unwrap().join(" ");
+        assert!(
+            args.contains("--drain-time-s 7 --drain-strategy immediate"),
+            "{args}"
+        );
+        let hook = envoy.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+        let command = hook
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .as_ref()
+            .unwrap()
+            .join(" ");
+        assert_eq!(
+            command,
+            format!(
+                "{DRAIN_HOOK} --admin-port {ENVOY_ADMIN_PORT} --drain-seconds 7 --max-wait-seconds {}",
+                7 + IN_FLIGHT_GRACE_SECONDS
+            )
+        );
+        // Kubernetes waits for the hook and Envoy's exit within the grace period.
+        assert!(
+            pod.termination_grace_period_seconds.unwrap() > i64::from(7 + IN_FLIGHT_GRACE_SECONDS)
+        );
+        let autoscaled = EnvoySettings {
+            autoscaling: true,
+            ..EnvoySettings::default()
+        };
+        let d = deployment(&gateway("gw"), &autoscaled, "d", 0);
+        assert_eq!(
+            d.spec.unwrap().replicas,
+            None,
+            "an autoscaler's replicas are left alone"
+        );
+    }
+
+    #[test]
     fn names_fit_kubernetes_limits_and_stay_distinct() {
         assert_eq!(object_name("gw"), "infergate-gw");
         let long_a = "a".repeat(100);
@@ -514,18 +591,17 @@ mod tests {
                 .read_only_root_filesystem,
             Some(true)
         );
-        let sleep = c
-            .lifecycle
-            .as_ref()
-            .unwrap()
-            .pre_stop
-            .as_ref()
-            .unwrap()
-            .sleep
-            .as_ref()
-            .unwrap();
-        assert_eq!(sleep.seconds, 5);
-        assert!(pod.termination_grace_period_seconds.unwrap() > sleep.seconds);
+        // (The drain hook: its own test.)
+        assert!(
+            c.lifecycle
+                .as_ref()
+                .unwrap()
+                .pre_stop
+                .as_ref()
+                .unwrap()
+                .exec
+                .is_some()
+        );
         assert_eq!(
             c.readiness_probe
                 .as_ref()

@@ -16,6 +16,7 @@
 //!   (it listens on the Gateway's port: it has this Gateway's listeners).
 
 pub mod manifests;
+pub mod parameters;
 pub mod picker_manifests;
 pub mod pickers;
 pub mod pki;
@@ -33,6 +34,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
+use std::sync::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -61,7 +63,17 @@ pub struct Deployer {
     poke: Arc<Notify>,
     deployments: Store<Deployment>,
     services: Store<Service>,
+    problems: Arc<Mutex<Problems>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Parameters that could not be used, as statuses say them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Problems {
+    /// By GatewayClass name.
+    classes: BTreeMap<String, String>,
+    /// By Gateway (namespace, name): its own or its class's.
+    gateways: BTreeMap<(String, String), String>,
 }
 
 impl Drop for Deployer {
@@ -112,6 +124,7 @@ impl Deployer {
             &selector,
             owned.clone(),
         );
+        let problems = Arc::new(Mutex::new(Problems::default()));
         let worker = Worker {
             client,
             config,
@@ -121,12 +134,16 @@ impl Deployer {
             services: services.clone(),
             config_maps,
             applied: BTreeMap::new(),
+            problems: problems.clone(),
+            statuses_stale,
+            uses_parameters: false,
         };
-        let task = tokio::spawn(worker.run(poke.clone(), owned, statuses_stale, leading));
+        let task = tokio::spawn(worker.run(poke.clone(), owned, leading));
         Deployer {
             poke,
             deployments,
             services,
+            problems,
             tasks: vec![d_task, s_task, c_task, task],
         }
     }
@@ -152,12 +169,45 @@ impl Deployer {
 
     /// Gateway statuses as the data plane makes them: addresses from the
     /// Service, `Programmed` false until an Envoy Pod is ready.
+    /// Parameters that could not be used make the Gateway (and the class
+    /// whose they are) `Accepted` False with reason `InvalidParameters`.
     pub fn adjust(&self, mut statuses: Statuses) -> Statuses {
+        let problems = self.problems.lock().expect("problems lock").clone();
         for gateway in &mut statuses.gateways {
             let plane = self.data_plane(&gateway.gateway.namespace, &gateway.gateway.name);
             adjust_gateway(gateway, plane.as_ref());
+            let key = (
+                gateway.gateway.namespace.clone(),
+                gateway.gateway.name.clone(),
+            );
+            if let Some(problem) = problems.gateways.get(&key) {
+                invalid_parameters(&mut gateway.conditions, problem);
+            }
+        }
+        for class in &mut statuses.gateway_classes {
+            if let Some(problem) = problems.classes.get(&class.name) {
+                invalid_parameters(&mut class.conditions, problem);
+            }
         }
         statuses
+    }
+}
+
+fn invalid_parameters(conditions: &mut [Condition], problem: &str) {
+    if let Some(accepted) = conditions
+        .iter_mut()
+        .find(|c| c.condition_type == ConditionType::Accepted)
+        && accepted.status == ConditionStatus::True
+    {
+        *accepted = Condition {
+            condition_type: ConditionType::Accepted,
+            status: ConditionStatus::False,
+            reason: "InvalidParameters".into(),
+            message: format!(
+                "{problem}; the Envoys keep what they were last deployed with (none are deployed until the parameters are valid)"
+            ),
+            observed_generation: accepted.observed_generation,
+        };
     }
 }
 
@@ -233,6 +283,20 @@ struct Worker {
     /// Per Gateway (namespace/name): the digest of what was applied last and
     /// the Deployment's generation that apply returned.
     applied: BTreeMap<(String, String), (String, Option<i64>)>,
+    problems: Arc<Mutex<Problems>>,
+    /// Woken when a data plane or a parameters problem changes.
+    statuses_stale: Arc<Notify>,
+    /// Some Gateway of ours has a parametersRef (its own or its class's).
+    uses_parameters: bool,
+}
+
+/// One place a Gateway's Envoy settings come from.
+struct Source {
+    /// e.g. "GatewayClass infergate parametersRef", for messages.
+    what: String,
+    reference: parameters::ParametersRef,
+    /// The GatewayClass, when it is the class's reference.
+    class: Option<String>,
 }
 
 /// Seconds since the Unix epoch.
@@ -248,7 +312,6 @@ impl Worker {
         mut self,
         gateways_changed: Arc<Notify>,
         owned_changed: Arc<Notify>,
-        statuses_stale: Arc<Notify>,
         mut leading: watch::Receiver<bool>,
     ) {
         let mut backoff = Duration::from_millis(500);
@@ -266,31 +329,47 @@ impl Worker {
             }
             tokio::select! {
                 _ = gateways_changed.notified() => {}
-                _ = owned_changed.notified() => statuses_stale.notify_one(),
+                _ = owned_changed.notified() => self.statuses_stale.notify_one(),
                 _ = leading.changed() => {
                     // A new leader applies everything again.
                     self.applied.clear();
                 }
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                // Parameters ConfigMaps are not watched (that would mean
+                // every ConfigMap of the cluster): read again every 10 s
+                // while some Gateway has parameters.
+                _ = tokio::time::sleep(Duration::from_secs(if self.uses_parameters { 10 } else { 60 })) => {}
             }
             // Let a burst of events settle.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn wanted(&self) -> Vec<GatewayRef> {
-        let ours: BTreeSet<String> = self
+    fn wanted(&self) -> Vec<(GatewayRef, Vec<Source>)> {
+        // Our classes, with their parametersRef.
+        let ours: BTreeMap<String, Option<parameters::ParametersRef>> = self
             .classes
             .state()
             .iter()
             .filter(|c| c.spec.controller_name == self.config.controller_name)
-            .map(|c| c.name_any())
+            .map(|c| {
+                let r = c
+                    .spec
+                    .parameters_ref
+                    .as_ref()
+                    .map(|r| parameters::ParametersRef {
+                        group: r.group.clone(),
+                        kind: r.kind.clone(),
+                        name: r.name.clone(),
+                        namespace: r.namespace.clone(),
+                    });
+                (c.name_any(), r)
+            })
             .collect();
-        let mut wanted: Vec<GatewayRef> = self
+        let mut wanted: Vec<(GatewayRef, Vec<Source>)> = self
             .gateways
             .state()
             .iter()
-            .filter(|g| ours.contains(&g.spec.gateway_class_name))
+            .filter(|g| ours.contains_key(&g.spec.gateway_class_name))
             .filter(|g| g.metadata.deletion_timestamp.is_none())
             .filter_map(|g| {
                 let mut ports: Vec<u16> = g
@@ -302,22 +381,92 @@ impl Worker {
                 ports.sort_unstable();
                 ports.dedup();
                 let infrastructure = g.spec.infrastructure.as_ref();
-                Some(GatewayRef {
-                    namespace: g.namespace()?,
-                    name: g.name_any(),
-                    uid: g.uid()?,
-                    ports,
-                    infrastructure_labels: infrastructure
-                        .and_then(|i| i.labels.clone())
-                        .unwrap_or_default(),
-                    infrastructure_annotations: infrastructure
-                        .and_then(|i| i.annotations.clone())
-                        .unwrap_or_default(),
-                })
+                let namespace = g.namespace()?;
+                // Where settings come from, class first: (what, reference).
+                let mut refs = Vec::new();
+                if let Some(Some(r)) = ours.get(&g.spec.gateway_class_name) {
+                    refs.push(Source {
+                        what: format!("GatewayClass {} parametersRef", g.spec.gateway_class_name),
+                        reference: r.clone(),
+                        class: Some(g.spec.gateway_class_name.clone()),
+                    });
+                }
+                if let Some(r) = infrastructure.and_then(|i| i.parameters_ref.as_ref()) {
+                    refs.push(Source {
+                        what: format!(
+                            "Gateway {namespace}/{} spec.infrastructure.parametersRef",
+                            g.name_any()
+                        ),
+                        reference: parameters::ParametersRef {
+                            group: r.group.clone(),
+                            kind: r.kind.clone(),
+                            name: r.name.clone(),
+                            namespace: Some(namespace.clone()),
+                        },
+                        class: None,
+                    });
+                }
+                Some((
+                    GatewayRef {
+                        namespace: g.namespace()?,
+                        name: g.name_any(),
+                        uid: g.uid()?,
+                        ports,
+                        infrastructure_labels: infrastructure
+                            .and_then(|i| i.labels.clone())
+                            .unwrap_or_default(),
+                        infrastructure_annotations: infrastructure
+                            .and_then(|i| i.annotations.clone())
+                            .unwrap_or_default(),
+                    },
+                    refs,
+                ))
             })
             .collect();
-        wanted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        wanted.sort_by(|(a, _), (b, _)| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         wanted
+    }
+
+    /// The Envoy settings of a Gateway: the flags, then each parameters
+    /// ConfigMap in `refs` (class first). `cache` holds the ConfigMaps read
+    /// in this pass. Err says what is wrong and whose it is (the class's
+    /// name when its reference is at fault).
+    async fn settings(
+        &self,
+        refs: &[Source],
+        cache: &mut BTreeMap<(String, String), Option<BTreeMap<String, String>>>,
+    ) -> Result<EnvoySettings, (usize, String)> {
+        let mut settings = self.config.envoy.clone();
+        for (index, source) in refs.iter().enumerate() {
+            let what = &source.what;
+            let fail = |problem: String| (index, problem);
+            let (namespace, name) = source.reference.config_map(what).map_err(fail)?;
+            let key = (namespace.clone(), name.clone());
+            if !cache.contains_key(&key) {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
+                let data = match api.get_opt(&name).await {
+                    Ok(found) => found.map(|c| c.data.unwrap_or_default()),
+                    Err(e) => {
+                        return Err(fail(format!(
+                            "{what}: reading ConfigMap {namespace}/{name}: {e}"
+                        )));
+                    }
+                };
+                cache.insert(key.clone(), data);
+            }
+            let Some(data) = &cache[&key] else {
+                return Err(fail(format!(
+                    "{what}: ConfigMap {namespace}/{name} not found"
+                )));
+            };
+            settings = parameters::apply(
+                &settings,
+                data,
+                &format!("{what}: ConfigMap {namespace}/{name}"),
+            )
+            .map_err(fail)?;
+        }
+        Ok(settings)
     }
 
     async fn xds_address(&self) -> anyhow::Result<SocketAddr> {
@@ -339,17 +488,60 @@ impl Worker {
 
     async fn reconcile(&mut self) -> anyhow::Result<()> {
         let wanted = self.wanted();
+        let mut cache = BTreeMap::new();
+        let mut problems = Problems::default();
+        let mut settings_of = BTreeMap::new();
+        self.uses_parameters = wanted.iter().any(|(_, refs)| !refs.is_empty());
+        for (gateway, refs) in &wanted {
+            let key = (gateway.namespace.clone(), gateway.name.clone());
+            match self.settings(refs, &mut cache).await {
+                Ok(settings) => {
+                    settings_of.insert(key, settings);
+                }
+                Err((whose, problem)) => {
+                    if let Some(class) = &refs[whose].class {
+                        problems.classes.insert(class.clone(), problem.clone());
+                    }
+                    problems.gateways.insert(key, problem);
+                }
+            }
+        }
+        let changed = {
+            let mut shared = self.problems.lock().expect("problems lock");
+            let changed = *shared != problems;
+            *shared = problems;
+            changed
+        };
+        if changed {
+            self.statuses_stale.notify_one();
+        }
+        // Every Gateway of ours keeps its objects, valid parameters or not.
+        let keep: BTreeSet<(String, String)> = wanted
+            .iter()
+            .map(|(g, _)| (g.namespace.clone(), manifests::object_name(&g.name)))
+            .collect();
+        let wanted: Vec<(GatewayRef, EnvoySettings)> = wanted
+            .into_iter()
+            .map(|(gateway, _)| {
+                let key = (gateway.namespace.clone(), gateway.name.clone());
+                let settings = settings_of.remove(&key);
+                (gateway, settings)
+            })
+            .filter_map(|(gateway, settings)| {
+                // Invalid parameters: kept as deployed (not applied, not
+                // deleted).
+                Some((gateway, settings?))
+            })
+            .collect();
         let xds = if wanted.is_empty() {
             None
         } else {
             Some(self.xds_address().await?)
         };
         let params = PatchParams::apply(&format!("{}-deployer", self.config.field_manager)).force();
-        let mut keep = BTreeSet::new();
-        for gateway in &wanted {
+        for (gateway, settings) in &wanted {
             let key = (gateway.namespace.clone(), gateway.name.clone());
             let object = manifests::object_name(&gateway.name);
-            keep.insert((gateway.namespace.clone(), object.clone()));
             let node = format!("{}/{}", gateway.namespace, gateway.name);
             let bootstrap = (self.config.bootstrap)(&node, xds.expect("wanted is not empty"));
             let digest = digest(&bootstrap);
@@ -373,7 +565,7 @@ impl Worker {
                 .and_then(|a| a.get(manifests::CERTIFICATE_EXPIRY)?.parse::<i64>().ok())
                 .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400);
             // Everything the objects are made of: a change applies again.
-            let spec_digest = format!("{digest}-{gateway:?}-{:?}-{expiry:?}", self.config.envoy);
+            let spec_digest = format!("{digest}-{gateway:?}-{settings:?}-{expiry:?}");
             let fresh = match self.applied.get(&key) {
                 Some((applied, generation)) => {
                     applied == &spec_digest
@@ -438,7 +630,7 @@ impl Worker {
                 &object,
                 &params,
                 &Patch::Apply(&with_kind(
-                    manifests::service(gateway, &self.config.envoy),
+                    manifests::service(gateway, settings),
                     "v1",
                     "Service",
                 )),
@@ -451,7 +643,7 @@ impl Worker {
                     &object,
                     &params,
                     &Patch::Apply(&with_kind(
-                        manifests::deployment(gateway, &self.config.envoy, &digest, expiry),
+                        manifests::deployment(gateway, settings, &digest, expiry),
                         "apps/v1",
                         "Deployment",
                     )),
@@ -576,6 +768,32 @@ mod tests {
         adjust_gateway(&mut s, Some(&ready));
         assert_eq!(s.conditions[0].status, ConditionStatus::True);
         assert_eq!(s.addresses, ["198.19.9.20"]);
+    }
+
+    #[test]
+    fn invalid_parameters_make_the_gateway_not_accepted_and_say_why() {
+        let mut s = status(ConditionStatus::True);
+        s.conditions.push(Condition {
+            condition_type: ConditionType::Accepted,
+            status: ConditionStatus::True,
+            reason: "Accepted".into(),
+            message: String::new(),
+            observed_generation: 4,
+        });
+        invalid_parameters(
+            &mut s.conditions,
+            "Gateway team/gw spec.infrastructure.parametersRef: ConfigMap team/envoy not found",
+        );
+        let accepted = &s.conditions[1];
+        assert_eq!(accepted.status, ConditionStatus::False);
+        assert_eq!(accepted.reason, "InvalidParameters");
+        assert_eq!(accepted.observed_generation, 4);
+        assert!(accepted.message.contains("ConfigMap team/envoy not found"));
+        assert_eq!(
+            s.conditions[0].status,
+            ConditionStatus::True,
+            "Programmed is the data plane's"
+        );
     }
 
     #[test]

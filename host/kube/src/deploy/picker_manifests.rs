@@ -190,7 +190,7 @@ impl PickerSettings {
 
 /// A decimal number with an optional Kubernetes suffix (m, k, M, G, T, P, E,
 /// Ki, Mi, Gi, Ti, Pi, Ei).
-fn is_quantity(value: &str) -> bool {
+pub(crate) fn is_quantity(value: &str) -> bool {
     let number_end = value
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(value.len());
