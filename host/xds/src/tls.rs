@@ -66,6 +66,45 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
+/// The server's certificate, replaceable while the server runs: new
+/// handshakes get the latest one, connections made before keep theirs.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertificate {
+    fn certified_key(
+        provider: &rustls::crypto::CryptoProvider,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::from_der(
+            chain, key, provider,
+        )?))
+    }
+
+    /// Serve this certificate (PEM) and key from the next handshake on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let key = Self::certified_key(&self.provider, cert_pem, key_pem)?;
+        *self.current.write().expect("certificate lock") = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().expect("certificate lock").clone())
+    }
+}
+
 /// The server's TLS: its certificate and key (PEM), clients verified against
 /// `ca_pem`, HTTP/2 by ALPN.
 pub fn server_config(
@@ -73,6 +112,16 @@ pub fn server_config(
     key_pem: &str,
     ca_pem: &str,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(rotating_server_config(cert_pem, key_pem, ca_pem)?.0)
+}
+
+/// [`server_config`] whose certificate can be replaced (renewed) while the
+/// server runs, through the [`ServerCertificate`] returned with it.
+pub fn rotating_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<ServerCertificate>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -83,15 +132,18 @@ pub fn server_config(
         provider.clone(),
     )
     .build()?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let certificate = Arc::new(ServerCertificate {
+        current: std::sync::RwLock::new(ServerCertificate::certified_key(
+            &provider, cert_pem, key_pem,
+        )?),
+        provider: provider.clone(),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certificate.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), certificate))
 }
 
 /// The Gateway a certificate's URI SAN names (`infergate_names::xds_identity`).

@@ -213,3 +213,55 @@ async fn no_configuration_without_a_certificate_of_the_ca() {
         );
     }
 }
+
+/// The certificate a TLS handshake with `address` shows.
+async fn served_certificate(address: SocketAddr, config: Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from(SERVER_NAME).unwrap(), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let pki = Pki::new();
+    let cache = SnapshotCache::new();
+    cache.replace_all(vec![("team/gw".to_string(), snapshot_for("team/gw"))]);
+    let san = || vec![SanType::DnsName(SERVER_NAME.try_into().unwrap())];
+    let (cert, key) = pki.issue(san());
+    let (config, certificate) =
+        infergate_xds::tls::rotating_server_config(&cert, &key, &pki.ca_pem).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdsServer::authenticated(cache).into_service())
+            .serve_with_incoming(infergate_xds::tls::incoming(listener, config)),
+    );
+    let client = client_config(&pki.ca_pem, Some(pki.gateway("team", "gw")));
+    let der = |pem: &str| {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(
+        served_certificate(address, client.clone()).await,
+        der(&cert)
+    );
+
+    let (renewed, renewed_key) = pki.issue(san());
+    certificate.replace(&renewed, &renewed_key).unwrap();
+    assert_eq!(
+        served_certificate(address, client.clone()).await,
+        der(&renewed)
+    );
+    assert_eq!(
+        first_answer(address, client, "team/gw").await,
+        Ok(CLUSTER_TYPE.to_string()),
+        "configuration is served with the renewed certificate"
+    );
+    // A key that is not the certificate's is refused, the served one kept.
+    assert!(certificate.replace(&cert, &renewed_key).is_err());
+}

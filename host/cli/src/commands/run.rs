@@ -250,14 +250,61 @@ async fn xds_tls(
         format!("{name}.{namespace}"),
     ];
     let issued = ca.issue_server(&names, &[])?;
-    let server =
-        infergate_xds::tls::server_config(&issued.cert_pem, &issued.key_pem, &ca.cert_pem)?;
+    let (server, certificate) = infergate_xds::tls::rotating_server_config(
+        &issued.cert_pem,
+        &issued.key_pem,
+        &ca.cert_pem,
+    )?;
+    let ca = Arc::new(ca);
+    // Renewed while running, like the Envoys' certificates: a controller
+    // that runs for a year keeps serving xDS.
+    tokio::spawn(renew_server_certificate(
+        ca.clone(),
+        names,
+        certificate,
+        issued.not_after,
+    ));
     Ok(Some(XdsTls {
         namespace: namespace.to_string(),
         name: name.to_string(),
-        ca: Arc::new(ca),
+        ca,
         server,
     }))
+}
+
+/// Replace the xDS server's certificate with a new one
+/// [`RENEW_BEFORE_DAYS`](infergate_kube::deploy::pki::RENEW_BEFORE_DAYS)
+/// before it expires, again and again; new handshakes get the new one.
+async fn renew_server_certificate(
+    ca: Arc<infergate_kube::deploy::pki::Ca>,
+    names: Vec<String>,
+    certificate: Arc<infergate_xds::tls::ServerCertificate>,
+    mut not_after: i64,
+) {
+    use infergate_kube::deploy::pki::RENEW_BEFORE_DAYS;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let wait = (not_after - RENEW_BEFORE_DAYS * 86_400 - now).max(0) as u64;
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        match ca.issue_server(&names, &[]).and_then(|issued| {
+            certificate.replace(&issued.cert_pem, &issued.key_pem)?;
+            Ok(issued.not_after)
+        }) {
+            Ok(renewed) => {
+                tracing::info!(expires = renewed, "renewed the xDS server certificate");
+                not_after = renewed;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "renewing the xDS server certificate: {e:#}; trying again in an hour"
+                );
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    }
 }
 
 /// The managed pickers' settings, with `--manage-pickers` (which needs the
