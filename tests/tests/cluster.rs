@@ -635,27 +635,7 @@ fn the_chart_deploys_envoys_upgrades_under_traffic_and_uninstalls_leaving_nothin
     // Model servers, a Gateway on port 80 and a route to them.
     cluster.apply(&format!(
         r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: default}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      containers:
-      - name: sim
-        image: {sim}
-        imagePullPolicy: Never
-        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        readinessProbe:
-          httpGet: {{path: /health, port: 8000}}
-          periodSeconds: 1
----
+{deployment}---
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: default}}
@@ -680,7 +660,7 @@ spec:
   parentRefs: [{{name: gw}}]
   rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
 "#,
-        sim = image("infergate-sim"),
+        deployment = sim_deployment("web", "default", 2, &image("infergate-sim")),
     ));
     cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
 
@@ -1110,6 +1090,34 @@ fn the_host_check_sees_a_change() {
     assert_eq!(before.differences(&HostState::now()), Vec::<String>::new());
 }
 
+/// A Deployment of `replicas` simulated model servers labelled
+/// `app: <name>`, each answering as its Pod, ready when /health says so.
+fn sim_deployment(name: &str, namespace: &str, replicas: u32, image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: sim
+        image: {image}
+        imagePullPolicy: Never
+        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
+        env:
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        readinessProbe:
+          httpGet: {{path: /health, port: 8000}}
+          periodSeconds: 1
+"#
+    )
+}
+
 /// `helm install` of the chart with the images loaded into the cluster and
 /// `sets` (more `--set` values); waits for the controller.
 fn install_chart(cluster: &RealCluster, images: &[(std::path::PathBuf, String)], sets: &[&str]) {
@@ -1196,27 +1204,7 @@ apiVersion: v1
 kind: Namespace
 metadata: {{name: elsewhere}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: vllm, namespace: llm}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: vllm}}}}
-  template:
-    metadata: {{labels: {{app: vllm}}}}
-    spec:
-      containers:
-      - name: sim
-        image: {sim}
-        imagePullPolicy: Never
-        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
-        env:
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        readinessProbe:
-          httpGet: {{path: /health, port: 8000}}
-          periodSeconds: 1
----
+{deployment}---
 apiVersion: inference.networking.k8s.io/v1
 kind: InferencePool
 metadata: {{name: vllm, namespace: llm}}
@@ -1232,7 +1220,7 @@ spec:
   listeners: [{{name: http, protocol: HTTP, port: 80}}]
 ---
 {route}"#,
-        sim = image_reference(&images, "infergate-sim"),
+        deployment = sim_deployment("vllm", "llm", 2, &image_reference(&images, "infergate-sim")),
     ));
     cluster.kubectl(&[
         "rollout",

@@ -266,15 +266,7 @@ pub fn deployment(
             }),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(locked_down()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "bootstrap".into(),
@@ -302,13 +294,7 @@ pub fn deployment(
                 ..Default::default()
             },
             // Never fewer ready Envoys than asked for during a rollout.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(never_below_replicas()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -336,21 +322,12 @@ pub fn deployment(
                         i64::from(settings.drain_seconds + IN_FLIGHT_GRACE_SECONDS) + 10,
                     ),
                     security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        // The xDS certificate's Secret volume is group-readable.
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
                         // Listeners on ports below 1024 without a capability.
                         sysctls: Some(vec![Sysctl {
                             name: "net.ipv4.ip_unprivileged_port_start".into(),
                             value: "0".into(),
                         }]),
-                        ..Default::default()
+                        ..non_root_pod()
                     }),
                     volumes: Some(vec![
                         Volume {
@@ -378,6 +355,47 @@ pub fn deployment(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A container that cannot gain privileges, write its root filesystem or
+/// use any capability.
+pub(crate) fn locked_down() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A Pod of user and group 65532 (the images' nonroot), whose Secret
+/// volumes are readable by that group, with the runtime's seccomp profile.
+pub(crate) fn non_root_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Rolling updates that never go below the replicas asked for.
+pub(crate) fn never_below_replicas() -> DeploymentStrategy {
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_unavailable: Some(IntOrString::Int(0)),
+            max_surge: Some(IntOrString::Int(1)),
+        }),
     }
 }
 

@@ -299,6 +299,24 @@ struct Source {
     class: Option<String>,
 }
 
+/// The expiry (Unix seconds) of the certificate a live Deployment's Pods
+/// use, as their `annotation` says, unless it is due for renewal (None: issue
+/// a new one).
+fn unexpired_certificate(live: Option<&Deployment>, annotation: &str) -> Option<i64> {
+    live?
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(annotation)?
+        .parse::<i64>()
+        .ok()
+        .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400)
+}
+
 /// Seconds since the Unix epoch.
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -551,19 +569,8 @@ impl Worker {
             // The certificate its Envoys use, as their Pods' annotation says;
             // renewed (and the Envoys rolled) before it expires. Secrets are
             // written, never read: the controller may not read them.
-            let expiry = live_deployment
-                .as_ref()
-                .and_then(|d| {
-                    d.spec
-                        .as_ref()?
-                        .template
-                        .metadata
-                        .as_ref()?
-                        .annotations
-                        .clone()
-                })
-                .and_then(|a| a.get(manifests::CERTIFICATE_EXPIRY)?.parse::<i64>().ok())
-                .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400);
+            let expiry =
+                unexpired_certificate(live_deployment.as_deref(), manifests::CERTIFICATE_EXPIRY);
             // Everything the objects are made of: a change applies again.
             let spec_digest = format!("{digest}-{gateway:?}-{settings:?}-{expiry:?}");
             let fresh = match self.applied.get(&key) {

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::picker_manifests::{self as m, PickerSettings, PoolRef};
-use super::{digest, now, object_ref, pki, with_kind};
+use super::{digest, object_ref, pki, with_kind};
 use crate::StatusWriter;
 
 pub struct PickerDeployerConfig {
@@ -202,19 +202,7 @@ impl Worker {
             let (settings, problems) = self.config.settings.with_overrides(&pool.annotations);
             self.report(pool, problems).await;
             let live = self.deployments.get(&object_ref(&object, ns));
-            let expiry = live
-                .as_ref()
-                .and_then(|d| {
-                    d.spec
-                        .as_ref()?
-                        .template
-                        .metadata
-                        .as_ref()?
-                        .annotations
-                        .clone()
-                })
-                .and_then(|a| a.get(m::CERTIFICATE_EXPIRY)?.parse::<i64>().ok())
-                .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400);
+            let expiry = super::unexpired_certificate(live.as_deref(), m::CERTIFICATE_EXPIRY);
             let spec_digest = digest(format!("{pool:?}-{settings:?}-{expiry:?}").as_bytes());
             let fresh = self.applied.get(&key).is_some_and(|(applied, generation)| {
                 *applied == spec_digest
