@@ -6,6 +6,14 @@
 //! queue for a fixed number of slots, running work fills a KV cache, and
 //! `/metrics` reports both under vLLM's metric names. Every answer says which
 //! instance gave it (`x-served-by` header, `served_by` body field).
+//!
+//! Latency follows a model ([`model`]), on the lines of llm-d's inference
+//! simulator: time to first token = the fixed `time_to_first_token` +
+//! uncached prompt tokens x `prefill_time_per_token` (+ an adapter's load
+//! time when it was not loaded); then a token every `inter_token_latency`,
+//! slower by up to `time_factor_under_load` as the batch fills; a prefix
+//! cache of prompt blocks (LRU) spares the prefill of shared prefixes;
+//! optional Gaussian jitter with a seed.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,6 +28,9 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
+
+pub mod model;
+use model::{Histogram, Jitter, LoadedAdapters, PrefixCache};
 
 /// How one simulator behaves.
 #[derive(Clone, Debug)]
@@ -49,6 +60,25 @@ pub struct Config {
     /// make `/health` answer 503 or 200: a test's way to fail a readiness
     /// probe. Off by default, so that no client can take a server out.
     pub health_toggle: bool,
+    /// Prefill time of each prompt token not found in the prefix cache,
+    /// added to `time_to_first_token`.
+    pub prefill_time_per_token: Duration,
+    /// Prompt blocks ([`model::BLOCK_TOKENS`] tokens) the prefix cache
+    /// holds; 0 turns it off.
+    pub prefix_cache_blocks: usize,
+    /// How much slower tokens come with a full batch (`max_num_seqs`
+    /// running) than with one request: 1 is not at all; in between it
+    /// grows linearly with the running requests.
+    pub time_factor_under_load: f64,
+    /// LoRA adapters loaded at once (0: all of them); using another one
+    /// unloads the least recently used and costs `lora_load_time`.
+    pub max_loras: usize,
+    pub lora_load_time: Duration,
+    /// Standard deviation of Gaussian noise on every latency, as a
+    /// fraction of it (0: none).
+    pub jitter: f64,
+    /// Seeds the noise (0: a seed made from `name`).
+    pub seed: u64,
 }
 
 impl Default for Config {
@@ -64,12 +94,33 @@ impl Default for Config {
             default_max_tokens: 16,
             echo_other_paths: false,
             health_toggle: false,
+            prefill_time_per_token: Duration::ZERO,
+            prefix_cache_blocks: 1024,
+            time_factor_under_load: 1.0,
+            max_loras: 0,
+            lora_load_time: Duration::ZERO,
+            jitter: 0.0,
+            seed: 0,
         }
     }
 }
 
+/// The latency model's state, under the load lock.
+struct Model {
+    prefix_cache: PrefixCache,
+    loras: LoadedAdapters,
+    jitter: Jitter,
+    /// Prompt tokens looked up in the prefix cache, and found.
+    prefix_queries: u64,
+    prefix_hits: u64,
+    ttft: Histogram,
+    itl: Histogram,
+    queue_time: Histogram,
+    e2e: Histogram,
+}
+
 /// KV-cache blocks are this many tokens (vLLM's default).
-const BLOCK_SIZE: usize = 16;
+const BLOCK_SIZE: usize = model::BLOCK_TOKENS;
 
 #[derive(Default)]
 struct Load {
@@ -87,6 +138,7 @@ struct Sim {
     address: SocketAddr,
     slots: Semaphore,
     load: Mutex<Load>,
+    model: Mutex<Model>,
     ids: AtomicU64,
     /// `/health` answers 503 (see [`Config::health_toggle`]).
     unhealthy: std::sync::atomic::AtomicBool,
@@ -114,18 +166,19 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
         config.kv_cache_tokens > 0,
         "--kv-cache-tokens must be at least 1"
     );
+    anyhow::ensure!(
+        config.time_factor_under_load >= 1.0,
+        "--time-factor-under-load must be at least 1.0 (a full batch is never faster)"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&config.jitter),
+        "--latency-jitter must be from 0 to 1 (a fraction of each latency)"
+    );
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("binding {address}: {e}"))?;
     let address = listener.local_addr()?;
-    let sim = Arc::new(Sim {
-        slots: Semaphore::new(config.max_num_seqs),
-        config,
-        address,
-        load: Mutex::new(Load::default()),
-        ids: AtomicU64::new(0),
-        unhealthy: std::sync::atomic::AtomicBool::new(false),
-    });
+    let sim = Arc::new(Sim::new(config, address));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let limits = infergate_serving::Limits {
         // Each waiting request holds a connection; allow far more than slots.
@@ -153,6 +206,42 @@ pub async fn start(address: SocketAddr, config: Config) -> anyhow::Result<Handle
         address,
         stop: Some(stop),
     })
+}
+
+impl Sim {
+    fn new(config: Config, address: SocketAddr) -> Sim {
+        let seed = if config.seed == 0 {
+            config.name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+            })
+        } else {
+            config.seed
+        };
+        let model = Model {
+            prefix_cache: PrefixCache::new(config.prefix_cache_blocks),
+            loras: LoadedAdapters::new(if config.max_loras == 0 {
+                config.lora_adapters.len()
+            } else {
+                config.max_loras
+            }),
+            jitter: Jitter::new(seed, config.jitter),
+            prefix_queries: 0,
+            prefix_hits: 0,
+            ttft: Histogram::new(model::TTFT_BUCKETS),
+            itl: Histogram::new(model::ITL_BUCKETS),
+            queue_time: Histogram::new(model::REQUEST_BUCKETS),
+            e2e: Histogram::new(model::REQUEST_BUCKETS),
+        };
+        Sim {
+            model: Mutex::new(model),
+            slots: Semaphore::new(config.max_num_seqs),
+            config,
+            address,
+            load: Mutex::new(Load::default()),
+            ids: AtomicU64::new(0),
+            unhealthy: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -262,6 +351,8 @@ enum Api {
 struct Job {
     model: String,
     prompt_tokens: usize,
+    /// The prompt's block hashes, for the prefix cache.
+    blocks: Vec<u64>,
     max_tokens: usize,
     stream: bool,
 }
@@ -271,11 +362,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// About four characters a token, as for English text.
-fn count_tokens(text: &str) -> usize {
-    text.len().div_ceil(4).max(1)
 }
 
 impl Sim {
@@ -317,14 +403,12 @@ impl Sim {
                 format!("the model `{model}` does not exist"),
             ));
         }
-        let prompt_tokens = match api {
+        // The prompt as the model would see it: the parts, or each chat
+        // message as "role: content" on a line of its own.
+        let prompt: String = match api {
             Api::Completions => match value.get("prompt") {
-                Some(Value::String(p)) => count_tokens(p),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(count_tokens)
-                    .sum(),
+                Some(Value::String(p)) => p.clone(),
+                Some(Value::Array(parts)) => parts.iter().filter_map(Value::as_str).collect(),
                 _ => {
                     return Err((
                         StatusCode::BAD_REQUEST,
@@ -341,10 +425,12 @@ impl Sim {
                 };
                 messages
                     .iter()
-                    .filter_map(|m| m.get("content").and_then(Value::as_str))
-                    .map(count_tokens)
-                    .sum::<usize>()
-                    .max(1)
+                    .filter_map(|m| {
+                        let content = m.get("content").and_then(Value::as_str)?;
+                        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+                        Some(format!("{role}: {content}\n"))
+                    })
+                    .collect()
             }
         };
         let max_tokens = value
@@ -355,7 +441,8 @@ impl Sim {
             .unwrap_or(self.config.default_max_tokens);
         Ok(Job {
             model,
-            prompt_tokens,
+            prompt_tokens: model::count_tokens(&prompt),
+            blocks: model::block_hashes(&prompt),
             max_tokens,
             stream: value
                 .get("stream")
@@ -417,6 +504,7 @@ impl Sim {
     /// load figures follow the request; dropping the receiver (the client
     /// went away) frees the slot.
     async fn run(self: Arc<Self>, job: Job, tx: mpsc::Sender<Token>) {
+        let arrived = tokio::time::Instant::now();
         let adapter = (job.model != self.config.model).then(|| job.model.clone());
         let waiting = LoadGuard::waiting(self.clone(), adapter.clone());
         let permit = tokio::select! {
@@ -425,24 +513,76 @@ impl Sim {
         };
         let Ok(_permit) = permit else { return };
         drop(waiting);
+        let scheduled = tokio::time::Instant::now();
+        let first_token = self.prefill(&job, adapter.as_deref(), scheduled - arrived);
         let mut running = LoadGuard::running(self.clone(), adapter, job.prompt_tokens);
+        let mut last = scheduled;
         for n in 0..job.max_tokens {
             let pause = if n == 0 {
-                self.config.time_to_first_token
+                first_token
             } else {
-                self.config.inter_token_latency
+                self.decode_time()
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = tx.closed() => return,
             }
+            let now = tokio::time::Instant::now();
+            {
+                let mut model = self.model.lock().expect("model lock");
+                if n == 0 {
+                    model.ttft.observe(now - arrived);
+                } else {
+                    model.itl.observe(now - last);
+                }
+            }
+            last = now;
             running.add_token();
             let text = format!(" token{}", n + 1);
             if tx.send(Token { text }).await.is_err() {
                 return;
             }
         }
+        self.model
+            .lock()
+            .expect("model lock")
+            .e2e
+            .observe(arrived.elapsed());
         running.succeeded();
+    }
+
+    /// Schedule `job`'s prefill: look its prompt up in the prefix cache
+    /// (and remember it there), load its adapter if need be; the time to
+    /// its first token.
+    fn prefill(&self, job: &Job, adapter: Option<&str>, queued: Duration) -> Duration {
+        let mut model = self.model.lock().expect("model lock");
+        model.queue_time.observe(queued);
+        let hit_tokens = (model.prefix_cache.cached_prefix(&job.blocks) * model::BLOCK_TOKENS)
+            .min(job.prompt_tokens);
+        model.prefix_queries += job.prompt_tokens as u64;
+        model.prefix_hits += hit_tokens as u64;
+        model.prefix_cache.insert(&job.blocks);
+        let uncached = (job.prompt_tokens - hit_tokens) as u32;
+        let prefill =
+            self.config.time_to_first_token + self.config.prefill_time_per_token * uncached;
+        let load = match adapter {
+            Some(adapter) if model.loras.use_adapter(adapter) => self.config.lora_load_time,
+            _ => Duration::ZERO,
+        };
+        model.jitter.apply(prefill) + load
+    }
+
+    /// The time to the next token now: slower as the batch fills.
+    fn decode_time(&self) -> Duration {
+        let running = self.load.lock().expect("load lock").running;
+        let factor = if self.config.max_num_seqs > 1 {
+            1.0 + (self.config.time_factor_under_load - 1.0)
+                * (running.saturating_sub(1) as f64 / (self.config.max_num_seqs - 1) as f64)
+        } else {
+            self.config.time_factor_under_load
+        };
+        let pause = self.config.inter_token_latency.mul_f64(factor);
+        self.model.lock().expect("model lock").jitter.apply(pause)
     }
 
     fn metrics(&self) -> String {
@@ -481,12 +621,17 @@ impl Sim {
             &model_label,
             format!("{usage}"),
         );
+        let max_lora = if self.config.max_loras == 0 {
+            self.config.lora_adapters.len()
+        } else {
+            self.config.max_loras
+        };
         gauge(
             "vllm:lora_requests_info",
             "Running stats on LoRA requests.",
             &format!(
                 "max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"",
-                self.config.lora_adapters.len().max(1),
+                max_lora.max(1),
                 list(&load.running_adapters),
                 list(&load.waiting_adapters)
             ),
@@ -505,6 +650,48 @@ impl Sim {
             "# HELP vllm:request_success_total Count of successfully processed requests.\n# TYPE vllm:request_success_total counter\nvllm:request_success_total{{{model_label}}} {}\n",
             load.succeeded
         ));
+        drop(load);
+        let model = self.model.lock().expect("model lock");
+        for (name, help, value) in [
+            (
+                "vllm:prefix_cache_queries_total",
+                "Prefix cache queries, in prompt tokens looked up.",
+                model.prefix_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "Prefix cache hits, in prompt tokens found.",
+                model.prefix_hits,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{model_label}}} {value}\n"
+            ));
+        }
+        for (histogram, name, help) in [
+            (
+                &model.ttft,
+                "vllm:time_to_first_token_seconds",
+                "Histogram of time to first token in seconds.",
+            ),
+            (
+                &model.itl,
+                "vllm:inter_token_latency_seconds",
+                "Histogram of inter-token latency in seconds.",
+            ),
+            (
+                &model.queue_time,
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent waiting in the queue in seconds.",
+            ),
+            (
+                &model.e2e,
+                "vllm:e2e_request_latency_seconds",
+                "Histogram of end to end request latency in seconds.",
+            ),
+        ] {
+            out.push_str(&histogram.render(name, help, &model_label));
+        }
         out
     }
 }
@@ -700,4 +887,118 @@ fn sse(
 
 fn event(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim(config: Config) -> Sim {
+        Sim::new(config, "127.0.0.1:0".parse().unwrap())
+    }
+
+    fn job(sim: &Sim, prompt: &str) -> Job {
+        let body = json!({"model": "sim-model", "prompt": prompt}).to_string();
+        sim.parse(body.as_bytes(), Api::Completions).unwrap()
+    }
+
+    #[test]
+    fn cached_prefixes_are_not_prefilled_again() {
+        let s = sim(Config {
+            time_to_first_token: Duration::from_millis(10),
+            prefill_time_per_token: Duration::from_millis(1),
+            ..Config::default()
+        });
+        // 4 full blocks (64 tokens) of system prompt, then a question.
+        let system = "a".repeat(4 * model::BLOCK_TOKENS * model::TOKEN_BYTES);
+        let first = job(&s, &format!("{system}What is a gateway?"));
+        assert_eq!(first.prompt_tokens, 64 + 5);
+        assert_eq!(
+            s.prefill(&first, None, Duration::ZERO),
+            Duration::from_millis(10 + 69),
+            "nothing cached: every token is prefilled"
+        );
+        let second = job(&s, &format!("{system}And what is a picker?"));
+        assert_eq!(
+            s.prefill(&second, None, Duration::ZERO),
+            Duration::from_millis(10 + (second.prompt_tokens as u64 - 64)),
+            "the shared system prompt is cached"
+        );
+        let text = s.metrics();
+        assert!(
+            text.contains(&format!(
+                "vllm:prefix_cache_queries_total{{model_name=\"sim-model\"}} {}\n",
+                69 + second.prompt_tokens
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:prefix_cache_hits_total{model_name=\"sim-model\"} 64\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:request_queue_time_seconds_count{model_name=\"sim-model\"} 2\n"),
+            "{text}"
+        );
+
+        let off = sim(Config {
+            prefix_cache_blocks: 0,
+            prefill_time_per_token: Duration::from_millis(1),
+            time_to_first_token: Duration::ZERO,
+            ..Config::default()
+        });
+        let again = job(&off, &system);
+        off.prefill(&again, None, Duration::ZERO);
+        assert_eq!(
+            off.prefill(&again, None, Duration::ZERO),
+            Duration::from_millis(64)
+        );
+    }
+
+    #[test]
+    fn tokens_slow_down_as_the_batch_fills() {
+        let s = sim(Config {
+            max_num_seqs: 5,
+            inter_token_latency: Duration::from_millis(10),
+            time_factor_under_load: 3.0,
+            ..Config::default()
+        });
+        let with = |running| {
+            s.load.lock().unwrap().running = running;
+            s.decode_time()
+        };
+        assert_eq!(with(1), Duration::from_millis(10));
+        assert_eq!(with(3), Duration::from_millis(20));
+        assert_eq!(with(5), Duration::from_millis(30));
+    }
+
+    #[test]
+    fn an_adapter_that_is_not_loaded_costs_its_load_time() {
+        let s = sim(Config {
+            lora_adapters: vec!["a".into(), "b".into()],
+            max_loras: 1,
+            lora_load_time: Duration::from_millis(50),
+            time_to_first_token: Duration::from_millis(5),
+            ..Config::default()
+        });
+        let j = job(&s, "hi");
+        assert_eq!(
+            s.prefill(&j, Some("a"), Duration::ZERO),
+            Duration::from_millis(55)
+        );
+        assert_eq!(
+            s.prefill(&j, Some("a"), Duration::ZERO),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            s.prefill(&j, Some("b"), Duration::ZERO),
+            Duration::from_millis(55)
+        );
+        assert_eq!(
+            s.prefill(&j, Some("a"), Duration::ZERO),
+            Duration::from_millis(55),
+            "b unloaded a"
+        );
+        assert!(s.metrics().contains("max_lora=\"1\""));
+    }
 }

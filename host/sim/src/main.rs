@@ -25,9 +25,35 @@ struct Args {
     /// Requests that run at once; later ones wait in the queue.
     #[arg(long, default_value_t = 4)]
     max_num_seqs: usize,
-    /// Time to the first token, in milliseconds.
+    /// Time to the first token, in milliseconds: the fixed part (prefill overhead), before the
+    /// prefill time of uncached prompt tokens (--prefill-us-per-token).
     #[arg(long, default_value_t = 20)]
     ttft_ms: u64,
+    /// Prefill time of each prompt token not in the prefix cache, in microseconds (a token is
+    /// four bytes of the prompt).
+    #[arg(long, default_value_t = 0)]
+    prefill_us_per_token: u64,
+    /// Prompt blocks of 16 tokens the prefix cache holds (least recently used evicted); 0 turns
+    /// it off.
+    #[arg(long, default_value_t = 1024)]
+    prefix_cache_blocks: usize,
+    /// How much slower tokens come with a full batch (--max-num-seqs running) than with one
+    /// request; growing linearly in between. 1: no slowdown.
+    #[arg(long, default_value_t = 1.0)]
+    time_factor_under_load: f64,
+    /// LoRA adapters loaded at once (0: all); using another one unloads the least recently used
+    /// and costs --lora-load-ms.
+    #[arg(long, default_value_t = 0)]
+    max_loras: usize,
+    /// Time to load a LoRA adapter that is not loaded, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    lora_load_ms: u64,
+    /// Standard deviation of Gaussian noise on every latency, as a fraction of it (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    latency_jitter: f64,
+    /// Seed of the noise (0: derived from --name, so each server differs and every run repeats).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Time between further tokens, in milliseconds.
     #[arg(long, default_value_t = 5)]
     inter_token_ms: u64,
@@ -66,6 +92,13 @@ async fn main() -> anyhow::Result<()> {
         default_max_tokens: args.default_max_tokens,
         echo_other_paths: args.echo_other_paths,
         health_toggle: args.allow_health_toggle,
+        prefill_time_per_token: Duration::from_micros(args.prefill_us_per_token),
+        prefix_cache_blocks: args.prefix_cache_blocks,
+        time_factor_under_load: args.time_factor_under_load,
+        max_loras: args.max_loras,
+        lora_load_time: Duration::from_millis(args.lora_load_ms),
+        jitter: args.latency_jitter,
+        seed: args.seed,
     };
     let handle = infergate_sim::start(args.bind, config).await?;
     tracing::info!(name = %args.name, address = %handle.address, "model server simulator listening");

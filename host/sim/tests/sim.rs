@@ -115,7 +115,7 @@ fn parse_prometheus(text: &str) -> HashMap<String, (String, f64)> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert!(["gauge", "counter"].contains(&kind), "{line}");
+            assert!(["gauge", "counter", "histogram"].contains(&kind), "{line}");
             types.insert(name.to_string(), kind.to_string());
             continue;
         }
@@ -129,7 +129,15 @@ fn parse_prometheus(text: &str) -> HashMap<String, (String, f64)> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line}"
         );
-        assert!(types.contains_key(name), "{name} has no TYPE line");
+        // A histogram's series are <name>_bucket, _sum and _count.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "{name} has no TYPE line");
         let labels = series.strip_prefix(name).unwrap().to_string();
         if !labels.is_empty() {
             assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
@@ -300,4 +308,47 @@ async fn cleartext_http2_is_served_on_the_same_port() {
         .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.headers()["x-served-by"], "h2");
+}
+
+#[tokio::test]
+async fn a_shared_prefix_is_a_prefix_cache_hit_and_latencies_are_histograms() {
+    let handle = sim(Config {
+        time_to_first_token: Duration::from_millis(1),
+        inter_token_latency: Duration::from_millis(1),
+        ..Config::default()
+    })
+    .await;
+    // 64 tokens of system prompt (4 blocks), then the question.
+    let system = "s".repeat(256);
+    for question in ["What is Envoy?", "What is an InferencePool?"] {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/v1/completions", handle.address))
+            .body(
+                serde_json::json!({"model": "sim-model", "prompt": format!("{system}{question}"), "max_tokens": 3})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let m = metrics(&handle).await;
+    let queried = 64
+        + "What is Envoy?".len().div_ceil(4)
+        + 64
+        + "What is an InferencePool?".len().div_ceil(4);
+    assert_eq!(value(&m, "vllm:prefix_cache_queries_total"), queried as f64);
+    assert_eq!(
+        value(&m, "vllm:prefix_cache_hits_total"),
+        64.0,
+        "the second prompt's system part"
+    );
+    assert_eq!(value(&m, "vllm:time_to_first_token_seconds_count"), 2.0);
+    assert_eq!(
+        value(&m, "vllm:inter_token_latency_seconds_count"),
+        4.0,
+        "two gaps in each answer"
+    );
+    assert_eq!(value(&m, "vllm:request_queue_time_seconds_count"), 2.0);
+    assert_eq!(value(&m, "vllm:e2e_request_latency_seconds_count"), 2.0);
 }
