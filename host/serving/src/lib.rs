@@ -12,6 +12,7 @@
 //!   back-off that doubles up to a second, instead of at once in a hot loop
 //!   (also for the gRPC servers, through [`incoming`]).
 
+pub mod prompt;
 pub mod telemetry;
 
 use std::future::Future;

@@ -403,35 +403,12 @@ impl Sim {
                 format!("the model `{model}` does not exist"),
             ));
         }
-        // The prompt as the model would see it: the parts, or each chat
-        // message as "role: content" on a line of its own.
-        let prompt: String = match api {
-            Api::Completions => match value.get("prompt") {
-                Some(Value::String(p)) => p.clone(),
-                Some(Value::Array(parts)) => parts.iter().filter_map(Value::as_str).collect(),
-                _ => {
-                    return Err((
-                        StatusCode::BAD_REQUEST,
-                        "the request has no \"prompt\"".to_string(),
-                    ));
-                }
-            },
-            Api::Chat => {
-                let Some(messages) = value.get("messages").and_then(Value::as_array) else {
-                    return Err((
-                        StatusCode::BAD_REQUEST,
-                        "the request has no \"messages\"".to_string(),
-                    ));
-                };
-                messages
-                    .iter()
-                    .filter_map(|m| {
-                        let content = m.get("content").and_then(Value::as_str)?;
-                        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                        Some(format!("{role}: {content}\n"))
-                    })
-                    .collect()
-            }
+        let Some(prompt) = infergate_serving::prompt::prompt_text(&value) else {
+            let what = match api {
+                Api::Completions => "the request has no \"prompt\"",
+                Api::Chat => "the request has no \"messages\"",
+            };
+            return Err((StatusCode::BAD_REQUEST, what.to_string()));
         };
         let max_tokens = value
             .get("max_completion_tokens")

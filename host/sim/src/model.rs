@@ -1,103 +1,21 @@
 //! The simulator's latency model, each part small and deterministic:
 //!
-//! - a tokenizer: a token is four bytes of the prompt (about a token of
-//!   English text), a block is [`BLOCK_TOKENS`] tokens, and a block's hash
-//!   chains the hashes before it, so two prompts share block hashes exactly
-//!   as far as they share a (block-aligned) prefix;
+//! - the tokenizer the picker shares (`infergate_serving::prompt`): a token
+//!   is four bytes of the prompt, a block [`BLOCK_TOKENS`] tokens, block
+//!   hashes chained so that prompts share them as far as they share a
+//!   prefix;
 //! - a prefix cache of block hashes with a capacity in blocks and LRU
 //!   eviction: a prompt's leading blocks found there need no prefill;
 //! - loaded LoRA adapters, at most so many, least recently used unloaded;
 //! - latency histograms in Prometheus' text format;
 //! - Gaussian jitter from a seeded generator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Tokens per KV-cache block (vLLM's default block size).
-pub const BLOCK_TOKENS: usize = 16;
-/// Bytes per token of the simulator's tokenizer.
-pub const TOKEN_BYTES: usize = 4;
-
-/// Tokens in `text` (at least one).
-pub fn count_tokens(text: &str) -> usize {
-    text.len().div_ceil(TOKEN_BYTES).max(1)
-}
-
-/// The hashes of `text`'s full blocks, each chaining the ones before it
-/// (FNV-1a, 64 bits). A partial last block has no hash: it is never cached.
-pub fn block_hashes(text: &str) -> Vec<u64> {
-    let block = BLOCK_TOKENS * TOKEN_BYTES;
-    let mut previous = 0xcbf29ce484222325u64;
-    text.as_bytes()
-        .chunks_exact(block)
-        .map(|chunk| {
-            let hash = chunk
-                .iter()
-                .chain(previous.to_le_bytes().iter())
-                .fold(0xcbf29ce484222325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-                });
-            previous = hash;
-            hash
-        })
-        .collect()
-}
-
-/// Block hashes with LRU eviction, at most `capacity` of them.
-#[derive(Debug, Default)]
-pub struct PrefixCache {
-    capacity: usize,
-    tick: u64,
-    used: HashMap<u64, u64>,
-    by_age: BTreeMap<u64, u64>,
-}
-
-impl PrefixCache {
-    pub fn new(capacity_blocks: usize) -> Self {
-        PrefixCache {
-            capacity: capacity_blocks,
-            ..Default::default()
-        }
-    }
-
-    /// How many of `blocks`' leading blocks are cached (a prefix match:
-    /// the first miss ends it).
-    pub fn cached_prefix(&self, blocks: &[u64]) -> usize {
-        blocks
-            .iter()
-            .take_while(|b| self.used.contains_key(b))
-            .count()
-    }
-
-    /// Remember `blocks` as just used, evicting the least recently used
-    /// ones beyond the capacity.
-    pub fn insert(&mut self, blocks: &[u64]) {
-        if self.capacity == 0 {
-            return;
-        }
-        for block in blocks {
-            self.tick += 1;
-            if let Some(old) = self.used.insert(*block, self.tick) {
-                self.by_age.remove(&old);
-            }
-            self.by_age.insert(self.tick, *block);
-        }
-        while self.used.len() > self.capacity {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
-                break;
-            };
-            self.used.remove(&oldest);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.used.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty()
-    }
-}
+pub use infergate_serving::prompt::{
+    BLOCK_TOKENS, BlockCache as PrefixCache, TOKEN_BYTES, block_hashes, count_tokens,
+};
 
 /// The LoRA adapters loaded, at most `capacity`, least recently used
 /// unloaded first.
@@ -246,42 +164,6 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prompts_share_block_hashes_as_far_as_they_share_a_prefix() {
-        let system = "You are a careful assistant. ".repeat(10); // 290 bytes: 4 full blocks
-        let a = block_hashes(&format!("{system}What is Rust?"));
-        let b = block_hashes(&format!("{system}Tell me about Envoy, please, in detail."));
-        assert_eq!(a.len(), 4);
-        assert_eq!(b.len(), 5);
-        assert_eq!(a[..4], b[..4]);
-        let other = block_hashes(&format!("x{system}"));
-        assert!(
-            other.iter().zip(&a).all(|(x, y)| x != y),
-            "a shifted prompt shares nothing"
-        );
-        assert!(block_hashes("short").is_empty());
-        assert_eq!(count_tokens("abcdefgh"), 2);
-        assert_eq!(count_tokens(""), 1);
-    }
-
-    #[test]
-    fn the_prefix_cache_matches_prefixes_and_evicts_the_least_recently_used() {
-        let mut cache = PrefixCache::new(4);
-        cache.insert(&[1, 2, 3]);
-        assert_eq!(cache.cached_prefix(&[1, 2, 3, 4]), 3);
-        assert_eq!(cache.cached_prefix(&[2, 3]), 2);
-        assert_eq!(cache.cached_prefix(&[9, 1, 2]), 0, "a prefix match only");
-        cache.insert(&[1]); // 1 is now the most recent
-        cache.insert(&[7, 8]); // over capacity: 2 and 3 go
-        assert_eq!(cache.len(), 4);
-        assert_eq!(cache.cached_prefix(&[1]), 1);
-        assert_eq!(cache.cached_prefix(&[2]), 0);
-        assert_eq!(cache.cached_prefix(&[7, 8]), 2);
-        let mut off = PrefixCache::new(0);
-        off.insert(&[1]);
-        assert!(off.is_empty());
-    }
 
     #[test]
     fn adapters_beyond_the_limit_unload_the_least_recently_used() {
