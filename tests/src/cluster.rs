@@ -32,6 +32,15 @@ impl RealCluster {
         // Left over from a crashed run or an earlier test: start with a
         // fresh cluster (no objects, no images).
         let _ = script(index, &["purge"]);
+        // The node evicts and schedules nothing below 1% free disk
+        // (evictionHard): say so rather than time out on Pending Pods.
+        if let Some(free) = free_disk_bytes("/") {
+            assert!(
+                free > 6 << 30,
+                "only {:.1} GiB free on /: the test cluster's node would be under DiskPressure (free space first, e.g. old build artifacts)",
+                free as f64 / (1u64 << 30) as f64
+            );
+        }
         let before = HostState::now();
         let (ok, output) = script(index, &["up"]);
         assert!(ok, "scripts/cluster.sh up failed:\n{output}");
@@ -127,7 +136,24 @@ impl RealCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(output.status.success(), "helm {args:?} failed:\n{text}");
+        if !output.status.success() {
+            let namespace = args
+                .iter()
+                .position(|a| *a == "-n")
+                .and_then(|i| args.get(i + 1))
+                .copied()
+                .unwrap_or("default");
+            panic!(
+                "helm {args:?} failed:\n{text}\n{}{}",
+                self.kubectl_lossy(&[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={range .items[*].status.conditions[*]}{.type}={.status} {end}",
+                ]),
+                self.diagnose(namespace)
+            );
+        }
         text
     }
 
@@ -302,6 +328,20 @@ fn script(index: u32, args: &[&str]) -> (bool, String) {
 }
 
 /// A plain HTTP GET to `address` (a Pod IP or a ClusterIP): status and body.
+/// Free bytes on the filesystem of `path` (`df`), if it can be told.
+fn free_disk_bytes(path: &str) -> Option<u64> {
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1", path])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(address, "GET", path)
 }

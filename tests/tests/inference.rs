@@ -719,3 +719,85 @@ spec:
             && s.pool_parents("secondary").keys().collect::<Vec<_>>() == ["gw2"]
     });
 }
+
+/// Prefix affinity through Envoy: completions that share a long system
+/// prompt all go to the model server the first of them went to (its
+/// prefix cache holds the prompt: the simulator's prefix-cache hits show
+/// it), while unrelated prompts are spread over the pool.
+#[test]
+fn prompts_sharing_a_prefix_go_where_it_is_cached() {
+    let work = TempDir::new("inf-prefix");
+    let port = free_port();
+    let ips = ["127.0.10.41", "127.0.10.42", "127.0.10.43"];
+    let endpoints = addresses(&ips, port);
+    let mut processes = sims("prefix", &endpoints, &work.0);
+    let epp_port = free_port();
+    processes.push(epp(epp_port, &endpoints, &work.0));
+    let yaml = [
+        pool("affine", "prefix", &[port], Some("FailClose"), ""),
+        picker_service("affine", epp_port),
+        pods("prefix", &ips),
+        route("llm", &[&pool_ref("affine", "")]),
+    ]
+    .concat();
+    let scenario = Scenario::start("inf-prefix", &yaml, processes, work);
+    scenario.wait_serving("llm");
+
+    let ask = |prompt: &str| -> String {
+        let body = serde_json::json!({"model": "sim-model", "prompt": prompt, "max_tokens": 2})
+            .to_string();
+        let response = infergate_e2e::request(
+            scenario.port,
+            "POST",
+            "/v1/completions",
+            &[("x-route", "llm"), ("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .expect("an answer");
+        assert_eq!(response.status, 200, "{response:?}");
+        response
+            .header("x-served-endpoint")
+            .unwrap_or_default()
+            .to_string()
+    };
+    let system = "You are the assistant of a Kubernetes gateway's documentation. ".repeat(30);
+    let home = ask(&format!("{system}How do I route to a pool?"));
+    for n in 0..8 {
+        assert_eq!(
+            ask(&format!("{system}Question {n}: what does the picker do?")),
+            home,
+            "a prompt sharing the system prompt left the server that has it cached"
+        );
+    }
+    let spread: std::collections::BTreeSet<String> = (0..9)
+        .map(|n| {
+            ask(&format!(
+                "{n}: an unrelated prompt of its own, {}",
+                "w".repeat(100)
+            ))
+        })
+        .collect();
+    assert!(spread.len() > 1, "unrelated prompts all went to {spread:?}");
+    // The server that got the shared prompts found it in its prefix cache.
+    let (ip, sim_port) = home.split_once(':').unwrap();
+    let metrics = infergate_e2e::request_at(
+        ip,
+        sim_port.parse().unwrap(),
+        "sim",
+        "GET",
+        "/metrics",
+        &[],
+        b"",
+    )
+    .expect("the simulator's metrics")
+    .body;
+    let hits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("vllm:prefix_cache_hits_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("vllm:prefix_cache_hits_total");
+    assert!(
+        hits >= 8.0 * system.len() as f64 / 4.0 * 0.9,
+        "prefix-cache hits {hits}"
+    );
+}

@@ -336,10 +336,15 @@ impl Exchange {
 
     fn outcome(&self, message: &ProcessingRequest) -> Outcome {
         let headers = self.headers.as_ref();
+        let mut request = crate::scheduler::Request::default();
         if !self.body.is_empty() {
             // An OpenAI request: it must be JSON naming a model.
             match serde_json::from_slice::<serde_json::Value>(&self.body) {
-                Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {}
+                Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {
+                    if let Some(prompt) = infergate_serving::prompt::prompt_text(&json) {
+                        request.blocks = infergate_serving::prompt::block_hashes(&prompt);
+                    }
+                }
                 Ok(_) => {
                     self.picker.counters.bad_request.inc();
                     return Outcome::Refuse(400, "the request body has no \"model\" field".into());
@@ -360,7 +365,7 @@ impl Exchange {
         {
             filter = Filter::TestSteering(value.split(',').map(str::to_string).collect());
         }
-        match self.picker.scheduler.pick(&filter) {
+        match self.picker.scheduler.pick_for(&filter, &request) {
             Ok(pick) => Outcome::Picked(pick),
             Err(error) => {
                 self.picker.counters.no_endpoint.inc();

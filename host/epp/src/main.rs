@@ -58,6 +58,22 @@ struct Args {
     /// Metrics older than this do not count, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     metrics_staleness_threshold: Duration,
+    /// Weight of the queue scorer (shortest queue of waiting requests wins).
+    #[arg(long, default_value_t = 2.0)]
+    queue_weight: f64,
+    /// Weight of the KV-cache scorer (emptiest cache wins).
+    #[arg(long, default_value_t = 2.0)]
+    kv_cache_weight: f64,
+    /// Weight of the prefix-affinity scorer (the endpoint this prompt's leading blocks were last
+    /// sent to wins); 0 turns it off.
+    #[arg(long, default_value_t = 3.0)]
+    prefix_weight: f64,
+    /// An endpoint with more requests queued than this gets no prefix credit.
+    #[arg(long, default_value_t = 8.0)]
+    prefix_max_queue: f64,
+    /// Prompt blocks (16 tokens each) remembered per endpoint, least recently used first out.
+    #[arg(long, default_value_t = 16384)]
+    prefix_blocks_per_endpoint: usize,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
@@ -120,6 +136,13 @@ async fn main() -> anyhow::Result<()> {
             metrics_staleness_threshold: args.metrics_staleness_threshold,
             scrape_timeout: args.metrics_staleness_threshold.min(Duration::from_secs(1)),
             max_body_bytes: args.max_body_bytes,
+            weights: infergate_epp::scheduler::Weights {
+                queue: args.queue_weight,
+                kv_cache: args.kv_cache_weight,
+                prefix: args.prefix_weight,
+                prefix_max_queue: args.prefix_max_queue,
+                prefix_blocks_per_endpoint: args.prefix_blocks_per_endpoint,
+            },
             metrics_limits: infergate_serving::Limits::default(),
         })
         .await?,

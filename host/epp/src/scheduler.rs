@@ -1,16 +1,22 @@
 //! The endpoints of one pool, what their model servers last reported, and
 //! the choice among them.
 //!
-//! Scoring follows the reference picker's defaults that apply to us: the
-//! queue scorer and the KV-cache scorer, weight 2 each. Queue score is
+//! Scores, each weighted ([`Weights`]): the queue scorer
 //! `(maxQ - q) / (maxQ - minQ)` over the candidates (1 when they are all
-//! equal), KV score is `1 - usage`. The highest total wins; ties rotate.
+//! equal), the KV-cache scorer `1 - usage`, and the prefix-affinity scorer:
+//! the share of the prompt's leading blocks last sent to that endpoint (the
+//! picker remembers, per endpoint, the block hashes it sent there, bounded
+//! and least recently used first out), unless that endpoint's queue is
+//! longer than [`Weights::prefix_max_queue`]. The highest total wins; ties
+//! rotate.
 //! Picks made since an endpoint's last scrape count as queued there, so a
 //! burst between two scrapes spreads out instead of piling onto one server.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+
+use infergate_serving::prompt::BlockCache;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,13 +29,47 @@ pub struct Load {
     pub kv_cache_usage: f64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Endpoint {
     address: SocketAddr,
     load: Option<(Load, Instant)>,
     /// Picks since the last successful scrape.
     pending: u32,
     last_error: Option<String>,
+    /// Prompt blocks sent there lately.
+    prefixes: BlockCache,
+}
+
+/// How much each scorer counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weights {
+    pub queue: f64,
+    pub kv_cache: f64,
+    pub prefix: f64,
+    /// An endpoint with more requests queued than this gets no prefix
+    /// credit: a cached prefix is not worth waiting behind a long queue.
+    pub prefix_max_queue: f64,
+    /// Prompt blocks remembered per endpoint (16 tokens each).
+    pub prefix_blocks_per_endpoint: usize,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            queue: 2.0,
+            kv_cache: 2.0,
+            prefix: 3.0,
+            prefix_max_queue: 8.0,
+            prefix_blocks_per_endpoint: 16 * 1024,
+        }
+    }
+}
+
+/// What the scorers know of a request.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// The prompt's chained block hashes (`infergate_serving::prompt`).
+    pub blocks: Vec<u64>,
 }
 
 /// Why no endpoint could be picked.
@@ -80,6 +120,7 @@ pub struct Scheduler {
     endpoints: Mutex<Vec<Endpoint>>,
     staleness: Duration,
     rotation: AtomicUsize,
+    weights: Weights,
 }
 
 /// A snapshot of one endpoint for the picker's own /metrics.
@@ -94,10 +135,15 @@ pub struct EndpointReport {
 
 impl Scheduler {
     pub fn new(staleness: Duration) -> Self {
+        Self::with_weights(staleness, Weights::default())
+    }
+
+    pub fn with_weights(staleness: Duration, weights: Weights) -> Self {
         Scheduler {
             endpoints: Mutex::new(vec![]),
             staleness,
             rotation: AtomicUsize::new(0),
+            weights,
         }
     }
 
@@ -105,22 +151,23 @@ impl Scheduler {
     pub fn set_endpoints(&self, addresses: &[SocketAddr]) {
         let mut endpoints = self.endpoints.lock().expect("endpoints lock");
         let unique: BTreeSet<SocketAddr> = addresses.iter().copied().collect();
-        let mut next = Vec::with_capacity(unique.len());
-        for address in unique {
-            next.push(
-                endpoints
-                    .iter()
-                    .find(|e| e.address == address)
-                    .cloned()
-                    .unwrap_or(Endpoint {
-                        address,
-                        load: None,
-                        pending: 0,
-                        last_error: None,
-                    }),
-            );
-        }
-        *endpoints = next;
+        let mut known: std::collections::HashMap<SocketAddr, Endpoint> =
+            std::mem::take(&mut *endpoints)
+                .into_iter()
+                .map(|e| (e.address, e))
+                .collect();
+        *endpoints = unique
+            .into_iter()
+            .map(|address| {
+                known.remove(&address).unwrap_or_else(|| Endpoint {
+                    address,
+                    load: None,
+                    pending: 0,
+                    last_error: None,
+                    prefixes: BlockCache::new(self.weights.prefix_blocks_per_endpoint),
+                })
+            })
+            .collect();
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
@@ -159,6 +206,11 @@ impl Scheduler {
     }
 
     pub fn pick(&self, filter: &Filter) -> Result<Pick, PickError> {
+        self.pick_for(filter, &Request::default())
+    }
+
+    /// Pick an endpoint for `request` and remember its prompt blocks there.
+    pub fn pick_for(&self, filter: &Filter, request: &Request) -> Result<Pick, PickError> {
         let mut endpoints = self.endpoints.lock().expect("endpoints lock");
         if endpoints.is_empty() {
             return Err(PickError::NoEndpoints);
@@ -201,6 +253,14 @@ impl Scheduler {
         let shift = turn % candidates.len();
         candidates.rotate_left(shift);
 
+        // The share of the prompt's leading blocks each candidate was sent.
+        let prefix_share = |i: usize| -> f64 {
+            if request.blocks.is_empty() {
+                return 0.0;
+            }
+            let cached = endpoints[i].prefixes.cached_prefix(&request.blocks);
+            cached as f64 / request.blocks.len() as f64
+        };
         let fresh: Vec<(usize, Load)> = candidates
             .iter()
             .filter_map(|&i| {
@@ -208,11 +268,18 @@ impl Scheduler {
                 (at.elapsed() <= self.staleness).then_some((i, load))
             })
             .collect();
-        let (order, informed) = if fresh.is_empty() || matches!(filter, Filter::TestSteering(_)) {
-            // Nothing to go on (or the test header asks for plain round
-            // robin): take turns.
+        let (order, informed) = if matches!(filter, Filter::TestSteering(_)) {
+            // The test header asks for plain round robin.
             (candidates, false)
+        } else if fresh.is_empty() {
+            // No load figures: take turns, where the prompt was sent before
+            // first.
+            let mut by_prefix: Vec<(usize, f64)> =
+                candidates.iter().map(|&i| (i, prefix_share(i))).collect();
+            by_prefix.sort_by(|a, b| b.1.total_cmp(&a.1));
+            (by_prefix.into_iter().map(|(i, _)| i).collect(), false)
         } else {
+            let w = self.weights;
             let queue = |i: usize, load: &Load| load.waiting + f64::from(endpoints[i].pending);
             let (min_q, max_q) = fresh.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (i, l)| {
                 let q = queue(*i, l);
@@ -227,7 +294,22 @@ impl Scheduler {
                         1.0
                     };
                     let kv_score = 1.0 - load.kv_cache_usage.clamp(0.0, 1.0);
-                    (*i, 2.0 * queue_score + 2.0 * kv_score)
+                    let prefix_score = if queue(*i, load) > w.prefix_max_queue {
+                        0.0
+                    } else {
+                        prefix_share(*i)
+                    };
+                    let total =
+                        w.queue * queue_score + w.kv_cache * kv_score + w.prefix * prefix_score;
+                    tracing::debug!(
+                        endpoint = %endpoints[*i].address,
+                        queue = queue_score,
+                        kv_cache = kv_score,
+                        prefix = prefix_score,
+                        total,
+                        "scored"
+                    );
+                    (*i, total)
                 })
                 .collect();
             // Stable: among equal scores the rotated order stands.
@@ -236,6 +318,7 @@ impl Scheduler {
         };
         let chosen = order[0];
         endpoints[chosen].pending += 1;
+        endpoints[chosen].prefixes.insert(&request.blocks);
         Ok(Pick {
             endpoints: order
                 .iter()
@@ -316,6 +399,90 @@ mod tests {
             running: 0.0,
             kv_cache_usage: kv,
         })
+    }
+
+    fn prompt(text: &str) -> Request {
+        Request {
+            blocks: infergate_serving::prompt::block_hashes(text),
+        }
+    }
+
+    #[test]
+    fn a_prompt_goes_where_its_prefix_went_unless_that_endpoint_is_overloaded() {
+        let s = scheduler(&["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"]);
+        for a in ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"] {
+            s.report(addr(a), load(0.0, 0.2));
+        }
+        let system = "You are a helpful assistant for the docs of a gateway. ".repeat(20);
+        let first = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}Q1")))
+            .unwrap();
+        let home = first.endpoints[0];
+        // Scrapes say every server is equally idle again.
+        let idle = |s: &Scheduler| {
+            for a in ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"] {
+                s.report(addr(a), load(0.0, 0.2));
+            }
+        };
+        for n in 0..6 {
+            idle(&s);
+            let pick = s
+                .pick_for(&Filter::All, &prompt(&format!("{system}question {n}")))
+                .unwrap();
+            assert_eq!(
+                pick.endpoints[0], home,
+                "request {n} left the cached prefix"
+            );
+        }
+        // Other prompts are spread as before (rotation among equals).
+        let others: BTreeSet<SocketAddr> = (0..6)
+            .map(|n| {
+                idle(&s);
+                s.pick_for(
+                    &Filter::All,
+                    &prompt(&format!("{n} unrelated prompt {}", "x".repeat(80))),
+                )
+                .unwrap()
+                .endpoints[0]
+            })
+            .collect();
+        assert!(others.len() > 1, "{others:?}");
+        // The prefix's endpoint overloaded: its queue beats the affinity.
+        idle(&s);
+        s.report(home, load(20.0, 0.2));
+        let pick = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}one more")))
+            .unwrap();
+        assert_ne!(pick.endpoints[0], home);
+    }
+
+    #[test]
+    fn the_prefix_scorer_can_be_turned_off() {
+        let s = Scheduler::with_weights(
+            Duration::from_secs(2),
+            Weights {
+                prefix: 0.0,
+                ..Weights::default()
+            },
+        );
+        let addresses = [addr("198.18.0.1:8000"), addr("198.18.0.2:8000")];
+        s.set_endpoints(&addresses);
+        let system = "s".repeat(640);
+        let picks: BTreeSet<SocketAddr> = (0..4)
+            .map(|n| {
+                for a in addresses {
+                    s.report(a, load(0.0, 0.2));
+                }
+                s.pick_for(&Filter::All, &prompt(&format!("{system}{n}")))
+                    .unwrap()
+                    .endpoints[0]
+            })
+            .collect();
+        assert_eq!(
+            picks.len(),
+            2,
+            "without affinity equal endpoints take turns"
+        );
     }
 
     #[test]

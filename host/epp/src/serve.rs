@@ -42,6 +42,8 @@ pub struct Config {
     pub metrics_staleness_threshold: Duration,
     pub scrape_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The scorers' weights.
+    pub weights: crate::scheduler::Weights,
     /// Connections and read timeouts of the metrics server.
     pub metrics_limits: infergate_serving::Limits,
 }
@@ -61,6 +63,7 @@ impl Default for Config {
             metrics_staleness_threshold: Duration::from_secs(2),
             scrape_timeout: Duration::from_secs(1),
             max_body_bytes: 16 << 20,
+            weights: crate::scheduler::Weights::default(),
             metrics_limits: infergate_serving::Limits::default(),
         }
     }
@@ -134,7 +137,10 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
         metrics.local_addr()?,
     );
 
-    let scheduler = Arc::new(Scheduler::new(config.metrics_staleness_threshold));
+    let scheduler = Arc::new(Scheduler::with_weights(
+        config.metrics_staleness_threshold,
+        config.weights,
+    ));
     scheduler.set_endpoints(&config.endpoints);
     let counters = Arc::new(Counters::default());
     let picker = Picker {
