@@ -801,3 +801,84 @@ fn prompts_sharing_a_prefix_go_where_it_is_cached() {
         "prefix-cache hits {hits}"
     );
 }
+
+/// A model server dies under steady traffic: requests the picker sent to it
+/// are retried by Envoy on the picker's next endpoint (the fallbacks of
+/// `x-gateway-destination-endpoint`), so no request fails, though the
+/// picker keeps choosing the dead server until its metrics go stale.
+#[test]
+fn a_model_server_killed_under_traffic_fails_no_request() {
+    let work = TempDir::new("inf-retry");
+    let port = free_port();
+    let ips = ["127.0.10.51", "127.0.10.52", "127.0.10.53"];
+    let endpoints = addresses(&ips, port);
+    let mut processes = sims("retry", &endpoints[..2], &work.0);
+    let mut victim = infergate_e2e::sim(&endpoints[2], "retry-2", &work.0, &[]);
+    let epp_port = free_port();
+    processes.push(epp(epp_port, &endpoints, &work.0));
+    let yaml = [
+        pool("steady", "retry", &[port], Some("FailClose"), ""),
+        picker_service("steady", epp_port),
+        pods("retry", &ips),
+        route("llm", &[&pool_ref("steady", "")]),
+    ]
+    .concat();
+    let scenario = Scenario::start("inf-retry", &yaml, processes, work);
+    scenario.wait_serving("llm");
+    // Until the victim has served, so that the picker counts it in.
+    assert!(
+        infergate_e2e::wait_until(Duration::from_secs(10), || (0..6).any(|_| {
+            post(scenario.port, "llm", &[])
+                .and_then(|r| r.header("x-served-endpoint").map(str::to_string))
+                .as_deref()
+                == Some(endpoints[2].as_str())
+        })),
+        "the third server never served"
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (served_by_victim_before, failures, total) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut outcomes = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        outcomes.push(post(scenario.port, "llm", &[]));
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        victim.kill();
+        // Longer than the picker's metrics staleness (2 s): the dead
+        // server is picked, then not any more.
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let outcomes: Vec<Option<Response>> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        let victim_served = outcomes
+            .iter()
+            .flatten()
+            .filter(|r| r.header("x-served-endpoint") == Some(endpoints[2].as_str()))
+            .count();
+        let failures: Vec<String> = outcomes
+            .iter()
+            .filter(|r| r.as_ref().is_none_or(|r| r.status != 200))
+            .map(|r| format!("{:?}", r.as_ref().map(|r| (r.status, r.body.clone()))))
+            .collect();
+        (victim_served, failures, outcomes.len())
+    });
+    assert!(
+        served_by_victim_before > 0,
+        "the victim served nothing before it died"
+    );
+    assert!(total > 50, "only {total} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed when a model server died: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}

@@ -33,6 +33,9 @@ pub mod picker {
     pub const LB_NAMESPACE: &str = "envoy.lb";
     /// Dynamic metadata namespace of the subset hint.
     pub const SUBSET_NAMESPACE: &str = "envoy.lb.subset_hint";
+    /// Endpoints the picker names after its choice, in order: the gateway
+    /// retries a request that failed before any response on the next one.
+    pub const FALLBACKS: u32 = 2;
     /// Request headers of the protocol that a client must never set: the
     /// gateway removes them before the picker runs.
     pub const PROTOCOL_HEADERS: [&str; 3] = [DESTINATION, SUBSET, SERVED];

@@ -101,7 +101,7 @@ impl Pick {
     }
 }
 
-pub const MAX_FALLBACKS: usize = 2;
+pub const MAX_FALLBACKS: usize = infergate_names::picker::FALLBACKS as usize;
 
 /// Which endpoints a request may go to.
 #[derive(Clone, Debug, Default)]

@@ -7,8 +7,8 @@ use super::{INVALID_BACKEND_CLUSTER, seconds};
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
     self as route, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
-    RouteConfiguration, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
-    redirect_action, route_action, route_match, weighted_cluster,
+    RetryPolicy, RouteConfiguration, VirtualHost, WeightedCluster, header_matcher,
+    query_parameter_matcher, redirect_action, route_action, route_match, weighted_cluster,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher,
@@ -214,6 +214,9 @@ pub(super) fn forward_action(
         timeout: Some(seconds(0)),
         ..Default::default()
     };
+    if forward.clusters.iter().any(|c| c.endpoint_picker.is_some()) {
+        action.retry_policy = Some(picker_retries());
+    }
     if let Some(rewrite) = &forward.rewrite {
         if let Some(host) = &rewrite.hostname {
             action.host_rewrite_specifier = Some(
@@ -238,6 +241,21 @@ pub(super) fn forward_action(
         }
     }
     action
+}
+
+/// Retries of a request to a pool whose picker chose: the override_host
+/// policy tries the picker's endpoints in order, so a retry goes to the
+/// next best endpoint. Only failures before any response began (no
+/// connection, a reset before the response headers, a refused HTTP/2
+/// stream): a completion that started streaming is never sent twice.
+fn picker_retries() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: "connect-failure,reset,refused-stream".into(),
+        num_retries: Some(UInt32Value {
+            value: infergate_names::picker::FALLBACKS,
+        }),
+        ..Default::default()
+    }
 }
 
 /// Gateway API ReplacePrefixMatch as an RE2 rewrite: the matched prefix
