@@ -101,6 +101,8 @@ struct Exchange {
     headers_answered: bool,
     /// The request has been sent on (picked or refused).
     decided: bool,
+    /// The endpoint chosen first, when one was.
+    chosen: Option<std::net::SocketAddr>,
 }
 
 enum Outcome {
@@ -119,6 +121,7 @@ impl Exchange {
             body: vec![],
             headers_answered: false,
             decided: false,
+            chosen: None,
         }
     }
 
@@ -271,6 +274,7 @@ impl Exchange {
         if !pick.informed {
             counters.picked_uninformed.inc();
         }
+        self.chosen = pick.endpoints.first().copied();
         let destination = pick.header_value();
         tracing::debug!(destination = %destination, informed = pick.informed, "picked");
         let metadata = Some(lb_metadata(&destination));
@@ -401,6 +405,17 @@ impl Exchange {
     }
 
     async fn response_headers(&mut self, message: &ProcessingRequest) -> Result<(), Status> {
+        // Served by a fallback: the gateway's retry left the chosen one.
+        if let (Some(chosen), Some(served)) = (
+            self.chosen,
+            metadata_string(message, LB_NAMESPACE, SERVED_KEY)
+                .and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok()),
+        ) && served != chosen
+        {
+            tracing::debug!(%chosen, %served, "served by a fallback: avoiding the chosen endpoint for a while");
+            self.picker.counters.served_elsewhere.inc();
+            self.picker.scheduler.mark_failed(chosen);
+        }
         let mut set = vec![];
         if self.picker.test_header_steering {
             // As the upstream conformance picker: the gateway's report, or

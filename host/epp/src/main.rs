@@ -74,6 +74,10 @@ struct Args {
     /// Prompt blocks (16 tokens each) remembered per endpoint, least recently used first out.
     #[arg(long, default_value_t = 16384)]
     prefix_blocks_per_endpoint: usize,
+    /// An endpoint that failed a request (the gateway's retry served it elsewhere) is chosen only
+    /// after every other for this long, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    failure_cooldown: Duration,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
@@ -142,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
                 prefix: args.prefix_weight,
                 prefix_max_queue: args.prefix_max_queue,
                 prefix_blocks_per_endpoint: args.prefix_blocks_per_endpoint,
+                failure_cooldown: args.failure_cooldown,
             },
             metrics_limits: infergate_serving::Limits::default(),
         })

@@ -21,6 +21,7 @@ pub struct Counters {
     pub bad_request: Counter,
     pub too_large: Counter,
     pub protocol_errors: Counter,
+    pub served_elsewhere: Counter,
 }
 
 /// The registry `/metrics` shows for the picker of `pool`.
@@ -57,6 +58,11 @@ pub fn registry(pool: &str, counters: &Counters, scheduler: Arc<Scheduler>) -> R
             "infergate_epp_protocol_errors",
             "ext_proc streams ended because of a malformed message.",
             &counters.protocol_errors,
+        ),
+        (
+            "infergate_epp_served_elsewhere",
+            "Requests served by a fallback because the chosen endpoint failed; that endpoint is then avoided for the failure cooldown.",
+            &counters.served_elsewhere,
         ),
     ] {
         registry.register(name, help, counter.clone());

@@ -38,6 +38,8 @@ struct Endpoint {
     last_error: Option<String>,
     /// Prompt blocks sent there lately.
     prefixes: BlockCache,
+    /// When a request chosen for it was served by a fallback instead.
+    failed_at: Option<Instant>,
 }
 
 /// How much each scorer counts.
@@ -51,6 +53,9 @@ pub struct Weights {
     pub prefix_max_queue: f64,
     /// Prompt blocks remembered per endpoint (16 tokens each).
     pub prefix_blocks_per_endpoint: usize,
+    /// An endpoint that failed a request is chosen only after all others
+    /// for this long.
+    pub failure_cooldown: Duration,
 }
 
 impl Default for Weights {
@@ -61,6 +66,7 @@ impl Default for Weights {
             prefix: 3.0,
             prefix_max_queue: 8.0,
             prefix_blocks_per_endpoint: 16 * 1024,
+            failure_cooldown: Duration::from_secs(10),
         }
     }
 }
@@ -165,6 +171,7 @@ impl Scheduler {
                     pending: 0,
                     last_error: None,
                     prefixes: BlockCache::new(self.weights.prefix_blocks_per_endpoint),
+                    failed_at: None,
                 })
             })
             .collect();
@@ -188,6 +195,16 @@ impl Scheduler {
                 endpoint.last_error = None;
             }
             Err(error) => endpoint.last_error = Some(error),
+        }
+    }
+
+    /// A request chosen for `address` was served by another endpoint (the
+    /// gateway's retry): `address` failed it. It comes after every other
+    /// candidate for the failure cooldown.
+    pub fn mark_failed(&self, address: SocketAddr) {
+        let mut endpoints = self.endpoints.lock().expect("endpoints lock");
+        if let Some(endpoint) = endpoints.iter_mut().find(|e| e.address == address) {
+            endpoint.failed_at = Some(Instant::now());
         }
     }
 
@@ -316,6 +333,16 @@ impl Scheduler {
             scored.sort_by(|a, b| b.1.total_cmp(&a.1));
             (scored.into_iter().map(|(i, _)| i).collect(), true)
         };
+        // Endpoints that failed lately go last, in their order.
+        let cooldown = self.weights.failure_cooldown;
+        let failed_lately = |i: &usize| {
+            endpoints[*i]
+                .failed_at
+                .is_some_and(|at| at.elapsed() < cooldown)
+        };
+        let (mut order, failed): (Vec<usize>, Vec<usize>) =
+            order.into_iter().partition(|i| !failed_lately(i));
+        order.extend(failed);
         let chosen = order[0];
         endpoints[chosen].pending += 1;
         endpoints[chosen].prefixes.insert(&request.blocks);
@@ -454,6 +481,37 @@ mod tests {
             .pick_for(&Filter::All, &prompt(&format!("{system}one more")))
             .unwrap();
         assert_ne!(pick.endpoints[0], home);
+    }
+
+    #[test]
+    fn an_endpoint_that_failed_comes_last_until_its_cooldown_ends() {
+        let s = Scheduler::with_weights(
+            Duration::from_secs(2),
+            Weights {
+                failure_cooldown: Duration::from_millis(300),
+                ..Weights::default()
+            },
+        );
+        let addresses = [addr("198.18.0.1:8000"), addr("198.18.0.2:8000")];
+        s.set_endpoints(&addresses);
+        // The best by load is .1, until it fails a request.
+        let report = |s: &Scheduler| {
+            s.report(addresses[0], load(0.0, 0.1));
+            s.report(addresses[1], load(3.0, 0.5));
+        };
+        report(&s);
+        assert_eq!(s.pick(&Filter::All).unwrap().endpoints[0], addresses[0]);
+        s.mark_failed(addresses[0]);
+        report(&s);
+        let pick = s.pick(&Filter::All).unwrap();
+        assert_eq!(
+            pick.endpoints,
+            [addresses[1], addresses[0]],
+            "still a fallback"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        report(&s);
+        assert_eq!(s.pick(&Filter::All).unwrap().endpoints[0], addresses[0]);
     }
 
     #[test]

@@ -992,3 +992,41 @@ async fn idle_metrics_clients_starve_neither_the_metrics_nor_the_ext_proc_port()
     assert!(text.contains("infergate_epp_picks_total"), "{text}");
     drop(idle);
 }
+
+#[tokio::test]
+async fn a_request_served_by_a_fallback_sends_the_chosen_endpoint_last_for_a_while() {
+    let endpoints: Vec<SocketAddr> = ["127.0.0.1:3000", "127.0.0.2:3000"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let handle = picker(&endpoints, Tls::Plaintext, false).await;
+    let channel = plain_channel(handle.grpc).await;
+    // No metrics (nothing listens there): picks take turns.
+    let mut stream = Stream::open(channel.clone()).await;
+    let (_, destination, _) = full_duplex(&mut stream, &[], COMPLETION, 1024).await;
+    let (chosen, fallback) = destination.split_once(',').unwrap();
+    let (chosen, fallback) = (chosen.to_string(), fallback.to_string());
+    // The gateway's retry served it elsewhere: the chosen one failed.
+    stream
+        .send(with_metadata(
+            response_headers(),
+            "envoy.lb",
+            "x-gateway-destination-endpoint-served",
+            string(&fallback),
+        ))
+        .await;
+    stream.next().await;
+    assert!(
+        metrics_text(&handle)
+            .await
+            .contains("infergate_epp_served_elsewhere_total{pool=\"default/pool\"} 1"),
+        "{}",
+        metrics_text(&handle).await
+    );
+    // Within the cooldown it is never first, whatever the turn.
+    for _ in 0..4 {
+        let mut stream = Stream::open(channel.clone()).await;
+        let (_, destination, _) = full_duplex(&mut stream, &[], COMPLETION, 1024).await;
+        assert_eq!(destination, format!("{fallback},{chosen}"));
+    }
+}
