@@ -668,32 +668,65 @@ impl Worker {
         self.applied
             .retain(|(ns, name), _| keep.contains(&(ns.clone(), manifests::object_name(name))));
         // Ours, but no Gateway of ours wants them (its class changed): delete.
-        for deployment in self.deployments.state() {
-            let (Some(ns), name) = (deployment.namespace(), deployment.name_any()) else {
-                continue;
-            };
-            if keep.contains(&(ns.clone(), name.clone()))
-                || deployment.metadata.deletion_timestamp.is_some()
-            {
-                continue;
-            }
+        for (ns, name) in unwanted(&self.deployments, &keep) {
             tracing::info!(deployment = %format!("{ns}/{name}"), "no Gateway of ours wants this Envoy any more: deleting it");
-            let dp = DeleteParams::default();
-            let _ = Api::<Deployment>::namespaced(self.client.clone(), &ns)
-                .delete(&name, &dp)
-                .await;
-            let _ = Api::<Service>::namespaced(self.client.clone(), &ns)
-                .delete(&name, &dp)
-                .await;
-            let _ = Api::<ConfigMap>::namespaced(self.client.clone(), &ns)
-                .delete(&name, &dp)
-                .await;
-            let _ = Api::<Secret>::namespaced(self.client.clone(), &ns)
-                .delete(&name, &dp)
-                .await;
+            let kinds = [
+                api_resource::<Deployment>(),
+                api_resource::<Service>(),
+                api_resource::<ConfigMap>(),
+                api_resource::<Secret>(),
+            ];
+            if let Err(e) = delete_objects(&self.client, &ns, &name, &kinds).await {
+                tracing::warn!("{e:#}");
+            }
         }
         Ok(())
     }
+}
+
+/// The Deployments in `deployments` (ours, by label) that `keep`
+/// (namespace, name) does not hold and that are not being deleted already.
+fn unwanted(
+    deployments: &Store<Deployment>,
+    keep: &BTreeSet<(String, String)>,
+) -> Vec<(String, String)> {
+    deployments
+        .state()
+        .iter()
+        .filter(|d| d.metadata.deletion_timestamp.is_none())
+        .filter_map(|d| Some((d.namespace()?, d.name_any())))
+        .filter(|object| !keep.contains(object))
+        .collect()
+}
+
+/// Delete object `namespace/name` of each of `kinds` (one absent is fine);
+/// every kind is tried, the first failure is returned.
+async fn delete_objects(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    kinds: &[kube::api::ApiResource],
+) -> anyhow::Result<()> {
+    let mut first_failure = None;
+    for kind in kinds {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, kind);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                first_failure.get_or_insert(anyhow::anyhow!(
+                    "deleting {} {namespace}/{name}: {e}",
+                    kind.kind
+                ));
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+fn api_resource<K: kube::Resource<DynamicType = ()>>() -> kube::api::ApiResource {
+    kube::api::ApiResource::erase::<K>(&())
 }
 
 fn object_ref<K: kube::Resource<DynamicType = ()>>(

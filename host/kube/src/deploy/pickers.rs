@@ -18,15 +18,15 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
-use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::picker_manifests::{self as m, PickerSettings, PoolRef};
-use super::{digest, object_ref, pki, with_kind};
+use super::{api_resource, digest, object_ref, pki, with_kind};
 use crate::StatusWriter;
 
 pub struct PickerDeployerConfig {
@@ -301,43 +301,18 @@ impl Worker {
         });
         // Ours, but no pool wants them any more (a route went, the pool got
         // its own picker): delete.
-        for deployment in self.deployments.state() {
-            let (Some(ns), name) = (deployment.namespace(), deployment.name_any()) else {
-                continue;
-            };
-            if keep.contains(&(ns.clone(), name.clone()))
-                || deployment.metadata.deletion_timestamp.is_some()
-            {
-                continue;
-            }
+        for (ns, name) in super::unwanted(&self.deployments, &keep) {
             tracing::info!(deployment = %format!("{ns}/{name}"), "no pool needs this endpoint picker any more: deleting it");
-            let dp = DeleteParams::default();
-            for resource in [
+            let kinds = [
                 api_resource::<Deployment>(),
                 api_resource::<Service>(),
                 api_resource::<Secret>(),
                 api_resource::<RoleBinding>(),
                 api_resource::<Role>(),
                 api_resource::<ServiceAccount>(),
-            ] {
-                let api: Api<kube::api::DynamicObject> =
-                    Api::namespaced_with(self.client.clone(), &ns, &resource);
-                match api.delete(&name, &dp).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => {
-                        return Err(anyhow::anyhow!(
-                            "deleting {} {ns}/{name}: {e}",
-                            resource.kind
-                        ));
-                    }
-                }
-            }
+            ];
+            super::delete_objects(&self.client, &ns, &name, &kinds).await?;
         }
         Ok(())
     }
-}
-
-fn api_resource<K: kube::Resource<DynamicType = ()>>() -> kube::api::ApiResource {
-    kube::api::ApiResource::erase::<K>(&())
 }
