@@ -263,6 +263,7 @@ fn snapshot_of(
             controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension: false,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         })
         .map_err(|e| anyhow::anyhow!("{} errors, first: {}", e.len(), e[0]))

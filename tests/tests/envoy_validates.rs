@@ -193,6 +193,7 @@ fn translate_in_process(text: &str) -> Option<Vec<Value>> {
             controller_name: "infergate.dev/gateway-controller".into(),
             inference_extension: true,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         })
         .ok()?;

@@ -22,11 +22,17 @@ const USER: u32 = 65532;
 
 /// One image to build.
 pub struct Image {
-    /// `infergate.local/<name>:<tag>`.
+    /// `infergate.local/<name>:<tag>`, unless `repository` names another.
     pub name: String,
     pub tag: String,
+    /// The whole repository part of the reference, for an image that must
+    /// carry a name fixed elsewhere (the upstream conformance manifests').
+    pub repository: Option<String>,
     /// The entrypoint binary, installed as `/usr/local/bin/<file name>`.
     pub binary: PathBuf,
+    /// Arguments that are part of the entrypoint (Kubernetes `args` replace
+    /// `cmd`, never these).
+    pub entrypoint_args: Vec<String>,
     /// Arguments after the entrypoint by default.
     pub cmd: Vec<String>,
     /// More files: (source, path in the image).
@@ -37,7 +43,10 @@ pub struct Image {
 
 impl Image {
     pub fn reference(&self) -> String {
-        format!("{REGISTRY}/{}:{}", self.name, self.tag)
+        match &self.repository {
+            Some(repository) => format!("{repository}:{}", self.tag),
+            None => format!("{REGISTRY}/{}:{}", self.name, self.tag),
+        }
     }
 }
 
@@ -108,7 +117,7 @@ pub fn build(image: &Image, out: &Path) -> anyhow::Result<()> {
         "created": "1970-01-01T00:00:00Z",
         "config": {
             "User": format!("{USER}:{USER}"),
-            "Entrypoint": [entry],
+            "Entrypoint": std::iter::once(&entry).chain(&image.entrypoint_args).collect::<Vec<_>>(),
             "Cmd": image.cmd,
             "Env": env,
             "WorkingDir": "/",

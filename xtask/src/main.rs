@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("images") => build_images(&args[1..]),
+        Some("image") => build_one_image(&args[1..]),
         Some("verify-image") => {
             for file in &args[1..] {
                 let reference = images::verify(Path::new(file))
@@ -79,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask component [--out PATH] | cargo xtask test-components\n\n  component        build the translation component (wasm32-unknown-unknown + wit-component)\n  test-components  build the components that tests swap in"
+                "usage: cargo xtask component [--out PATH] | cargo xtask test-components | cargo xtask images [--profile P] [--only A,B] [--no-build]\n       cargo xtask image --reference REPO:TAG --binary PATH [--entrypoint-arg ARG]... [--description TEXT] --out FILE\n\n  component        build the translation component (wasm32-unknown-unknown + wit-component)\n  test-components  build the components that tests swap in\n  images           build infergate's images (archives under the target directory)\n  image            one image of any binary under a given reference (the conformance suites' images)"
             );
             std::process::exit(2);
         }
@@ -147,6 +148,48 @@ fn build_component_with(package: &str, features: &[&str], out: &Path) -> anyhow:
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, &component).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// `cargo xtask image`: one image of a binary built elsewhere, under a
+/// reference given whole (`repository:tag`), for manifests that name their
+/// images and cannot be changed (the upstream conformance suites).
+fn build_one_image(args: &[String]) -> anyhow::Result<()> {
+    let values = |flag: &str| -> Vec<String> {
+        args.iter()
+            .enumerate()
+            .filter(|(_, a)| *a == flag)
+            .filter_map(|(i, _)| args.get(i + 1).cloned())
+            .collect()
+    };
+    let one = |flag: &str| values(flag).pop();
+    let reference = one("--reference").context("--reference REPO:TAG is required")?;
+    let binary = PathBuf::from(one("--binary").context("--binary PATH is required")?);
+    let out = PathBuf::from(one("--out").context("--out FILE is required")?);
+    // The tag is what follows the last colon after the last slash (a
+    // registry may carry a port).
+    let (repository, tag) = match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') && !tag.is_empty() => (repository, tag),
+        _ => bail!("--reference {reference}: give repository:tag"),
+    };
+    let name = repository
+        .rsplit('/')
+        .next()
+        .unwrap_or(repository)
+        .to_string();
+    let image = images::Image {
+        name,
+        tag: tag.into(),
+        repository: Some(repository.into()),
+        binary,
+        entrypoint_args: values("--entrypoint-arg"),
+        cmd: vec![],
+        files: vec![],
+        env: vec![],
+        description: one("--description").unwrap_or_default(),
+    };
+    images::build(&image, &out).with_context(|| format!("building {reference}"))?;
+    println!("{} {}", out.display(), image.reference());
     Ok(())
 }
 
@@ -220,6 +263,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         built.push(images::Image {
             name: "pause".into(),
             tag: "1".into(),
+            repository: None,
+            entrypoint_args: vec![],
             binary: stripped("infergate-pause")?,
             cmd: vec![],
             files: vec![],
@@ -233,6 +278,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         built.push(images::Image {
             name: "infergate".into(),
             tag: version.clone(),
+            repository: None,
+            entrypoint_args: vec![],
             binary: stripped("infergate")?,
             cmd: vec!["run".into()],
             files: vec![(
@@ -250,6 +297,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         built.push(images::Image {
             name: "infergate-epp".into(),
             tag: version.clone(),
+            repository: None,
+            entrypoint_args: vec![],
             binary: stripped("infergate-epp")?,
             cmd: vec![],
             files: vec![],
@@ -261,6 +310,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         built.push(images::Image {
             name: "infergate-sim".into(),
             tag: version.clone(),
+            repository: None,
+            entrypoint_args: vec![],
             binary: stripped("infergate-sim")?,
             cmd: vec![],
             files: vec![],
@@ -286,6 +337,8 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
         built.push(images::Image {
             name: "envoy".into(),
             tag: version,
+            repository: None,
+            entrypoint_args: vec![],
             binary: envoy,
             cmd: vec![],
             files: vec![(

@@ -32,7 +32,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package this crate was generated from, `name@version`.
-pub const WIT_PACKAGE: &str = "infergate:translator@0.3.0";
+pub const WIT_PACKAGE: &str = "infergate:translator@0.4.0";
 
 pub use exports::infergate::translator::translate::*;
 

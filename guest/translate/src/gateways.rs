@@ -69,7 +69,9 @@ pub fn evaluate<'a>(index: &Index<'a>) -> Evaluated<'a> {
         (&a.gateway.meta.namespace, &a.gateway.meta.name)
             .cmp(&(&b.gateway.meta.namespace, &b.gateway.meta.name))
     });
-    mark_port_conflicts(&mut gateways);
+    if !snapshot.settings.isolated_gateways {
+        mark_port_conflicts(&mut gateways);
+    }
     Evaluated {
         class_statuses,
         gateways,
@@ -259,7 +261,9 @@ fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
     }
 }
 
-/// Two Gateways' Envoys cannot share an address and port: with SO_REUSEPORT
+/// Two Gateways' Envoys on one host (standalone, `--local-envoy`; not with
+/// the Gateway deployer, whose Envoys have a Pod each) cannot share an
+/// address and port: with SO_REUSEPORT
 /// both would bind and the kernel would split the traffic between them. The
 /// older Gateway (then the first by namespace/name) keeps the port; the
 /// newer one's listener there is not accepted, with reason PortUnavailable.

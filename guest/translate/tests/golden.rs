@@ -19,6 +19,7 @@ fn settings(input: &str) -> Settings {
         controller_name: CONTROLLER.into(),
         inference_extension: false,
         default_address: "127.0.0.1".into(),
+        isolated_gateways: false,
         managed_picker: None,
     };
     for doc in serde_yaml_ng::Deserializer::from_str(input) {
@@ -33,6 +34,9 @@ fn settings(input: &str) -> Settings {
                     port: infergate_names::objects::PICKER_PORT,
                     ca_pem: ca.into(),
                 });
+            }
+            if let Some(on) = value.get("isolatedGateways").and_then(|v| v.as_bool()) {
+                settings.isolated_gateways = on;
             }
             if let Some(name) = value.get("controllerName").and_then(|v| v.as_str()) {
                 settings.controller_name = name.into();

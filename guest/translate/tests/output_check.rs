@@ -13,6 +13,7 @@ fn translated(yaml: &str) -> infergate_model::Output {
             controller_name: "infergate.dev/gateway-controller".into(),
             inference_extension: true,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         })
         .expect("a snapshot");

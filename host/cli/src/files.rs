@@ -439,6 +439,7 @@ spec: {{ports: [{{port: 80}}]}}
             controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension: false,
             default_address: address.into(),
+            isolated_gateways: false,
             managed_picker: None,
         }
     }

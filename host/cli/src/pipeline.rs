@@ -20,6 +20,7 @@ pub fn settings(args: &TranslationArgs, default_address: &str) -> Settings {
         controller_name: args.controller_name.clone(),
         inference_extension: args.enable_inference_extension,
         default_address: default_address.into(),
+        isolated_gateways: false,
         managed_picker: None,
     }
 }

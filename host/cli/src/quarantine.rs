@@ -671,6 +671,7 @@ fn empty_snapshot() -> Snapshot {
         controller_name: String::new(),
         inference_extension: false,
         default_address: String::new(),
+        isolated_gateways: false,
         managed_picker: None,
     })
 }

@@ -82,7 +82,13 @@ struct Args {
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
     /// Log lines as text or as JSON objects (one per line). RUST_LOG filters them (default: info).
-    #[arg(long, env = "INFERGATE_LOG_FORMAT", default_value = "text")]
+    /// `--zap-encoder json|console`, the upstream picker's flag, means the same.
+    #[arg(
+        long,
+        env = "INFERGATE_LOG_FORMAT",
+        default_value = "text",
+        alias = "zap-encoder"
+    )]
     log_format: infergate_serving::telemetry::LogFormat,
 }
 

@@ -100,11 +100,14 @@ impl Drop for Handle {
     }
 }
 
-/// The gRPC health service names the picker answers for.
-pub const HEALTH_SERVICES: [&str; 3] = [
+/// The gRPC health service names the picker answers for. All but
+/// `liveness` follow readiness; `inference-extension` is the upstream
+/// picker's service, which its manifests probe (the conformance suite's).
+pub const HEALTH_SERVICES: [&str; 4] = [
     "liveness",
     "readiness",
     "envoy.service.ext_proc.v3.ExternalProcessor",
+    "inference-extension",
 ];
 
 async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {

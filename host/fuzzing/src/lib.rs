@@ -32,6 +32,7 @@ pub fn yaml_translate(data: &[u8]) {
             controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         }) else {
             return;

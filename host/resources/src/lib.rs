@@ -352,6 +352,7 @@ mod tests {
                     controller_name: "c".into(),
                     inference_extension: true,
                     default_address: "127.0.0.1".into(),
+                    isolated_gateways: false,
                     managed_picker: None,
                 })
                 .map(|_| ())
@@ -382,6 +383,7 @@ mod tests {
                 controller_name: "c".into(),
                 inference_extension: true,
                 default_address: "127.0.0.1".into(),
+                isolated_gateways: false,
                 managed_picker: None,
             })
             .unwrap();
@@ -419,6 +421,7 @@ mod tests {
                 controller_name: "c".into(),
                 inference_extension: false,
                 default_address: "127.0.0.1".into(),
+                isolated_gateways: false,
                 managed_picker: None,
             })
             .unwrap();

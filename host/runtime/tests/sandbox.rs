@@ -47,6 +47,7 @@ fn example_snapshot(controller: &str) -> Snapshot {
             controller_name: controller.into(),
             inference_extension: false,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         })
         .expect("example converts")

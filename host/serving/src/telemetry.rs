@@ -27,7 +27,8 @@ impl std::str::FromStr for LogFormat {
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text {
-            "text" => Ok(LogFormat::Text),
+            // "console": zap's name for it (the upstream picker's --zap-encoder).
+            "text" | "console" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
             other => Err(format!("unknown log format {other:?}: use text or json")),
         }

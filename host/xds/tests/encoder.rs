@@ -58,6 +58,7 @@ fn translate(routes: &[String]) -> Vec<ir::GatewayIr> {
             controller_name: "infergate.dev/gateway-controller".into(),
             inference_extension: false,
             default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
             managed_picker: None,
         })
         .expect("converts");

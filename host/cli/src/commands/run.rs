@@ -456,6 +456,7 @@ impl State {
                         gateway.addresses.clear();
                     }
                     s.settings.managed_picker = self.managed_picker.clone();
+                    s.settings.isolated_gateways = true;
                     s
                 }
                 Ok(s) => s,
