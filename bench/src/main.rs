@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 mod kube;
+mod plot;
+mod schedule;
 
 use clap::{Parser, Subcommand};
 use infergate_e2e::{NamedServer, Standalone, TempDir, free_port};
@@ -48,10 +50,46 @@ enum Command {
         /// Requests per second, both paths together.
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// Prompt size in bytes (0: a one-line prompt). The picker reads
+        /// every prompt whole (JSON, then block hashes for prefix affinity):
+        /// e.g. 204800 measures what a 200 KB prompt costs it.
+        #[arg(long, default_value_t = 0)]
+        prompt_bytes: usize,
     },
     /// Component swaps: compiling a component, the fixed cost of a
     /// translation (fresh Store, instantiation), and file change -> Envoy
     /// serving the new component's configuration.
+    /// The endpoint picker's scheduling against round robin and the
+    /// queue+KV picker on simulated model servers (Poisson load at several
+    /// rates; shared-prefix, no-sharing and LoRA workloads); prints the
+    /// figures per run and draws TTFT p90 against the rate.
+    Schedule {
+        /// Simulated model servers.
+        #[arg(long, default_value_t = 8)]
+        servers: usize,
+        /// Request rates to run, per second.
+        #[arg(long, value_delimiter = ',', default_value = "4,8,12,16,20")]
+        rates: Vec<f64>,
+        /// Seconds of arrivals per run.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        /// Workloads to run.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "shared-prefix,no-sharing,lora"
+        )]
+        workloads: Vec<schedule::Workload>,
+        /// Seed of the arrivals, prompts and simulator jitter.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Tokens each request generates.
+        #[arg(long, default_value_t = 32)]
+        output_tokens: usize,
+        /// Where to draw TTFT p90 against the rate (PNG).
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+    },
     Swap {
         /// The translation component (default: $INFERGATE_COMPONENT).
         #[arg(long, env = "INFERGATE_COMPONENT")]
@@ -124,7 +162,28 @@ fn main() -> anyhow::Result<()> {
             pods,
             changes,
         } => kube::run(routes, pools, pods, changes),
-        Command::Picker { requests, rate } => picker(requests, rate),
+        Command::Picker {
+            requests,
+            rate,
+            prompt_bytes,
+        } => picker(requests, rate, prompt_bytes),
+        Command::Schedule {
+            servers,
+            rates,
+            seconds,
+            workloads,
+            seed,
+            output_tokens,
+            plot,
+        } => schedule::run(schedule::Options {
+            servers,
+            rates,
+            seconds,
+            workloads,
+            seed,
+            output_tokens,
+            plot,
+        }),
         Command::Swap {
             component,
             other,
@@ -550,8 +609,49 @@ fn wait_for(
 
 // ------------------------------------------------------------ picker latency
 
-fn picker(requests: usize, rate: u32) -> anyhow::Result<()> {
-    use infergate_e2e::{complete, epp, sim};
+/// A completion request whose prompt is about `bytes` long (varied text, so
+/// that its blocks differ), or the tests' one-line completion.
+fn completion_body(bytes: usize) -> Vec<u8> {
+    if bytes == 0 {
+        return infergate_e2e::COMPLETION.as_bytes().to_vec();
+    }
+    let mut prompt = String::with_capacity(bytes + 32);
+    let mut n = 0u64;
+    while prompt.len() < bytes {
+        prompt.push_str(&format!("sentence {n} of a long document. "));
+        n += 1;
+    }
+    prompt.truncate(bytes);
+    serde_json::to_vec(
+        &serde_json::json!({"model": "sim-model", "prompt": prompt, "max_tokens": 1}),
+    )
+    .expect("a JSON body")
+}
+
+/// The picker's own work on one request body, in process: JSON, the prompt,
+/// its block hashes (the median of `runs`).
+fn picker_work(body: &[u8], runs: usize) -> Duration {
+    let times = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let json: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+            let prompt = infergate_serving::prompt::prompt_text(&json).unwrap_or_default();
+            let blocks = infergate_serving::prompt::block_hashes(&prompt);
+            std::hint::black_box(blocks);
+            started.elapsed()
+        })
+        .collect();
+    middle(times)
+}
+
+fn picker(requests: usize, rate: u32, prompt_bytes: usize) -> anyhow::Result<()> {
+    use infergate_e2e::{epp, sim};
+    let body = completion_body(prompt_bytes);
+    let complete = |port: u16, path: &str, headers: &[(&str, &str)]| {
+        let mut with_type = headers.to_vec();
+        with_type.push(("content-type", "application/json"));
+        infergate_e2e::request(port, "POST", path, &with_type, &body)
+    };
     let work = TempDir::new("bench-picker");
     let config = TempDir::new("bench-picker-config");
     let port = free_port();
@@ -657,7 +757,8 @@ spec:
         v[((v.len() as f64 - 1.0) * q).round() as usize]
     };
     println!(
-        "completions through Envoy, {requests} per path, {rate} requests/s, simulator delays 0"
+        "completions through Envoy, {requests} per path, {rate} requests/s, simulator delays 0, request body {} bytes",
+        body.len()
     );
     println!("{:>22} | {:>9} | {:>9}", "path", "p50", "p99");
     let mut rows = vec![];
@@ -676,6 +777,10 @@ spec:
         "added by the picker",
         added(rows[0].0, rows[1].0),
         added(rows[0].1, rows[1].1)
+    );
+    println!(
+        "the picker's own work on this body (JSON, prompt, block hashes), in process, median of 50: {}",
+        ms(picker_work(&body, 50))
     );
     Ok(())
 }

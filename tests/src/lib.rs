@@ -425,10 +425,10 @@ pub fn sim_in(
     process
 }
 
-/// `infergate-epp` on 127.0.0.1:`port` (TLS, self-signed) for `endpoints`,
-/// in test mode (steered by the test-epp-endpoint-selection header).
-pub fn epp(port: u16, endpoints: &[String], work: &Path) -> Process {
-    let args: Vec<String> = [
+/// `infergate-epp` for `endpoints` on `127.0.0.1:port` (self-signed TLS),
+/// without test steering, with `extra` flags (weights, say).
+pub fn epp_with(port: u16, endpoints: &[String], work: &Path, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = [
         "--bind-address",
         "127.0.0.1",
         "--grpc-port",
@@ -437,13 +437,13 @@ pub fn epp(port: u16, endpoints: &[String], work: &Path) -> Process {
         "0",
         "--metrics-port",
         "0",
-        "--test-header-steering",
         "--endpoints",
         &endpoints.join(","),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
     let process = Process::start(
         &workspace_binary("infergate-epp"),
         &args,
@@ -454,6 +454,12 @@ pub fn epp(port: u16, endpoints: &[String], work: &Path) -> Process {
         "the picker did not listen on {port}"
     );
     process
+}
+
+/// `infergate-epp` on 127.0.0.1:`port` (TLS, self-signed) for `endpoints`,
+/// in test mode (steered by the test-epp-endpoint-selection header).
+pub fn epp(port: u16, endpoints: &[String], work: &Path) -> Process {
+    epp_with(port, endpoints, work, &["--test-header-steering"])
 }
 
 /// An HTTP/1.1 response.

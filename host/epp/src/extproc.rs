@@ -274,9 +274,15 @@ impl Exchange {
         if !pick.informed {
             counters.picked_uninformed.inc();
         }
+        counters.decided(pick.decided_by);
         self.chosen = pick.endpoints.first().copied();
         let destination = pick.header_value();
-        tracing::debug!(destination = %destination, informed = pick.informed, "picked");
+        tracing::debug!(
+            destination = %destination,
+            informed = pick.informed,
+            decided_by = pick.decided_by.name(),
+            "picked"
+        );
         let metadata = Some(lb_metadata(&destination));
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
         let has_body = !self.body.is_empty() || !self.headers_end_of_stream();
@@ -345,6 +351,10 @@ impl Exchange {
             // An OpenAI request: it must be JSON naming a model.
             match serde_json::from_slice::<serde_json::Value>(&self.body) {
                 Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {
+                    request.model = json
+                        .get("model")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string);
                     if let Some(prompt) = infergate_serving::prompt::prompt_text(&json) {
                         request.blocks = infergate_serving::prompt::block_hashes(&prompt);
                     }

@@ -1,6 +1,7 @@
 //! infergate's endpoint picker: an Envoy ext_proc server that chooses, for
-//! each inference request, the model-server endpoint of its pool with the
-//! shortest queue and the emptiest KV cache.
+//! each inference request, the model-server endpoint of its pool by weighted
+//! scores ([`scorers`]: queue, KV cache, running requests, prefix-cache and
+//! LoRA affinity), with fallbacks in order.
 //!
 //! [`start`] runs everything a deployment needs: the ext_proc gRPC server
 //! (TLS with a self-signed certificate by default, ALPN h2), the gRPC health
@@ -11,6 +12,7 @@ pub mod discovery;
 pub mod extproc;
 pub mod metrics;
 pub mod scheduler;
+pub mod scorers;
 mod serve;
 mod tls;
 

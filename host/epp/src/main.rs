@@ -10,7 +10,8 @@ use clap::Parser;
 use infergate_epp::{Config, Tls};
 
 /// An Envoy ext_proc endpoint picker for an InferencePool: picks the
-/// model-server endpoint with the shortest queue and the emptiest KV cache.
+/// model-server endpoint by weighted scores (queue, KV cache, running
+/// requests, prefix-cache affinity, LoRA affinity).
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -64,6 +65,13 @@ struct Args {
     /// Weight of the KV-cache scorer (emptiest cache wins).
     #[arg(long, default_value_t = 2.0)]
     kv_cache_weight: f64,
+    /// Weight of the running-requests scorer (the server decoding fewest requests wins).
+    #[arg(long, default_value_t = 1.0)]
+    running_weight: f64,
+    /// Weight of the LoRA-affinity scorer (a request for an adapter goes where it is loaded, then
+    /// where there is room to load it).
+    #[arg(long, default_value_t = 3.0)]
+    lora_weight: f64,
     /// Weight of the prefix-affinity scorer (the endpoint this prompt's leading blocks were last
     /// sent to wins); 0 turns it off.
     #[arg(long, default_value_t = 3.0)]
@@ -149,7 +157,9 @@ async fn main() -> anyhow::Result<()> {
             weights: infergate_epp::scheduler::Weights {
                 queue: args.queue_weight,
                 kv_cache: args.kv_cache_weight,
+                running: args.running_weight,
                 prefix: args.prefix_weight,
+                lora: args.lora_weight,
                 prefix_max_queue: args.prefix_max_queue,
                 prefix_blocks_per_endpoint: args.prefix_blocks_per_endpoint,
                 failure_cooldown: args.failure_cooldown,

@@ -7,10 +7,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::scheduler::{Load, Scheduler};
+use crate::scheduler::{Decision, Load, Scheduler};
 
 /// What the picker decided, counted.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +23,23 @@ pub struct Counters {
     pub too_large: Counter,
     pub protocol_errors: Counter,
     pub served_elsewhere: Counter,
+    /// Picks by what decided them (`Decision::name`, a bounded set).
+    pub decided_by: Family<DecidedLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecidedLabel {
+    decided_by: &'static str,
+}
+
+impl Counters {
+    pub fn decided(&self, decision: Decision) {
+        self.decided_by
+            .get_or_create(&DecidedLabel {
+                decided_by: decision.name(),
+            })
+            .inc();
+    }
 }
 
 /// The registry `/metrics` shows for the picker of `pool`.
@@ -67,6 +85,17 @@ pub fn registry(pool: &str, counters: &Counters, scheduler: Arc<Scheduler>) -> R
     ] {
         registry.register(name, help, counter.clone());
     }
+    // Every value present from the start, so that rates work from zero.
+    for decision in Decision::ALL {
+        let _ = counters.decided_by.get_or_create(&DecidedLabel {
+            decided_by: decision.name(),
+        });
+    }
+    registry.register(
+        "infergate_epp_picks_decided",
+        "Picks by what decided them: the scorer that most separated the chosen endpoint from the next best (queue, kv_cache, running, prefix, lora), tie (equal best totals, chosen at random), only_candidate, uninformed (no fresh metrics: round robin), test_header, failure_cooldown (the best failed lately).",
+        counters.decided_by.clone(),
+    );
     registry.register_collector(Box::new(Endpoints(scheduler)));
     registry
 }

@@ -1,14 +1,13 @@
 //! The endpoints of one pool, what their model servers last reported, and
 //! the choice among them.
 //!
-//! Scores, each weighted ([`Weights`]): the queue scorer
-//! `(maxQ - q) / (maxQ - minQ)` over the candidates (1 when they are all
-//! equal), the KV-cache scorer `1 - usage`, and the prefix-affinity scorer:
-//! the share of the prompt's leading blocks last sent to that endpoint (the
-//! picker remembers, per endpoint, the block hashes it sent there, bounded
-//! and least recently used first out), unless that endpoint's queue is
-//! longer than [`Weights::prefix_max_queue`]. The highest total wins; ties
-//! rotate.
+//! The candidates with fresh metrics are scored by every scorer
+//! ([`crate::scorers`]: queue, KV cache, running requests, prefix affinity,
+//! LoRA affinity), each score weighted ([`Weights`]); the highest total wins,
+//! equal totals are broken at random, and the rest follow as fallbacks in
+//! order. Each pick says what decided it ([`Decision`]). Without fresh
+//! metrics the candidates take turns (round robin), those the prompt went to
+//! before first.
 //! Picks made since an endpoint's last scrape count as queued there, so a
 //! burst between two scrapes spreads out instead of piling onto one server.
 
@@ -20,13 +19,19 @@ use infergate_serving::prompt::BlockCache;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::scorers::{Scorer, Scores, kv_cache, lora, prefix, queue, running};
+
 /// What a model server's `/metrics` said.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Load {
     pub waiting: f64,
     pub running: f64,
     /// 0..1.
     pub kv_cache_usage: f64,
+    /// The models it serves (the `model_name` labels of its series).
+    pub base_models: Vec<String>,
+    /// Its LoRA adapters (`vllm:lora_requests_info`), if it reports them.
+    pub adapters: Option<lora::Adapters>,
 }
 
 #[derive(Debug)]
@@ -47,7 +52,9 @@ struct Endpoint {
 pub struct Weights {
     pub queue: f64,
     pub kv_cache: f64,
+    pub running: f64,
     pub prefix: f64,
+    pub lora: f64,
     /// An endpoint with more requests queued than this gets no prefix
     /// credit: a cached prefix is not worth waiting behind a long queue.
     pub prefix_max_queue: f64,
@@ -63,7 +70,9 @@ impl Default for Weights {
         Weights {
             queue: 2.0,
             kv_cache: 2.0,
+            running: 1.0,
             prefix: 3.0,
+            lora: 3.0,
             prefix_max_queue: 8.0,
             prefix_blocks_per_endpoint: 16 * 1024,
             failure_cooldown: Duration::from_secs(10),
@@ -76,6 +85,66 @@ impl Default for Weights {
 pub struct Request {
     /// The prompt's chained block hashes (`infergate_serving::prompt`).
     pub blocks: Vec<u64>,
+    /// The body's `model`: a base model or a LoRA adapter.
+    pub model: Option<String>,
+}
+
+impl Weights {
+    /// Indexed like [`Scorer::ALL`].
+    pub fn of_scorers(&self) -> Scores {
+        [
+            self.queue,
+            self.kv_cache,
+            self.running,
+            self.prefix,
+            self.lora,
+        ]
+    }
+}
+
+/// What decided a pick, for the debug log and the
+/// `infergate_epp_picks_decided_total{decided_by}` counter (a bounded set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// The scorer whose weighted score most separated the chosen endpoint
+    /// from the next best.
+    Scorer(Scorer),
+    /// The best totals were equal: chosen at random among them.
+    Tie,
+    /// One candidate with fresh metrics.
+    OnlyCandidate,
+    /// No candidate had fresh metrics: round robin.
+    Uninformed,
+    /// The conformance test header chose (round robin among its endpoints).
+    TestHeader,
+    /// The best endpoint failed a request lately and went last.
+    FailureCooldown,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 10] = [
+        Decision::Scorer(Scorer::Queue),
+        Decision::Scorer(Scorer::KvCache),
+        Decision::Scorer(Scorer::Running),
+        Decision::Scorer(Scorer::Prefix),
+        Decision::Scorer(Scorer::Lora),
+        Decision::Tie,
+        Decision::OnlyCandidate,
+        Decision::Uninformed,
+        Decision::TestHeader,
+        Decision::FailureCooldown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Scorer(s) => s.name(),
+            Decision::Tie => "tie",
+            Decision::OnlyCandidate => "only_candidate",
+            Decision::Uninformed => "uninformed",
+            Decision::TestHeader => "test_header",
+            Decision::FailureCooldown => "failure_cooldown",
+        }
+    }
 }
 
 /// Why no endpoint could be picked.
@@ -94,6 +163,7 @@ pub struct Pick {
     pub endpoints: Vec<SocketAddr>,
     /// False when no candidate had fresh metrics and the pick was round robin.
     pub informed: bool,
+    pub decided_by: Decision,
 }
 
 impl Pick {
@@ -214,8 +284,11 @@ impl Scheduler {
             .iter()
             .map(|e| EndpointReport {
                 address: e.address,
-                load: e.load.map(|(l, _)| l),
-                fresh: e.load.is_some_and(|(_, at)| at.elapsed() <= self.staleness),
+                load: e.load.as_ref().map(|(l, _)| l.clone()),
+                fresh: e
+                    .load
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() <= self.staleness),
                 pending: e.pending,
                 last_error: e.last_error.clone(),
             })
@@ -265,73 +338,95 @@ impl Scheduler {
                 }
             }
         };
-        // Rotate the starting point so equal scores take turns.
+        // Rotate the starting point so that uninformed picks take turns.
         let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
         let shift = turn % candidates.len();
         candidates.rotate_left(shift);
 
-        // The share of the prompt's leading blocks each candidate was sent.
-        let prefix_share = |i: usize| -> f64 {
-            if request.blocks.is_empty() {
-                return 0.0;
-            }
-            let cached = endpoints[i].prefixes.cached_prefix(&request.blocks);
-            cached as f64 / request.blocks.len() as f64
-        };
-        let fresh: Vec<(usize, Load)> = candidates
+        let cached_blocks = |i: usize| endpoints[i].prefixes.cached_prefix(&request.blocks);
+        let mut fresh: Vec<(usize, &Load)> = candidates
             .iter()
             .filter_map(|&i| {
-                let (load, at) = endpoints[i].load?;
+                let (load, at) = endpoints[i].load.as_ref()?;
                 (at.elapsed() <= self.staleness).then_some((i, load))
             })
             .collect();
-        let (order, informed) = if matches!(filter, Filter::TestSteering(_)) {
+        let (order, informed, decided_by) = if matches!(filter, Filter::TestSteering(_)) {
             // The test header asks for plain round robin.
-            (candidates, false)
+            (candidates, false, Decision::TestHeader)
         } else if fresh.is_empty() {
             // No load figures: take turns, where the prompt was sent before
             // first.
-            let mut by_prefix: Vec<(usize, f64)> =
-                candidates.iter().map(|&i| (i, prefix_share(i))).collect();
-            by_prefix.sort_by(|a, b| b.1.total_cmp(&a.1));
-            (by_prefix.into_iter().map(|(i, _)| i).collect(), false)
+            let mut by_prefix: Vec<(usize, usize)> =
+                candidates.iter().map(|&i| (i, cached_blocks(i))).collect();
+            by_prefix.sort_by_key(|&(_, cached)| std::cmp::Reverse(cached));
+            let order = by_prefix.into_iter().map(|(i, _)| i).collect();
+            (order, false, Decision::Uninformed)
         } else {
             let w = self.weights;
-            let queue = |i: usize, load: &Load| load.waiting + f64::from(endpoints[i].pending);
-            let (min_q, max_q) = fresh.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (i, l)| {
-                let q = queue(*i, l);
-                (lo.min(q), hi.max(q))
-            });
-            let mut scored: Vec<(usize, f64)> = fresh
+            let weights = w.of_scorers();
+            let queued = |i: usize, load: &Load| load.waiting + f64::from(endpoints[i].pending);
+            let range = |value: &dyn Fn(usize, &Load) -> f64| {
+                fresh.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (i, l)| {
+                    let v = value(*i, l);
+                    (lo.min(v), hi.max(v))
+                })
+            };
+            let (min_q, max_q) = range(&queued);
+            let (min_r, max_r) = range(&|_, l: &Load| l.running);
+            // Ties are broken at random: shuffle, then sort stably.
+            fastrand::shuffle(&mut fresh);
+            let mut scored: Vec<(usize, Scores, f64)> = fresh
                 .iter()
-                .map(|(i, load)| {
-                    let queue_score = if max_q > min_q {
-                        (max_q - queue(*i, load)) / (max_q - min_q)
-                    } else {
-                        1.0
-                    };
-                    let kv_score = 1.0 - load.kv_cache_usage.clamp(0.0, 1.0);
-                    let prefix_score = if queue(*i, load) > w.prefix_max_queue {
-                        0.0
-                    } else {
-                        prefix_share(*i)
-                    };
-                    let total =
-                        w.queue * queue_score + w.kv_cache * kv_score + w.prefix * prefix_score;
+                .map(|&(i, load)| {
+                    let q = queued(i, load);
+                    let scores: Scores = [
+                        queue::score(q, min_q, max_q),
+                        kv_cache::score(load.kv_cache_usage),
+                        running::score(load.running, min_r, max_r),
+                        prefix::score(
+                            cached_blocks(i),
+                            request.blocks.len(),
+                            q,
+                            w.prefix_max_queue,
+                        ),
+                        lora::score(
+                            request.model.as_deref(),
+                            &load.base_models,
+                            load.adapters.as_ref(),
+                        ),
+                    ];
+                    let total: f64 = scores.iter().zip(weights).map(|(s, w)| s * w).sum();
                     tracing::debug!(
-                        endpoint = %endpoints[*i].address,
-                        queue = queue_score,
-                        kv_cache = kv_score,
-                        prefix = prefix_score,
+                        endpoint = %endpoints[i].address,
+                        queue = scores[0],
+                        kv_cache = scores[1],
+                        running = scores[2],
+                        prefix = scores[3],
+                        lora = scores[4],
                         total,
                         "scored"
                     );
-                    (*i, total)
+                    (i, scores, total)
                 })
                 .collect();
-            // Stable: among equal scores the rotated order stands.
-            scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-            (scored.into_iter().map(|(i, _)| i).collect(), true)
+            scored.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let decided_by = match scored.as_slice() {
+                [first, second, ..] if first.2 - second.2 <= 1e-9 => Decision::Tie,
+                [first, second, ..] => {
+                    let margin = |k: usize| weights[k] * (first.1[k] - second.1[k]);
+                    let k = (0..Scorer::ALL.len())
+                        .max_by(|a, b| margin(*a).total_cmp(&margin(*b)))
+                        .unwrap_or(0);
+                    Decision::Scorer(Scorer::ALL[k])
+                }
+                _ => Decision::OnlyCandidate,
+            };
+            (
+                scored.into_iter().map(|(i, _, _)| i).collect(),
+                true,
+                decided_by,
+            )
         };
         // Endpoints that failed lately go last, in their order.
         let cooldown = self.weights.failure_cooldown;
@@ -340,10 +435,16 @@ impl Scheduler {
                 .failed_at
                 .is_some_and(|at| at.elapsed() < cooldown)
         };
+        let best = order[0];
         let (mut order, failed): (Vec<usize>, Vec<usize>) =
             order.into_iter().partition(|i| !failed_lately(i));
         order.extend(failed);
         let chosen = order[0];
+        let decided_by = if chosen == best {
+            decided_by
+        } else {
+            Decision::FailureCooldown
+        };
         endpoints[chosen].pending += 1;
         endpoints[chosen].prefixes.insert(&request.blocks);
         Ok(Pick {
@@ -353,18 +454,23 @@ impl Scheduler {
                 .map(|&i| endpoints[i].address)
                 .collect(),
             informed,
+            decided_by,
         })
     }
 }
 
 /// Read the load figures from Prometheus text, under vLLM's names (and the
 /// KV-cache name vLLM used before 0.10). Series of the same name are summed
-/// (one per model).
+/// (one per model); the `model_name` labels are the base models; of the
+/// `vllm:lora_requests_info` series (their value is a timestamp) the latest
+/// names the adapters.
 pub fn parse_vllm_metrics(text: &str) -> Result<Load, String> {
     let mut waiting = None;
     let mut running = None;
     let mut kv = None;
     let mut kv_legacy = None;
+    let mut base_models: Vec<String> = Vec::new();
+    let mut adapters: Option<(f64, lora::Adapters)> = None;
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -374,17 +480,58 @@ pub fn parse_vllm_metrics(text: &str) -> Result<Load, String> {
             Some(i) => line.split_at(i),
             None => continue,
         };
-        let value_text = if rest.starts_with('{') {
+        if !name.starts_with("vllm:") {
+            continue;
+        }
+        let (labels, value_text) = if rest.starts_with('{') {
             match rest.rfind('}') {
-                Some(end) => &rest[end + 1..],
+                Some(end) => (&rest[1..end], &rest[end + 1..]),
                 None => return Err(format!("unterminated labels in line {line:?}")),
             }
         } else {
-            rest
+            ("", rest)
         };
         let Some(value) = value_text.split_whitespace().next() else {
             return Err(format!("no value in line {line:?}"));
         };
+        let value: f64 = value
+            .parse()
+            .map_err(|_| format!("{name} has a value that is not a number: {value:?}"))?;
+        let labels = parse_labels(labels).map_err(|e| format!("{name}: {e}"))?;
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(model) = label("model_name")
+            && !base_models.iter().any(|m| m == model)
+        {
+            base_models.push(model.to_string());
+        }
+        if name == "vllm:lora_requests_info" {
+            let list = |key: &str| -> Vec<String> {
+                label(key)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            };
+            let max = label("max_lora")
+                .and_then(|m| m.parse().ok())
+                .ok_or("vllm:lora_requests_info has no numeric max_lora label")?;
+            if adapters.as_ref().is_none_or(|(at, _)| value >= *at) {
+                let report = lora::Adapters {
+                    running: list("running_lora_adapters"),
+                    waiting: list("waiting_lora_adapters"),
+                    max,
+                };
+                adapters = Some((value, report));
+            }
+            continue;
+        }
         let slot = match name {
             "vllm:num_requests_waiting" => &mut waiting,
             "vllm:num_requests_running" => &mut running,
@@ -392,9 +539,6 @@ pub fn parse_vllm_metrics(text: &str) -> Result<Load, String> {
             "vllm:gpu_cache_usage_perc" => &mut kv_legacy,
             _ => continue,
         };
-        let value: f64 = value
-            .parse()
-            .map_err(|_| format!("{name} has a value that is not a number: {value:?}"))?;
         *slot = Some(slot.unwrap_or(0.0) + value);
     }
     Ok(Load {
@@ -403,7 +547,47 @@ pub fn parse_vllm_metrics(text: &str) -> Result<Load, String> {
         kv_cache_usage: kv
             .or(kv_legacy)
             .ok_or("no vllm:kv_cache_usage_perc (or vllm:gpu_cache_usage_perc) metric")?,
+        base_models,
+        adapters: adapters.map(|(_, a)| a),
     })
+}
+
+/// `key="value",...` (Prometheus text: values escape `\\`, `\"` and `\n`).
+fn parse_labels(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut labels = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let eq = rest
+            .find('=')
+            .ok_or_else(|| format!("a label without a value in {{{text}}}"))?;
+        let key = rest[..eq].trim().to_string();
+        let after = rest[eq + 1..].trim_start();
+        let mut chars = after.char_indices();
+        if chars.next().map(|(_, c)| c) != Some('"') {
+            return Err(format!("label {key} has an unquoted value"));
+        }
+        let mut value = String::new();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => break,
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end.ok_or_else(|| format!("label {key} has an unterminated value"))?;
+        labels.push((key, value));
+        rest = after[end + 1..].trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Ok(labels)
 }
 
 #[cfg(test)]
@@ -423,14 +607,15 @@ mod tests {
     fn load(waiting: f64, kv: f64) -> Result<Load, String> {
         Ok(Load {
             waiting,
-            running: 0.0,
             kv_cache_usage: kv,
+            ..Load::default()
         })
     }
 
     fn prompt(text: &str) -> Request {
         Request {
             blocks: infergate_serving::prompt::block_hashes(text),
+            model: None,
         }
     }
 
@@ -461,8 +646,8 @@ mod tests {
                 "request {n} left the cached prefix"
             );
         }
-        // Other prompts are spread as before (rotation among equals).
-        let others: BTreeSet<SocketAddr> = (0..6)
+        // Other prompts are spread as before (ties broken at random).
+        let others: BTreeSet<SocketAddr> = (0..30)
             .map(|n| {
                 idle(&s);
                 s.pick_for(
@@ -526,7 +711,7 @@ mod tests {
         let addresses = [addr("198.18.0.1:8000"), addr("198.18.0.2:8000")];
         s.set_endpoints(&addresses);
         let system = "s".repeat(640);
-        let picks: BTreeSet<SocketAddr> = (0..4)
+        let picks: BTreeSet<SocketAddr> = (0..40)
             .map(|n| {
                 for a in addresses {
                     s.report(a, load(0.0, 0.2));
@@ -539,8 +724,158 @@ mod tests {
         assert_eq!(
             picks.len(),
             2,
-            "without affinity equal endpoints take turns"
+            "without affinity equal endpoints share the picks"
         );
+    }
+
+    #[test]
+    fn ties_are_broken_at_random_and_counted_as_ties() {
+        let s = scheduler(&["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"]);
+        let mut firsts = std::collections::BTreeMap::<SocketAddr, u32>::new();
+        for _ in 0..300 {
+            for a in ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"] {
+                s.report(addr(a), load(1.0, 0.5));
+            }
+            let pick = s.pick(&Filter::All).unwrap();
+            assert_eq!(pick.decided_by, Decision::Tie);
+            *firsts.entry(pick.endpoints[0]).or_default() += 1;
+        }
+        // Each of three equal endpoints gets about 100 of 300 (a fixed
+        // order would give one all of them); 50 is over seven standard
+        // deviations below 100.
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        assert!(firsts.values().all(|&n| n > 50), "{firsts:?}");
+    }
+
+    #[test]
+    fn an_adapter_goes_where_it_is_loaded_unless_that_server_is_overloaded() {
+        let s = scheduler(&["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"]);
+        let serving = |running: &[&str], waiting: f64| Load {
+            waiting,
+            kv_cache_usage: 0.3,
+            base_models: vec!["base".into()],
+            adapters: Some(lora::Adapters {
+                running: running.iter().map(|a| a.to_string()).collect(),
+                waiting: vec![],
+                max: 2,
+            }),
+            ..Load::default()
+        };
+        let report = |s: &Scheduler, sql_queue: f64| {
+            s.report(addr("198.18.0.1:8000"), Ok(serving(&["chat", "code"], 0.0)));
+            s.report(
+                addr("198.18.0.2:8000"),
+                Ok(serving(&["sql", "chat"], sql_queue)),
+            );
+            s.report(addr("198.18.0.3:8000"), Ok(serving(&["chat", "code"], 0.0)));
+        };
+        let sql = Request {
+            model: Some("sql".into()),
+            ..Request::default()
+        };
+        for _ in 0..10 {
+            report(&s, 1.0);
+            let pick = s.pick_for(&Filter::All, &sql).unwrap();
+            assert_eq!(pick.endpoints[0], addr("198.18.0.2:8000"));
+            assert_eq!(pick.decided_by, Decision::Scorer(Scorer::Lora));
+        }
+        // A base-model request is not drawn there: the shorter queues win.
+        let base = Request {
+            model: Some("base".into()),
+            ..Request::default()
+        };
+        report(&s, 1.0);
+        assert_ne!(
+            s.pick_for(&Filter::All, &base).unwrap().endpoints[0],
+            addr("198.18.0.2:8000")
+        );
+        // Its queue far longer than the others': loading the adapter
+        // elsewhere is cheaper than waiting.
+        report(&s, 30.0);
+        s.report(addr("198.18.0.2:8000"), {
+            let mut l = serving(&["sql", "chat"], 30.0);
+            l.kv_cache_usage = 0.95;
+            l.running = 40.0;
+            Ok(l)
+        });
+        assert_ne!(
+            s.pick_for(&Filter::All, &sql).unwrap().endpoints[0],
+            addr("198.18.0.2:8000")
+        );
+    }
+
+    #[test]
+    fn among_equal_queues_the_server_running_fewest_requests_wins() {
+        let s = scheduler(&["198.18.0.1:8000", "198.18.0.2:8000"]);
+        let running = |n: f64| {
+            Ok(Load {
+                running: n,
+                kv_cache_usage: 0.5,
+                ..Load::default()
+            })
+        };
+        for _ in 0..10 {
+            s.report(addr("198.18.0.1:8000"), running(12.0));
+            s.report(addr("198.18.0.2:8000"), running(3.0));
+            let pick = s.pick(&Filter::All).unwrap();
+            assert_eq!(pick.endpoints[0], addr("198.18.0.2:8000"));
+            assert_eq!(pick.decided_by, Decision::Scorer(Scorer::Running));
+        }
+    }
+
+    #[test]
+    fn what_decided_a_pick_is_the_scorer_that_separated_it_most() {
+        let s = scheduler(&["198.18.0.1:8000", "198.18.0.2:8000"]);
+        s.report(addr("198.18.0.1:8000"), load(0.0, 0.5));
+        s.report(addr("198.18.0.2:8000"), load(6.0, 0.4));
+        let pick = s.pick(&Filter::All).unwrap();
+        assert_eq!(pick.endpoints[0], addr("198.18.0.1:8000"));
+        assert_eq!(pick.decided_by, Decision::Scorer(Scorer::Queue));
+        s.report(addr("198.18.0.1:8000"), load(0.0, 0.9));
+        s.report(addr("198.18.0.2:8000"), load(0.0, 0.1));
+        let pick = s.pick(&Filter::All).unwrap();
+        assert_eq!(pick.endpoints[0], addr("198.18.0.2:8000"));
+        assert_eq!(pick.decided_by, Decision::Scorer(Scorer::KvCache));
+        let single = scheduler(&["198.18.0.1:8000"]);
+        single.report(addr("198.18.0.1:8000"), load(0.0, 0.5));
+        assert_eq!(
+            single.pick(&Filter::All).unwrap().decided_by,
+            Decision::OnlyCandidate
+        );
+        assert_eq!(
+            scheduler(&["198.18.0.1:8000"])
+                .pick(&Filter::All)
+                .unwrap()
+                .decided_by,
+            Decision::Uninformed
+        );
+    }
+
+    #[test]
+    fn adapters_and_base_models_are_read_from_vllm_metrics() {
+        let text = r#"
+# HELP vllm:lora_requests_info Running stats on LoRA requests.
+# TYPE vllm:lora_requests_info gauge
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql,chat",waiting_lora_adapters=""} 1.7e9
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="old",waiting_lora_adapters="x"} 1.6e9
+vllm:num_requests_waiting{model_name="meta/llama \"3\""} 2
+vllm:num_requests_running{model_name="meta/llama \"3\""} 5
+vllm:kv_cache_usage_perc{model_name="meta/llama \"3\""} 0.5
+"#;
+        let load = parse_vllm_metrics(text).unwrap();
+        assert_eq!(load.base_models, ["meta/llama \"3\""]);
+        assert_eq!(
+            load.adapters,
+            Some(lora::Adapters {
+                running: vec!["sql".into(), "chat".into()],
+                waiting: vec![],
+                max: 4,
+            }),
+            "the latest series (largest timestamp) counts"
+        );
+        assert_eq!(load.running, 5.0);
+        let bad = "vllm:num_requests_waiting{model_name=\"m} 2\n";
+        assert!(parse_vllm_metrics(bad).is_err());
     }
 
     #[test]
@@ -624,7 +959,9 @@ mod tests {
             Load {
                 waiting: 3.0,
                 running: 2.0,
-                kv_cache_usage: 0.25
+                kv_cache_usage: 0.25,
+                base_models: vec!["m".into()],
+                adapters: None,
             }
         );
         assert!(
