@@ -415,7 +415,7 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
             .gateways
             .iter()
             .flat_map(|g| &g.listeners)
-            .flat_map(|l| &l.virtual_hosts)
+            .flat_map(|l| l.virtual_hosts())
             .map(|v| v.routes.len())
             .sum();
         anyhow::ensure!(

@@ -32,7 +32,7 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package this crate was generated from, `name@version`.
-pub const WIT_PACKAGE: &str = "infergate:translator@0.4.0";
+pub const WIT_PACKAGE: &str = "infergate:translator@0.5.0";
 
 pub use exports::infergate::translator::translate::*;
 
@@ -88,6 +88,7 @@ impl RefKind {
             (GATEWAY_GROUP, "Gateway") => RefKind::Gateway,
             ("", "Service") => RefKind::Service,
             (INFERENCE_GROUP, "InferencePool") => RefKind::InferencePool,
+            ("", "Secret") => RefKind::Secret,
             _ => RefKind::Other(GroupKind {
                 group: group.to_string(),
                 kind: kind.to_string(),
@@ -100,6 +101,7 @@ impl RefKind {
             RefKind::Gateway => GATEWAY_GROUP,
             RefKind::Service => "",
             RefKind::InferencePool => INFERENCE_GROUP,
+            RefKind::Secret => "",
             RefKind::Other(gk) => &gk.group,
         }
     }
@@ -109,6 +111,7 @@ impl RefKind {
             RefKind::Gateway => "Gateway",
             RefKind::Service => "Service",
             RefKind::InferencePool => "InferencePool",
+            RefKind::Secret => "Secret",
             RefKind::Other(gk) => &gk.kind,
         }
     }
@@ -126,7 +129,7 @@ impl Output {
     pub fn check_references(&self) -> Result<(), String> {
         for gateway in &self.gateways {
             for listener in &gateway.listeners {
-                for vh in &listener.virtual_hosts {
+                for vh in listener.virtual_hosts() {
                     if let Some(r) = vh.routes.iter().find(|r| r.rule as usize >= vh.rules.len()) {
                         return Err(format!(
                             "Gateway {}: virtual host {:?} has {} rules, but a route refers to rule {}",
@@ -140,6 +143,13 @@ impl Output {
             }
         }
         Ok(())
+    }
+}
+
+impl ListenerIr {
+    /// The virtual hosts of every filter chain.
+    pub fn virtual_hosts(&self) -> impl Iterator<Item = &VirtualHostIr> {
+        self.filter_chains.iter().flat_map(|c| &c.virtual_hosts)
     }
 }
 
@@ -204,6 +214,7 @@ mod tests {
             (GATEWAY_GROUP, "Gateway"),
             ("", "Service"),
             (INFERENCE_GROUP, "InferencePool"),
+            ("", "Secret"),
             ("example.com", "Service"),
             ("", "ConfigMap"),
         ] {

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use infergate_model::{
-    GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, RuleIr, VirtualHostIr,
+    DownstreamTls, FilterChainIr, GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, RuleIr,
+    VirtualHostIr,
 };
 
 use crate::gateways::{Evaluated, GatewayState};
@@ -41,13 +42,38 @@ fn route_ages(table: &RouteTable) -> Vec<usize> {
     ages
 }
 
+/// A filter chain to be, within its port.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum ChainKey {
+    /// HTTP listeners on a port share one cleartext chain; their hostnames
+    /// become virtual hosts.
+    Cleartext,
+    /// Each HTTPS listener has its own chain, selected by SNI: the index
+    /// of the Gateway listener.
+    Tls(usize),
+}
+
+/// A filter chain's routes by hostname.
+type ChainHosts<'a> = BTreeMap<&'a str, Vec<Ranked>>;
+
 fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> GatewayIr {
-    // Listeners that share a port share one Envoy listener; their hostnames
-    // become virtual hosts.
-    let mut ports: BTreeMap<u32, BTreeMap<&str, Vec<Ranked>>> = BTreeMap::new();
+    // Listeners that share a port share one Envoy listener.
+    let mut ports: BTreeMap<u32, BTreeMap<ChainKey, ChainHosts>> = BTreeMap::new();
     let mut clusters: Vec<usize> = Vec::new();
-    for listener in gateway.listeners.iter().filter(|l| l.usable) {
-        let hosts = ports.entry(listener.listener.port).or_default();
+    for (index, listener) in gateway.listeners.iter().enumerate() {
+        if !listener.usable {
+            continue;
+        }
+        let key = if listener.listener.protocol == "HTTPS" {
+            ChainKey::Tls(index)
+        } else {
+            ChainKey::Cleartext
+        };
+        let hosts = ports
+            .entry(listener.listener.port)
+            .or_default()
+            .entry(key)
+            .or_default();
         for attachment in &listener.attachments {
             let compiled = &table.routes[attachment.route];
             for rule in &compiled.rules {
@@ -71,50 +97,88 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     }
 
     // Each virtual host's routes in precedence order, once for all addresses.
-    let mut ports: Vec<(u32, Vec<HostRoutes>)> = ports
+    let mut ports: Vec<(u32, Vec<(ChainKey, Vec<HostRoutes>)>)> = ports
         .into_iter()
-        .map(|(port, hosts)| {
-            let hosts = hosts
+        .map(|(port, chains)| {
+            let chains = chains
                 .into_iter()
-                .map(|(host, mut routes)| {
-                    // A route attached through two listeners with the same
-                    // hostname appears twice; equal keys are the same match.
-                    routes.sort_unstable_by_key(|r| r.key);
-                    routes.dedup_by_key(|r| r.key);
-                    let (rules, routes) = host_routes(table, &routes);
-                    (host.to_string(), rules, routes)
+                .map(|(key, hosts)| {
+                    let hosts = hosts
+                        .into_iter()
+                        .map(|(host, mut routes)| {
+                            // A route attached through two listeners with the
+                            // same hostname appears twice; equal keys are the
+                            // same match.
+                            routes.sort_unstable_by_key(|r| r.key);
+                            routes.dedup_by_key(|r| r.key);
+                            let (rules, routes) = host_routes(table, &routes);
+                            (host.to_string(), rules, routes)
+                        })
+                        .collect();
+                    (key, hosts)
                 })
                 .collect();
-            (port, hosts)
+            (port, chains)
         })
         .collect();
     let mut listeners = Vec::new();
     for (a, address) in gateway.addresses.iter().enumerate() {
         let last = a + 1 == gateway.addresses.len();
-        for (port, hosts) in &mut ports {
-            let virtual_hosts = hosts
+        for (port, chains) in &mut ports {
+            let listener_name = format!("{address}:{port}");
+            let filter_chains = chains
                 .iter_mut()
-                .map(|(host, rules, routes)| VirtualHostIr {
-                    name: format!("{address}:{port}/{host}"),
-                    domains: vec![host.clone()],
-                    // The last address takes the routes, the others copy them.
-                    rules: if last {
-                        std::mem::take(rules)
-                    } else {
-                        rules.clone()
-                    },
-                    routes: if last {
-                        std::mem::take(routes)
-                    } else {
-                        routes.clone()
-                    },
+                .map(|(key, hosts)| {
+                    let (name, server_names, tls) = match *key {
+                        ChainKey::Cleartext => (listener_name.clone(), vec![], None),
+                        ChainKey::Tls(index) => {
+                            let l = &gateway.listeners[index];
+                            (
+                                format!("{listener_name}/{}", l.listener.name),
+                                l.listener
+                                    .hostname
+                                    .iter()
+                                    .filter(|h| !h.is_empty())
+                                    .cloned()
+                                    .collect(),
+                                Some(DownstreamTls {
+                                    certificates: l.certificates.clone(),
+                                }),
+                            )
+                        }
+                    };
+                    let virtual_hosts = hosts
+                        .iter_mut()
+                        .map(|(host, rules, routes)| VirtualHostIr {
+                            name: format!("{name}/{host}"),
+                            domains: vec![host.clone()],
+                            // The last address takes the routes, the others
+                            // copy them.
+                            rules: if last {
+                                std::mem::take(rules)
+                            } else {
+                                rules.clone()
+                            },
+                            routes: if last {
+                                std::mem::take(routes)
+                            } else {
+                                routes.clone()
+                            },
+                        })
+                        .collect();
+                    FilterChainIr {
+                        name,
+                        server_names,
+                        tls,
+                        virtual_hosts,
+                    }
                 })
                 .collect();
             listeners.push(ListenerIr {
-                name: format!("{address}:{port}"),
+                name: listener_name,
                 address: address.clone(),
                 port: *port,
-                virtual_hosts,
+                filter_chains,
             });
         }
     }

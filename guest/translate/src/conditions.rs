@@ -23,6 +23,8 @@ pub mod reason {
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
     pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
+    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
     // Route
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";

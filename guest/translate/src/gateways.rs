@@ -7,7 +7,13 @@ use infergate_model::{
 
 use crate::conditions::{self as c, fail, ok, reason, set};
 use crate::index::{GATEWAY_GROUP, Index};
-use crate::{hostname, selector, validate};
+use crate::{hostname, selector, tls, validate};
+
+/// The Gateway API features this translation supports, by their conformance
+/// names, sorted: what GatewayClass `status.supportedFeatures` says and the
+/// conformance suite runs. Only what the upstream suite passes is claimed
+/// (conformance/README.md).
+pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 
 /// The GatewayClasses and Gateways this controller owns, evaluated.
 pub struct Evaluated<'a> {
@@ -28,8 +34,13 @@ pub struct ListenerState<'a> {
     pub listener: &'a Listener,
     pub supported_kinds: Vec<GroupKind>,
     pub conditions: Vec<Condition>,
-    /// Accepted and not conflicted: routes may attach.
+    /// The listener itself is valid (conflicts are judged among these).
+    pub accepted: bool,
+    /// Accepted, not conflicted, and (HTTPS) with a usable certificate:
+    /// routes may attach.
     pub usable: bool,
+    /// HTTPS: the Secrets of its usable certificates, "<namespace>/<name>".
+    pub certificates: Vec<String>,
     pub attachments: Vec<Attachment>,
 }
 
@@ -57,13 +68,14 @@ pub fn evaluate<'a>(index: &Index<'a>) -> Evaluated<'a> {
                 "accepted by infergate",
                 gc.generation,
             )],
+            supported_features: SUPPORTED_FEATURES.iter().map(|f| f.to_string()).collect(),
         })
         .collect();
     let mut gateways: Vec<GatewayState<'a>> = snapshot
         .gateways
         .iter()
         .filter(|gw| ours.iter().any(|gc| gc.name == gw.gateway_class_name))
-        .map(|gw| evaluate_gateway(gw, &snapshot.settings.default_address))
+        .map(|gw| evaluate_gateway(index, gw, &snapshot.settings.default_address))
         .collect();
     gateways.sort_by(|a, b| {
         (&a.gateway.meta.namespace, &a.gateway.meta.name)
@@ -78,7 +90,11 @@ pub fn evaluate<'a>(index: &Index<'a>) -> Evaluated<'a> {
     }
 }
 
-fn evaluate_gateway<'a>(gateway: &'a Gateway, default_address: &str) -> GatewayState<'a> {
+fn evaluate_gateway<'a>(
+    index: &Index,
+    gateway: &'a Gateway,
+    default_address: &str,
+) -> GatewayState<'a> {
     let generation = gateway.meta.generation;
     let mut rejection = None;
     let addresses = if gateway.addresses.is_empty() {
@@ -101,7 +117,7 @@ fn evaluate_gateway<'a>(gateway: &'a Gateway, default_address: &str) -> GatewayS
     let mut listeners: Vec<ListenerState<'a>> = gateway
         .listeners
         .iter()
-        .map(|l| evaluate_listener(l, generation))
+        .map(|l| evaluate_listener(index, gateway, l))
         .collect();
     mark_conflicts(&mut listeners, generation);
 
@@ -117,17 +133,39 @@ fn evaluate_gateway<'a>(gateway: &'a Gateway, default_address: &str) -> GatewayS
     }
 }
 
-fn evaluate_listener(listener: &Listener, generation: i64) -> ListenerState<'_> {
+fn evaluate_listener<'a>(
+    index: &Index,
+    gateway: &Gateway,
+    listener: &'a Listener,
+) -> ListenerState<'a> {
+    let generation = gateway.meta.generation;
     let mut conditions = Vec::new();
     let mut accepted = true;
-    if listener.protocol != "HTTP" {
+    let https = listener.protocol == "HTTPS";
+    if listener.protocol != "HTTP" && !https {
         accepted = false;
         conditions.push(fail(
             c::ACCEPTED,
             reason::UNSUPPORTED_PROTOCOL,
             format!(
-                "listener {:?}: protocol {:?} is not supported; use HTTP",
+                "listener {:?}: protocol {:?} is not supported; use HTTP or HTTPS",
                 listener.name, listener.protocol
+            ),
+            generation,
+        ));
+    } else if https
+        && listener
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.mode != "Terminate")
+    {
+        accepted = false;
+        conditions.push(fail(
+            c::ACCEPTED,
+            reason::UNSUPPORTED_VALUE,
+            format!(
+                "listener {:?}: an HTTPS listener needs tls with mode Terminate (infergate terminates TLS with certificates from Secrets)",
+                listener.name
             ),
             generation,
         ));
@@ -174,58 +212,97 @@ fn evaluate_listener(listener: &Listener, generation: i64) -> ListenerState<'_> 
     } else {
         requested.iter().cloned().partition(|k| *k == http_route)
     };
-    if invalid.is_empty() {
-        conditions.push(ok(
-            c::RESOLVED_REFS,
-            reason::RESOLVED_REFS,
-            "all references resolved",
-            generation,
-        ));
-    } else {
+    // (reason, message) of each reference that did not resolve.
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    if !invalid.is_empty() {
         let names: Vec<String> = invalid
             .iter()
             .map(|k| format!("{}/{}", k.group, k.kind))
             .collect();
-        conditions.push(fail(
-            c::RESOLVED_REFS,
+        problems.push((
             reason::INVALID_ROUTE_KINDS,
             format!(
                 "listener {:?}: allowedRoutes.kinds {} not supported; infergate serves gateway.networking.k8s.io/HTTPRoute",
                 listener.name,
                 names.join(", ")
             ),
-            generation,
         ));
+    }
+    let mut certificates = Vec::new();
+    let mut usable = accepted;
+    if https && accepted {
+        let resolved = tls::resolve(index, gateway, listener);
+        problems.extend(resolved.problems.into_iter().map(|p| (p.reason, p.message)));
+        // Served with the certificates that resolved; without any, not at all.
+        usable = !resolved.certificates.is_empty();
+        certificates = resolved.certificates;
+    }
+    match problems.first() {
+        None => conditions.push(ok(
+            c::RESOLVED_REFS,
+            reason::RESOLVED_REFS,
+            "all references resolved",
+            generation,
+        )),
+        Some((why, _)) => {
+            let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
+            conditions.push(fail(
+                c::RESOLVED_REFS,
+                why,
+                messages.join("; "),
+                generation,
+            ));
+        }
     }
     ListenerState {
         listener,
         supported_kinds,
         conditions,
-        usable: accepted,
+        accepted,
+        usable,
+        certificates,
         attachments: vec![],
     }
 }
 
-/// Listeners on one port with the same hostname cannot be told apart.
+/// Listeners on one port must speak one protocol (HTTP and HTTPS cannot
+/// share it), and listeners of one protocol on one port with the same
+/// hostname cannot be told apart. Only accepted listeners are compared.
 fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
     let keys: Vec<_> = listeners
         .iter()
         .map(|l| {
             (
-                l.usable,
+                l.accepted,
                 l.listener.port,
+                l.listener.protocol.clone(),
                 l.listener.hostname.clone().unwrap_or_default(),
             )
         })
         .collect();
     for (i, state) in listeners.iter_mut().enumerate() {
-        let (usable, port, host) = &keys[i];
-        let clash = *usable
-            && keys
-                .iter()
+        let (accepted, port, protocol, host) = &keys[i];
+        let others = || {
+            keys.iter()
                 .enumerate()
-                .any(|(j, (u, p, h))| j != i && *u && p == port && h == host);
-        if clash {
+                .filter(move |(j, (a, p, _, _))| *j != i && *a && p == port)
+                .map(|(_, key)| key)
+        };
+        let other_protocol = others().find(|(_, _, pr, _)| pr != protocol);
+        let same_host = others().any(|(_, _, pr, h)| pr == protocol && h == host);
+        if let (true, Some((_, _, other, _))) = (*accepted, other_protocol) {
+            state.usable = false;
+            state.conditions.push(Condition::new(
+                c::CONFLICTED,
+                true,
+                reason::PROTOCOL_CONFLICT,
+                format!(
+                    "listener {:?}: port {port} is also used with protocol {other} by another listener; a port serves one protocol",
+                    state.listener.name
+                ),
+                generation,
+            ));
+        } else if *accepted && same_host {
             state.usable = false;
             state.conditions.push(Condition::new(
                 c::CONFLICTED,
@@ -250,12 +327,17 @@ fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
                 generation,
             )
         } else {
-            fail(
-                c::PROGRAMMED,
-                reason::INVALID,
-                "listener is not accepted or conflicts with another",
-                generation,
-            )
+            let why = if !state.accepted {
+                "listener is not accepted"
+            } else if state.conditions.iter().any(|c| {
+                c.condition_type == c::CONFLICTED
+                    && c.status == infergate_model::ConditionStatus::True
+            }) {
+                "listener conflicts with another"
+            } else {
+                "listener has no usable certificate (see ResolvedRefs)"
+            };
+            fail(c::PROGRAMMED, reason::INVALID, why, generation)
         };
         state.conditions.push(programmed);
     }
@@ -292,6 +374,7 @@ fn mark_port_conflicts(gateways: &mut [GatewayState]) {
                 *p == port && addresses.iter().any(|a| overlaps(a, address))
             });
             if let Some((address, _, other)) = clash {
+                state.accepted = false;
                 state.usable = false;
                 let message = format!(
                     "listener {:?}: port {port} on {address} is already used by Gateway {other}",

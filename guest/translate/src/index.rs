@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use infergate_model::{
     EndpointSlice, InferencePool, Label, Namespace, Pod, ReferenceGrant, Service, ServicePort,
-    Snapshot, SocketAddress,
+    Snapshot, SocketAddress, TlsSecret,
 };
 
 pub use infergate_model::{GATEWAY_GROUP, INFERENCE_GROUP};
@@ -19,6 +19,7 @@ pub struct Index<'a> {
     grants: HashMap<&'a str, Vec<&'a ReferenceGrant>>,
     pools: HashMap<Key<'a>, &'a InferencePool>,
     pods: HashMap<&'a str, Vec<&'a Pod>>,
+    tls_secrets: HashMap<Key<'a>, &'a TlsSecret>,
 }
 
 /// One side of a cross-namespace reference, for ReferenceGrant checks.
@@ -52,6 +53,11 @@ impl<'a> Index<'a> {
                 .map(|p| ((p.meta.namespace.as_str(), p.meta.name.as_str()), p))
                 .collect(),
             pods: HashMap::new(),
+            tls_secrets: snapshot
+                .tls_secrets
+                .iter()
+                .map(|s| ((s.meta.namespace.as_str(), s.meta.name.as_str()), s))
+                .collect(),
         };
         for pod in &snapshot.pods {
             index
@@ -93,6 +99,10 @@ impl<'a> Index<'a> {
     /// Pods of a namespace.
     pub fn pods(&self, namespace: &str) -> &[&'a Pod] {
         self.pods.get(namespace).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn tls_secret(&self, namespace: &str, name: &str) -> Option<&'a TlsSecret> {
+        self.tls_secrets.get(&(namespace, name)).copied()
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&'a Service> {

@@ -29,6 +29,7 @@ pub mod refs;
 pub mod routes;
 pub mod selector;
 pub mod services;
+pub mod tls;
 pub mod validate;
 
 pub use infergate_model as model;

@@ -12,7 +12,7 @@
 //! path prefix). Each is a leaf function of one value.
 
 use infergate_model::{
-    BackendRef, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect, RouteAction,
+    BackendRef, FilterChainIr, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect, RouteAction,
     RouteFilter, RouteMatch, StringMatchType, UrlRewrite,
 };
 use regex_automata::nfa::thompson;
@@ -487,69 +487,52 @@ fn path_modifier(p: &PathModifier) -> Result<(), String> {
 }
 
 /// The output of any translation component, checked again by the host
-/// before it reaches Envoy: routes, virtual hosts and endpoints holding a
-/// value Envoy would refuse are removed, so the rest is configured, and each
-/// removal is described (node, listener, virtual host, route). A component
-/// that produces any is refused as a hot-swap candidate.
+/// before it reaches Envoy: filter chains, routes, virtual hosts and
+/// endpoints holding a value Envoy would refuse are removed, so the rest is
+/// configured, and each removal is described (node, listener, chain, virtual
+/// host, route). A component that produces any is refused as a hot-swap
+/// candidate.
 pub fn output(output: &mut Output) -> Vec<String> {
     let mut problems = Vec::new();
     for gateway in &mut output.gateways {
         let node = gateway.node_id.clone();
         for listener in &mut gateway.listeners {
-            let mut domains = std::collections::HashSet::new();
-            listener.virtual_hosts.retain(|vh| {
-                let bad = vh.domains.iter().find_map(|d| {
-                    let lower = d.to_ascii_lowercase();
-                    if d != "*"
-                        && let Err(why) = hostname(d, true)
-                    {
-                        Some(why)
-                    } else if !domains.insert(lower) {
-                        Some(format!(
-                            "domain {d:?} is served by another virtual host too"
-                        ))
-                    } else {
-                        None
-                    }
-                });
+            // Envoy refuses a listener two of whose chains match alike, a TLS
+            // chain without a certificate, and a server name it cannot match.
+            let mut matches = std::collections::HashSet::new();
+            listener.filter_chains.retain(|chain| {
+                let mut names = chain.server_names.clone();
+                names.sort();
+                let bad = if let Some(why) = chain
+                    .server_names
+                    .iter()
+                    .find_map(|n| hostname(n, true).err().map(|why| format!("server name {n:?}: {why}")))
+                {
+                    Some(why)
+                } else if chain
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.certificates.is_empty() || t.certificates.iter().any(String::is_empty))
+                {
+                    Some("TLS without a certificate name".to_string())
+                } else if !matches.insert(names) {
+                    Some(format!(
+                        "another chain matches the same server names {:?}",
+                        chain.server_names
+                    ))
+                } else {
+                    None
+                };
                 if let Some(why) = &bad {
                     problems.push(format!(
-                        "Gateway {node}, listener {}, virtual host {:?} removed: {why}",
-                        listener.name, vh.name
+                        "Gateway {node}, listener {}, filter chain {:?} removed: {why}",
+                        listener.name, chain.name
                     ));
                 }
                 bad.is_none()
             });
-            for vh in &mut listener.virtual_hosts {
-                let rules = &vh.rules;
-                vh.routes.retain(|r| {
-                    // Output::check_references has made sure the rule exists.
-                    let Some(rule) = rules.get(r.rule as usize) else {
-                        return false;
-                    };
-                    let checked = route_match(&r.matches)
-                        .and_then(|()| header_modifier(&rule.request_headers))
-                        .and_then(|()| header_modifier(&rule.response_headers))
-                        .and_then(|()| match &rule.action {
-                            RouteAction::Redirect(redirect_) => redirect(redirect_),
-                            RouteAction::Forward(forward) => {
-                                let total: u64 =
-                                    forward.clusters.iter().map(|c| u64::from(c.weight)).sum();
-                                if total > u64::from(u32::MAX) {
-                                    return Err(format!("weights add up to {total}"));
-                                }
-                                forward.rewrite.as_ref().map_or(Ok(()), url_rewrite)
-                            }
-                            RouteAction::DirectResponse(_) => Ok(()),
-                        });
-                    if let Err(why) = &checked {
-                        problems.push(format!(
-                            "Gateway {node}, virtual host {:?}, route {}/match/{} removed: {why}",
-                            vh.name, rule.name, r.match_index
-                        ));
-                    }
-                    checked.is_ok()
-                });
+            for chain in &mut listener.filter_chains {
+                virtual_hosts(&node, chain, &mut problems);
             }
         }
         for cluster in &mut gateway.clusters {
@@ -567,6 +550,65 @@ pub fn output(output: &mut Output) -> Vec<String> {
         }
     }
     problems
+}
+
+/// A filter chain's virtual hosts and routes, as [`output`] checks them.
+fn virtual_hosts(node: &str, chain: &mut FilterChainIr, problems: &mut Vec<String>) {
+    let mut domains = std::collections::HashSet::new();
+    chain.virtual_hosts.retain(|vh| {
+        let bad = vh.domains.iter().find_map(|d| {
+            let lower = d.to_ascii_lowercase();
+            if d != "*"
+                && let Err(why) = hostname(d, true)
+            {
+                Some(why)
+            } else if !domains.insert(lower) {
+                Some(format!(
+                    "domain {d:?} is served by another virtual host too"
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(why) = &bad {
+            problems.push(format!(
+                "Gateway {node}, filter chain {}, virtual host {:?} removed: {why}",
+                chain.name, vh.name
+            ));
+        }
+        bad.is_none()
+    });
+    for vh in &mut chain.virtual_hosts {
+        let rules = &vh.rules;
+        vh.routes.retain(|r| {
+            // Output::check_references has made sure the rule exists.
+            let Some(rule) = rules.get(r.rule as usize) else {
+                return false;
+            };
+            let checked = route_match(&r.matches)
+                .and_then(|()| header_modifier(&rule.request_headers))
+                .and_then(|()| header_modifier(&rule.response_headers))
+                .and_then(|()| match &rule.action {
+                    RouteAction::Redirect(redirect_) => redirect(redirect_),
+                    RouteAction::Forward(forward) => {
+                        let total: u64 =
+                            forward.clusters.iter().map(|c| u64::from(c.weight)).sum();
+                        if total > u64::from(u32::MAX) {
+                            return Err(format!("weights add up to {total}"));
+                        }
+                        forward.rewrite.as_ref().map_or(Ok(()), url_rewrite)
+                    }
+                    RouteAction::DirectResponse(_) => Ok(()),
+                });
+            if let Err(why) = &checked {
+                problems.push(format!(
+                    "Gateway {node}, virtual host {:?}, route {}/match/{} removed: {why}",
+                    vh.name, rule.name, r.match_index
+                ));
+            }
+            checked.is_ok()
+        });
+    }
 }
 
 #[cfg(test)]

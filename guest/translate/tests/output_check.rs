@@ -41,7 +41,7 @@ fn the_translations_own_output_passes_unchanged() {
 #[test]
 fn a_value_envoy_would_refuse_removes_that_route_only() {
     let mut output = translated(include_str!("../testdata/match-precedence.in.yaml"));
-    let host = &mut output.gateways[0].listeners[0].virtual_hosts[0];
+    let host = &mut output.gateways[0].listeners[0].filter_chains[0].virtual_hosts[0];
     let routes = host.routes.len();
     assert!(routes > 2, "the case has several routes");
     host.routes[1].matches.path = Some(PathMatch::RegularExpression("/(abc".into()));
@@ -52,18 +52,18 @@ fn a_value_envoy_would_refuse_removes_that_route_only() {
         "{problems:?}"
     );
     assert_eq!(
-        output.gateways[0].listeners[0].virtual_hosts[0]
+        output.gateways[0].listeners[0].filter_chains[0].virtual_hosts[0]
             .routes
             .len(),
         routes - 1
     );
 
     let mut output = translated(include_str!("../testdata/match-precedence.in.yaml"));
-    let listener = &mut output.gateways[0].listeners[0];
-    let mut twin = listener.virtual_hosts[0].clone();
-    twin.domains = vec![listener.virtual_hosts[0].domains[0].to_uppercase()];
-    listener.virtual_hosts.push(twin);
+    let chain = &mut output.gateways[0].listeners[0].filter_chains[0];
+    let mut twin = chain.virtual_hosts[0].clone();
+    twin.domains = vec![chain.virtual_hosts[0].domains[0].to_uppercase()];
+    chain.virtual_hosts.push(twin);
     let problems = infergate_translate::validate::output(&mut output);
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(output.gateways[0].listeners[0].virtual_hosts.len(), 1);
+    assert_eq!(output.gateways[0].listeners[0].filter_chains[0].virtual_hosts.len(), 1);
 }

@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 
 use infergate_model::{Settings, Snapshot};
-use infergate_resources::{ResourceError, Resources, Source, empty_snapshot};
+use infergate_resources::{Certificates, ResourceError, Resources, Source, empty_snapshot};
 
 /// The largest configuration file read; a larger one is an error, not an
 /// out-of-memory kill (`-f /dev/zero`).
@@ -177,13 +177,14 @@ macro_rules! for_each_kind {
             services = 5,
             endpoint_slices = 6,
             pods = 7,
-            inference_pools = 8
+            inference_pools = 8,
+            tls_secrets = 9
         )
     };
 }
 
 /// How many objects of each kind a file holds.
-type Counts = [usize; 9];
+type Counts = [usize; 10];
 
 fn counts(part: &Snapshot) -> Counts {
     macro_rules! count {
@@ -205,6 +206,8 @@ struct FileEntry {
     origins: Vec<((String, String, String), Source)>,
     skipped: Vec<String>,
     counts: Counts,
+    /// The usable certificates of its Secrets (kept out of the snapshot).
+    certificates: Certificates,
 }
 
 /// A directory of YAML kept as one snapshot. A change re-parses and
@@ -282,6 +285,16 @@ impl SnapshotFiles {
     /// The snapshot of the last successful [`SnapshotFiles::read`].
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
+    }
+
+    /// The certificates of the last successful read's Secrets, for the xDS
+    /// server (the snapshot says only whether each Secret can serve).
+    pub fn certificates(&self) -> Certificates {
+        self.files
+            .iter()
+            .flat_map(|f| f.certificates.iter())
+            .map(|(name, certificate)| (name.clone(), certificate.clone()))
+            .collect()
     }
 
     /// Documents the last successful read skipped, with why.
@@ -380,6 +393,7 @@ fn convert(
     let mut resources = Resources::checked();
     resources.add_yaml(&path.display().to_string(), &text)?;
     let part = resources.to_snapshot(settings.clone())?;
+    let certificates = resources.certificates();
     let mut origins: Vec<_> = resources.origins.into_iter().collect();
     // Document order, so that errors about them come in that order.
     origins.sort_by_key(|(_, source)| match source {
@@ -393,6 +407,7 @@ fn convert(
             origins,
             skipped: resources.skipped,
             counts: counts(&part),
+            certificates,
         },
         part,
     ))

@@ -229,7 +229,7 @@ mod tests {
         ActiveComponent {
             path: "c.wasm".into(),
             digest: digest.into(),
-            wit_package: "infergate:translator@0.4.0".into(),
+            wit_package: "infergate:translator@0.5.0".into(),
             loaded_at: now_rfc3339(),
             compile_ms: 1,
         }
@@ -255,7 +255,7 @@ mod tests {
             "infergate_component_swaps_total 1",
             "infergate_component_rejections_total{reason=\"read\"} 1",
             "infergate_objects_refused_by_envoy 2",
-            "infergate_component_info{digest=\"sha256:bbb\",wit=\"infergate:translator@0.4.0\"} 1",
+            "infergate_component_info{digest=\"sha256:bbb\",wit=\"infergate:translator@0.5.0\"} 1",
             "infergate_status_writes_pending 0",
         ] {
             assert!(text.lines().any(|l| l == series), "no {series} in:\n{text}");

@@ -28,7 +28,7 @@ use std::fmt;
 use infergate_model::{
     Condition, ConditionStatus, ConditionType, EndpointSlice, Gateway, GatewayClass, GatewayStatus,
     HttpRoute, HttpRouteStatus, InferencePool, InferencePoolStatus, Namespace, Pod, ReferenceGrant,
-    Service, Snapshot, Statuses,
+    Service, Snapshot, Statuses, TlsSecret,
 };
 use infergate_translate::conditions::set;
 use infergate_xds::Verdict;
@@ -47,6 +47,7 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     InferencePool,
+    Secret,
 }
 
 impl fmt::Display for Kind {
@@ -61,6 +62,7 @@ impl fmt::Display for Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::InferencePool => "InferencePool",
+            Kind::Secret => "Secret",
         })
     }
 }
@@ -122,6 +124,7 @@ namespaced!(
     EndpointSlice => EndpointSlice,
     Pod => Pod,
     InferencePool => InferencePool,
+    TlsSecret => Secret,
 );
 
 impl Object for Namespace {
@@ -153,6 +156,7 @@ macro_rules! every_list {
         $each!(endpoint_slices);
         $each!(pods);
         $each!(inference_pools);
+        $each!(tls_secrets);
     };
 }
 

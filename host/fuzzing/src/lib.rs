@@ -43,7 +43,7 @@ pub fn yaml_translate(data: &[u8]) {
         let again = infergate_translate::translate(&snapshot).expect("translated once");
         assert!(output == again, "translation is not deterministic");
         for gateway in &output.gateways {
-            let _ = infergate_xds::encode::gateway(gateway);
+            let _ = infergate_xds::encode::gateway(gateway, &Default::default());
         }
     }
 }

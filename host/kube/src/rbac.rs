@@ -57,6 +57,10 @@ pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
         ),
         rule("", &["namespaces", "services"], READ),
         rule("discovery.k8s.io", &["endpointslices"], READ),
+        // HTTPS listeners' certificates. The watch asks only for Secrets of
+        // type kubernetes.io/tls (a field selector; RBAC cannot narrow a
+        // rule by type), and their keys go to Envoy only.
+        rule("", &["secrets"], READ),
         // Warning Events on objects whose translation reports a problem.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ];
@@ -296,21 +300,23 @@ mod tests {
                 );
             }
         }
-        // Secrets are never read cluster-wide.
-        for rule in controller_rules(Needs {
+        // Secrets are read cluster-wide by one rule (listener certificates)
+        // that grants nothing else.
+        let reading: Vec<PolicyRule> = controller_rules(Needs {
             inference_extension: true,
             deploy_envoys: true,
             manage_pickers: false,
-        }) {
-            if rule.resources.iter().flatten().any(|r| r == "secrets") {
-                assert!(
-                    !rule
-                        .verbs
-                        .iter()
-                        .any(|v| matches!(v.as_str(), "get" | "list" | "watch"))
-                );
-            }
-        }
+        })
+        .into_iter()
+        .filter(|rule| {
+            rule.resources.iter().flatten().any(|r| r == "secrets")
+                && rule
+                    .verbs
+                    .iter()
+                    .any(|v| matches!(v.as_str(), "get" | "list" | "watch"))
+        })
+        .collect();
+        assert_eq!(reading, [rule("", &["secrets"], READ)]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use gateway_api::apis::standard::{
 use infergate_resources::{InferencePool, ResourceError, Resources, Source};
 
 use crate::status::Observed;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, Store};
@@ -66,6 +66,7 @@ pub struct Watches {
     grants: Store<ReferenceGrant>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    secrets: Store<Secret>,
     pools: Arc<Mutex<Option<PoolWatch>>>,
     tasks: Vec<JoinHandle<()>>,
     /// Woken on every change of any watched object.
@@ -127,6 +128,15 @@ impl Watches {
         let grants = all!(ReferenceGrant, strip_meta::<ReferenceGrant>);
         let services = all!(Service, strip_meta::<Service>);
         let slices = all!(EndpointSlice, strip_meta::<EndpointSlice>);
+        // Listener certificates: Secrets of type kubernetes.io/tls only.
+        let (secrets, task) = reflect_with(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default()
+                .fields(&format!("type={}", infergate_resources::certificates::TLS_SECRET_TYPE)),
+            strip_secret,
+            changed.clone(),
+        );
+        tasks.push(task);
 
         let (pools_watched_tx, pools_watched) = watch::channel(false);
         let pools = Arc::new(Mutex::new(None));
@@ -138,6 +148,7 @@ impl Watches {
             grants,
             services,
             slices,
+            secrets,
             pools: pools.clone(),
             tasks,
             changed: changed.clone(),
@@ -203,6 +214,7 @@ impl Watches {
             reference_grants: all(&self.grants),
             services: all(&self.services),
             endpoint_slices: all(&self.slices),
+            secrets: all(&self.secrets),
             ..Resources::default()
         };
         let mut errors = Vec::new();
@@ -234,7 +246,8 @@ impl Watches {
             services,
             endpoint_slices,
             pods,
-            inference_pools
+            inference_pools,
+            secrets
         );
         if errors.is_empty() {
             Ok(resources)
@@ -393,6 +406,20 @@ fn strip_meta<K: Resource>(object: &mut K) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// Of a Secret, a listener needs its certificate and key; nothing else is
+/// kept (annotations may hold a copy of the data: kubectl's
+/// last-applied-configuration).
+fn strip_secret(secret: &mut Secret) {
+    strip_meta(secret);
+    secret.metadata.annotations = None;
+    secret.metadata.labels = None;
+    secret.metadata.owner_references = None;
+    if let Some(data) = secret.data.as_mut() {
+        data.retain(|key, _| key == "tls.crt" || key == "tls.key");
+    }
+    secret.string_data = None;
 }
 
 /// Of a Pod, the translation needs its labels, IPs and readiness.

@@ -122,6 +122,7 @@ pub fn empty_snapshot(settings: m::Settings) -> m::Snapshot {
         endpoint_slices: vec![],
         pods: vec![],
         inference_pools: vec![],
+        tls_secrets: vec![],
     }
 }
 
@@ -374,6 +375,14 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
         };
         s.inference_pools.push(inference_pool(&mut cx, pool));
     }
+    s.tls_secrets = r
+        .secrets
+        .iter()
+        .map(|secret| m::TlsSecret {
+            meta: meta(&secret.metadata, true),
+            problem: crate::certificates::check(secret).err(),
+        })
+        .collect();
     if errors.is_empty() {
         Ok(s)
     } else {
@@ -421,6 +430,23 @@ fn listener(cx: &mut Ctx, i: usize, l: &GatewayListeners) -> m::Listener {
                 })
                 .collect(),
         },
+        tls: l.tls.as_ref().map(|tls| m::ListenerTls {
+            mode: tls
+                .mode
+                .as_ref()
+                .map(wire_name)
+                .unwrap_or_else(|| "Terminate".into()),
+            certificate_refs: tls
+                .certificate_refs
+                .iter()
+                .flatten()
+                .map(|r| m::CertificateRef {
+                    kind: ref_kind(&r.group, &r.kind, "", "Secret"),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                })
+                .collect(),
+        }),
     }
 }
 

@@ -5,12 +5,14 @@
 //! objects. Errors name the file, the document, the object and the field, so
 //! that an operator can find the mistake without reading our code.
 
+pub mod certificates;
 mod convert;
 mod errors;
 mod inference_pool;
 mod names;
 pub mod schema;
 
+pub use certificates::{Certificate, Certificates};
 pub use convert::empty_snapshot;
 pub use errors::{ResourceError, Source};
 pub use inference_pool::{
@@ -23,7 +25,7 @@ use gateway_api::apis::standard::{
     referencegrants::ReferenceGrant,
 };
 use infergate_model::{Settings, Snapshot};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -42,6 +44,9 @@ pub struct Resources {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub inference_pools: Vec<Arc<InferencePool>>,
+    /// Secrets that listeners may take certificates from (in a cluster, those
+    /// of type kubernetes.io/tls only).
+    pub secrets: Vec<Arc<Secret>>,
     /// Documents that were skipped, with why (kinds infergate does not read).
     pub skipped: Vec<String>,
     /// Where each object was read from, by (kind, namespace, name).
@@ -71,6 +76,7 @@ const KINDS: &[(&str, &[&str])] = &[
     ("EndpointSlice", &["discovery.k8s.io/v1"]),
     ("Pod", &["v1"]),
     ("InferencePool", &["inference.networking.k8s.io/v1"]),
+    ("Secret", &["v1"]),
 ];
 
 impl Resources {
@@ -257,6 +263,7 @@ impl Resources {
             "EndpointSlice" => push!(endpoint_slices),
             "Pod" => push!(pods),
             "InferencePool" => push!(inference_pools),
+            "Secret" => push!(secrets),
             _ => unreachable!("KINDS lists only the kinds matched here"),
         }
         Ok(())
@@ -272,6 +279,7 @@ impl Resources {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.pods.extend(other.pods);
         self.inference_pools.extend(other.inference_pools);
+        self.secrets.extend(other.secrets);
         self.skipped.extend(other.skipped);
         self.origins.extend(other.origins);
     }
@@ -288,6 +296,29 @@ impl Resources {
     /// (a negative port, say) are errors naming the object and field.
     pub fn to_snapshot(&self, settings: Settings) -> Result<Snapshot, Vec<ResourceError>> {
         convert::snapshot(self, settings)
+    }
+
+    /// The Secrets that can serve as listener certificates, by
+    /// "<namespace>/<name>" (what the snapshot's `tls-secrets` say of them,
+    /// with their PEM). The host hands these to the xDS server, never to the
+    /// translation component.
+    pub fn certificates(&self) -> Certificates {
+        self.secrets
+            .iter()
+            .filter_map(|s| {
+                let certificate = certificates::check(s).ok()?;
+                let key = format!(
+                    "{}/{}",
+                    s.metadata
+                        .namespace
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or("default"),
+                    s.metadata.name.as_deref().unwrap_or_default()
+                );
+                Some((key, Arc::new(certificate)))
+            })
+            .collect()
     }
 }
 

@@ -212,7 +212,7 @@ fn output_whose_routes_name_missing_rules_is_refused() {
     assert!(good.gateways.iter().any(|g| {
         g.listeners
             .iter()
-            .any(|l| l.virtual_hosts.iter().any(|vh| !vh.routes.is_empty()))
+            .any(|l| l.virtual_hosts().any(|vh| !vh.routes.is_empty()))
     }));
     let err = rt
         .translate(&translator, &example_snapshot("test:dangling"))

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::watch;
 
-use crate::encode::Packed;
+use crate::encode::{Certificates, Packed};
 use crate::encoder::{EncodeStats, Encoder};
 use crate::feedback::{Feedback, Verdict};
 
@@ -31,6 +31,8 @@ pub struct SnapshotCache {
     nodes: Mutex<HashMap<String, Arc<NodeSnapshot>>>,
     /// Remembers what [`SnapshotCache::publish`] encoded last.
     encoder: Mutex<Encoder>,
+    /// The certificates the next [`SnapshotCache::publish`] serves.
+    certificates: Mutex<Arc<Certificates>>,
     changes: watch::Sender<u64>,
     /// What the Envoys answered; `answers` ticks on each answer.
     feedback: Mutex<Feedback>,
@@ -42,16 +44,30 @@ impl SnapshotCache {
         Arc::new(SnapshotCache {
             nodes: Mutex::new(HashMap::new()),
             encoder: Mutex::new(Encoder::new()),
+            certificates: Mutex::new(Arc::default()),
             changes: watch::Sender::new(0),
             feedback: Mutex::new(Feedback::default()),
             answers: watch::Sender::new(0),
         })
     }
 
+    /// The listener certificates (by Secret "<namespace>/<name>") that
+    /// publishing serves from now on, for the TLS chains that name them.
+    /// The host sets them from the same objects as the snapshot it then
+    /// translates and publishes.
+    pub fn set_certificates(&self, certificates: Certificates) {
+        *self.certificates.lock().expect("certificates lock") = Arc::new(certificates);
+    }
+
     /// Encode every Gateway (re-using the encoding of what did not change
     /// since the last call) and replace all nodes' resources with them.
     pub fn publish(&self, gateways: &[infergate_model::GatewayIr]) -> EncodeStats {
-        let (nodes, stats) = self.encoder.lock().expect("encoder lock").encode(gateways);
+        let certificates = self.certificates.lock().expect("certificates lock").clone();
+        let (nodes, stats) = self
+            .encoder
+            .lock()
+            .expect("encoder lock")
+            .encode(gateways, &certificates);
         self.replace_all(nodes);
         stats
     }

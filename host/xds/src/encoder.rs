@@ -21,7 +21,8 @@ use crate::encode::{self, Packed, ROUTE_TYPE};
 /// `RouteConfiguration.virtual_hosts`.
 const VIRTUAL_HOSTS_FIELD: u32 = 2;
 
-/// Which virtual host an entry is: node, listener (route configuration), name.
+/// Which virtual host an entry is: node, filter chain (route configuration),
+/// name.
 type HostKey = (String, String, String);
 
 /// Encodes Gateways for the xDS cache, re-using what it encoded last time for
@@ -43,22 +44,28 @@ impl Encoder {
         Self::default()
     }
 
-    /// Every Gateway's resources, packed, by node id. Virtual hosts of
-    /// Gateways or listeners that are gone are forgotten.
-    pub fn encode(&mut self, gateways: &[ir::GatewayIr]) -> (Vec<(String, Packed)>, EncodeStats) {
+    /// Every Gateway's resources, packed, by node id, with the certificates
+    /// their TLS chains name. Virtual hosts of Gateways or chains that are
+    /// gone are forgotten.
+    pub fn encode(
+        &mut self,
+        gateways: &[ir::GatewayIr],
+        certificates: &encode::Certificates,
+    ) -> (Vec<(String, Packed)>, EncodeStats) {
         let mut stats = EncodeStats::default();
         let mut seen: HashSet<HostKey> = HashSet::new();
         let nodes = gateways
             .iter()
             .map(|g| {
-                let mut packed = encode::gateway_without_routes(g).into_packed();
+                let mut packed = encode::gateway_without_routes(g, certificates).into_packed();
                 let routes = g
                     .listeners
                     .iter()
-                    .map(|l| {
-                        let bytes = self.route_configuration(&g.node_id, l, &mut seen, &mut stats);
+                    .flat_map(|l| &l.filter_chains)
+                    .map(|c| {
+                        let bytes = self.route_configuration(&g.node_id, c, &mut seen, &mut stats);
                         (
-                            l.name.clone(),
+                            c.name.clone(),
                             Any {
                                 type_url: ROUTE_TYPE.to_string(),
                                 value: bytes,
@@ -82,14 +89,14 @@ impl Encoder {
     fn route_configuration(
         &mut self,
         node: &str,
-        listener: &ir::ListenerIr,
+        chain: &ir::FilterChainIr,
         seen: &mut HashSet<HostKey>,
         stats: &mut EncodeStats,
     ) -> Vec<u8> {
-        let mut out = encode::route_configuration_without_hosts(listener).encode_to_vec();
-        for host in &listener.virtual_hosts {
-            let key = (node.to_string(), listener.name.clone(), host.name.clone());
-            // A name seen twice in one listener is encoded each time, not cached.
+        let mut out = encode::route_configuration_without_hosts(chain).encode_to_vec();
+        for host in &chain.virtual_hosts {
+            let key = (node.to_string(), chain.name.clone(), host.name.clone());
+            // A name seen twice in one chain is encoded each time, not cached.
             let first = seen.insert(key.clone());
             let cached = self
                 .hosts

@@ -48,8 +48,8 @@ pub fn any_to_json(any: &Any) -> Result<Value, String> {
     Ok(value)
 }
 
-/// A Gateway's resources as `{listeners, routes, clusters, endpoints}`, each
-/// a list of Envoy JSON objects.
+/// A Gateway's resources as `{listeners, routes, clusters, endpoints}` (and
+/// `secrets` when there are any), each a list of Envoy JSON objects.
 pub fn resources_to_json(resources: Resources) -> Result<Value, String> {
     let mut out = Map::new();
     for (type_url, packed) in resources.into_packed() {
@@ -58,6 +58,8 @@ pub fn resources_to_json(resources: Resources) -> Result<Value, String> {
             "ClusterLoadAssignment" => "endpoints",
             "Listener" => "listeners",
             "RouteConfiguration" => "routes",
+            "Secret" if packed.is_empty() => continue,
+            "Secret" => "secrets",
             other => other,
         };
         let items = packed
@@ -70,9 +72,19 @@ pub fn resources_to_json(resources: Resources) -> Result<Value, String> {
 }
 
 /// One Gateway's Envoy resources as JSON by type, with its `node` id: what
-/// `infergate translate` prints per Gateway.
-pub fn gateway_to_json(gateway: &infergate_model::GatewayIr) -> Result<Value, String> {
-    let mut resources = resources_to_json(crate::encode::gateway(gateway))?;
+/// `infergate translate` prints per Gateway. The certificates' private keys
+/// are left out.
+pub fn gateway_to_json(
+    gateway: &infergate_model::GatewayIr,
+    certificates: &crate::encode::Certificates,
+) -> Result<Value, String> {
+    let mut encoded = crate::encode::gateway(gateway, certificates);
+    encoded.secrets = encoded
+        .secrets
+        .into_iter()
+        .map(crate::encode::redacted)
+        .collect();
+    let mut resources = resources_to_json(encoded)?;
     resources["node"] = Value::String(gateway.node_id.clone());
     Ok(resources)
 }
@@ -211,7 +223,8 @@ mod tests {
             let output: infergate_model::Output =
                 serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             for gateway in &output.gateways {
-                for (_, packed) in crate::encode::gateway(gateway).into_packed() {
+                let certificates = crate::encode::Certificates::default();
+                for (_, packed) in crate::encode::gateway(gateway, &certificates).into_packed() {
                     for (resource, any) in packed {
                         out.push((format!("{name}: {resource}"), any));
                     }

@@ -36,16 +36,24 @@ fn gateway(node: &str, backends: &[(&str, u32)]) -> encode::Resources {
         tls: None,
         load_balancer: ir::LoadBalancer::RoundRobin,
     };
-    encode::gateway(&ir::GatewayIr {
+    encode::gateway(
+        &ir::GatewayIr {
         node_id: node.to_string(),
         listeners: vec![ir::ListenerIr {
             name: "127.0.0.1:8080".to_string(),
             address: "127.0.0.1".to_string(),
             port: 8080,
-            virtual_hosts: vec![],
+            filter_chains: vec![ir::FilterChainIr {
+                name: "127.0.0.1:8080".to_string(),
+                server_names: vec![],
+                tls: None,
+                virtual_hosts: vec![],
+            }],
         }],
         clusters: backends.iter().map(|(n, p)| cluster(n, *p)).collect(),
-    })
+    },
+        &Default::default(),
+    )
 }
 
 async fn serve(cache: Arc<SnapshotCache>) -> SocketAddr {

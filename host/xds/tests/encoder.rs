@@ -88,7 +88,7 @@ fn assert_same_as_fresh(encoded: &[(String, Packed)], gateways: &[ir::GatewayIr]
     assert_eq!(encoded.len(), gateways.len());
     for ((node, packed), gateway) in encoded.iter().zip(gateways) {
         assert_eq!(node, &gateway.node_id);
-        let fresh = encode::gateway(gateway);
+        let fresh = encode::gateway(gateway, &Default::default());
         assert_eq!(route_configurations(packed), fresh.routes);
         let fresh_packed = fresh.into_packed();
         let without_routes = |p: &Packed| {
@@ -110,11 +110,11 @@ fn assembled_route_configurations_are_what_a_fresh_encoding_gives() {
     let hosts: usize = gateways[0]
         .listeners
         .iter()
-        .map(|l| l.virtual_hosts.len())
+        .map(|l| l.virtual_hosts().count())
         .sum();
     assert_eq!(hosts, 6, "three hostnames on each of two listeners");
     let mut encoder = Encoder::new();
-    let (encoded, stats) = encoder.encode(&gateways);
+    let (encoded, stats) = encoder.encode(&gateways, &Default::default());
     assert_same_as_fresh(&encoded, &gateways);
     assert_eq!(
         stats,
@@ -124,7 +124,7 @@ fn assembled_route_configurations_are_what_a_fresh_encoding_gives() {
         }
     );
     // Byte for byte, too: the assembled message is prost's own encoding.
-    let fresh = encode::gateway(&gateways[0]).into_packed();
+    let fresh = encode::gateway(&gateways[0], &Default::default()).into_packed();
     assert_eq!(encoded[0].1, fresh);
 }
 
@@ -134,12 +134,12 @@ fn a_change_re_encodes_only_the_virtual_hosts_it_touches() {
         .map(|i| route(&format!("r{i}"), &format!("h{}.example.com", i % 3), 0))
         .collect();
     let mut encoder = Encoder::new();
-    encoder.encode(&translate(&routes));
+    encoder.encode(&translate(&routes), &Default::default());
 
     // r4 is on h1.example.com: that host changes on both listeners.
     routes[4] = route("r4", "h1.example.com", 1);
     let gateways = translate(&routes);
-    let (encoded, stats) = encoder.encode(&gateways);
+    let (encoded, stats) = encoder.encode(&gateways, &Default::default());
     assert_same_as_fresh(&encoded, &gateways);
     assert_eq!(
         stats,
@@ -161,7 +161,7 @@ fn a_change_re_encodes_only_the_virtual_hosts_it_touches() {
     }
 
     // Unchanged input: nothing is encoded again.
-    let (_, stats) = encoder.encode(&gateways);
+    let (_, stats) = encoder.encode(&gateways, &Default::default());
     assert_eq!(stats.virtual_hosts_encoded, 0);
     assert_eq!(stats.virtual_hosts_reused, 6);
 }
@@ -172,10 +172,10 @@ fn hosts_that_go_and_come_back_are_encoded_from_their_new_ir() {
         .map(|i| route(&format!("r{i}"), &format!("h{i}.example.com"), 0))
         .collect();
     let mut encoder = Encoder::new();
-    encoder.encode(&translate(&routes));
+    encoder.encode(&translate(&routes), &Default::default());
 
     // h2 goes away...
-    let (encoded, stats) = encoder.encode(&translate(&routes[..2]));
+    let (encoded, stats) = encoder.encode(&translate(&routes[..2]), &Default::default());
     assert_eq!(stats.virtual_hosts_encoded, 0);
     assert_eq!(
         route_configurations(&encoded[0].1)[0].virtual_hosts.len(),
@@ -186,15 +186,15 @@ fn hosts_that_go_and_come_back_are_encoded_from_their_new_ir() {
     let mut back = routes[..2].to_vec();
     back.push(route("r2", "h2.example.com", 7));
     let gateways = translate(&back);
-    let (encoded, stats) = encoder.encode(&gateways);
+    let (encoded, stats) = encoder.encode(&gateways, &Default::default());
     assert_same_as_fresh(&encoded, &gateways);
     assert_eq!(stats.virtual_hosts_encoded, 2);
 
     // A Gateway that goes away takes its hosts with it.
-    let (encoded, stats) = encoder.encode(&[]);
+    let (encoded, stats) = encoder.encode(&[], &Default::default());
     assert!(encoded.is_empty());
     assert_eq!(stats, EncodeStats::default());
-    let (_, stats) = encoder.encode(&gateways);
+    let (_, stats) = encoder.encode(&gateways, &Default::default());
     assert_eq!(stats.virtual_hosts_encoded, 6);
 }
 
@@ -205,13 +205,13 @@ fn virtual_hosts_with_the_same_name_are_each_encoded() {
         route("b", "b.example.com", 0),
     ]);
     let mut twice = gateways.clone();
-    let listener = &mut twice[0].listeners[0];
-    let mut copy = listener.virtual_hosts[1].clone();
-    copy.name = listener.virtual_hosts[0].name.clone();
-    listener.virtual_hosts.push(copy);
+    let chain = &mut twice[0].listeners[0].filter_chains[0];
+    let mut copy = chain.virtual_hosts[1].clone();
+    copy.name = chain.virtual_hosts[0].name.clone();
+    chain.virtual_hosts.push(copy);
     let mut encoder = Encoder::new();
     for _ in 0..2 {
-        let (encoded, _) = encoder.encode(&twice);
+        let (encoded, _) = encoder.encode(&twice, &Default::default());
         assert_same_as_fresh(&encoded, &twice);
     }
 }

@@ -48,7 +48,7 @@ fn encode(output: &infergate_model::Output) -> Vec<(&'static str, String)> {
     let mut by_kind: Vec<(&'static str, Map<String, Value>)> =
         KINDS.iter().map(|k| (*k, Map::new())).collect();
     for gateway in &output.gateways {
-        let json = infergate_xds::json::gateway_to_json(gateway)
+        let json = infergate_xds::json::gateway_to_json(gateway, &Default::default())
             .unwrap_or_else(|e| panic!("{}: {e}", gateway.node_id));
         for (kind, nodes) in &mut by_kind {
             let resources = json.get(*kind).cloned().unwrap_or(Value::Array(vec![]));

@@ -142,11 +142,14 @@ async fn first_answer(
 }
 
 fn snapshot_for(node: &str) -> encode::Resources {
-    encode::gateway(&ir::GatewayIr {
+    encode::gateway(
+        &ir::GatewayIr {
         node_id: node.to_string(),
         listeners: vec![],
         clusters: vec![],
-    })
+    },
+        &Default::default(),
+    )
 }
 
 #[tokio::test]

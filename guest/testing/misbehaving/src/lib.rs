@@ -45,8 +45,10 @@ impl Guest for Misbehaving {
                 let mut output = infergate_translate::translate(&input)?;
                 for gateway in &mut output.gateways {
                     for listener in &mut gateway.listeners {
-                        for host in &mut listener.virtual_hosts {
-                            host.rules.clear();
+                        for chain in &mut listener.filter_chains {
+                            for host in &mut chain.virtual_hosts {
+                                host.rules.clear();
+                            }
                         }
                     }
                 }
@@ -56,13 +58,15 @@ impl Guest for Misbehaving {
                 let mut output = infergate_translate::translate(&input)?;
                 for gateway in &mut output.gateways {
                     for listener in &mut gateway.listeners {
-                        for host in &mut listener.virtual_hosts {
-                            for rule in &mut host.rules {
-                                if !matches!(rule.action, RouteAction::Redirect(_)) {
-                                    rule.response_headers.set.push(HeaderValue {
-                                        name: "x-infergate-component".into(),
-                                        value: "test".into(),
-                                    });
+                        for chain in &mut listener.filter_chains {
+                            for host in &mut chain.virtual_hosts {
+                                for rule in &mut host.rules {
+                                    if !matches!(rule.action, RouteAction::Redirect(_)) {
+                                        rule.response_headers.set.push(HeaderValue {
+                                            name: "x-infergate-component".into(),
+                                            value: "test".into(),
+                                        });
+                                    }
                                 }
                             }
                         }

@@ -419,6 +419,9 @@ struct State {
     managed_picker: Option<ManagedPicker>,
     last: Option<Output>,
     last_snapshot: Option<Snapshot>,
+    /// The listener certificates `last_snapshot` was published with: a
+    /// renewed certificate changes these and not the snapshot.
+    last_certificates: infergate_resources::Certificates,
     /// Holds back what Envoy refuses.
     guard: Guard,
     /// `last`'s statuses with what Envoy refused: what is written.
@@ -466,10 +469,14 @@ impl State {
                     return;
                 }
             };
-        if self.last_snapshot.as_ref() == Some(&snapshot) {
+        let certificates = resources.certificates();
+        if self.last_snapshot.as_ref() == Some(&snapshot) && self.last_certificates == certificates
+        {
             return; // e.g. only statuses changed
         }
         self.last_snapshot = Some(snapshot.clone());
+        self.last_certificates = certificates.clone();
+        cache.set_certificates(certificates);
         self.guard.input(snapshot);
         if !pipeline::serve_guarded(
             &mut self.guard,

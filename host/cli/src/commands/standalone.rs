@@ -197,6 +197,7 @@ impl State {
             "files read into a snapshot"
         );
         let snapshot = self.files.snapshot().expect("read succeeded").clone();
+        cache.set_certificates(self.files.certificates());
         self.guard.input(snapshot);
         pipeline::serve_guarded(
             &mut self.guard,

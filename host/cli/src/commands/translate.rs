@@ -17,10 +17,12 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<()> {
     let value = if args.ir {
         serde_json::to_value(&output)?
     } else {
+        // Secrets are shown with their certificates, never their keys.
+        let certificates = resources.certificates();
         let mut gateways = Vec::new();
         for gateway in &output.gateways {
             gateways.push(
-                infergate_xds::json::gateway_to_json(gateway)
+                infergate_xds::json::gateway_to_json(gateway, &certificates)
                     .map_err(|e| anyhow::anyhow!("Gateway {}: {e}", gateway.node_id))?,
             );
         }

@@ -43,11 +43,15 @@ impl Scorer {
 /// Every scorer's score of one candidate, indexed like [`Scorer::ALL`].
 pub type Scores = [f64; 5];
 
-/// `(max - value) / (max - min)` among the candidates: 1 for the lowest
-/// value, 0 for the highest, 1 for all when they are equal.
-pub fn lower_is_better(value: f64, min: f64, max: f64) -> f64 {
+/// `1 - (value - min) / max(max - min, spread)` among the candidates: 1 for
+/// the lowest value, 0 for the highest when the values are at least
+/// `spread` apart, 1 for all when they are equal. Below `spread` a difference counts
+/// in proportion: one request more in a queue is a small difference, not
+/// the whole of the scorer's weight (which would outweigh a cached prefix
+/// whenever a pick was sent and not yet scraped).
+pub fn lower_is_better(value: f64, min: f64, max: f64, spread: f64) -> f64 {
     if max > min {
-        ((max - value) / (max - min)).clamp(0.0, 1.0)
+        (1.0 - (value - min) / (max - min).max(spread)).clamp(0.0, 1.0)
     } else {
         1.0
     }
@@ -59,10 +63,12 @@ mod tests {
 
     #[test]
     fn the_lowest_value_scores_one_the_highest_zero_and_equals_one() {
-        assert_eq!(lower_is_better(2.0, 2.0, 6.0), 1.0);
-        assert_eq!(lower_is_better(6.0, 2.0, 6.0), 0.0);
-        assert_eq!(lower_is_better(4.0, 2.0, 6.0), 0.5);
-        assert_eq!(lower_is_better(3.0, 3.0, 3.0), 1.0);
+        assert_eq!(lower_is_better(2.0, 2.0, 6.0, 4.0), 1.0);
+        assert_eq!(lower_is_better(6.0, 2.0, 6.0, 4.0), 0.0);
+        assert_eq!(lower_is_better(4.0, 2.0, 6.0, 4.0), 0.5);
+        assert_eq!(lower_is_better(3.0, 3.0, 3.0, 4.0), 1.0);
+        // Closer than the spread: in proportion.
+        assert_eq!(lower_is_better(1.0, 0.0, 1.0, 4.0), 0.75);
     }
 
     #[test]

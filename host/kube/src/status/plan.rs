@@ -111,7 +111,16 @@ fn gateway_classes(
         let current_status = to_value(current.status.as_ref());
         let old = current_status.get("conditions");
         let conditions = conditions(&status.conditions, old, now);
-        if same(old, Some(&conditions)) {
+        let features: Vec<Value> = status
+            .supported_features
+            .iter()
+            .map(|name| json!({ "name": name }))
+            .collect();
+        let old_features = current_status
+            .get("supportedFeatures")
+            .cloned()
+            .unwrap_or(Value::Array(vec![]));
+        if same(old, Some(&conditions)) && old_features == Value::Array(features.clone()) {
             continue;
         }
         out.push(StatusPatch {
@@ -122,7 +131,7 @@ fn gateway_classes(
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "GatewayClass",
                 "metadata": { "name": status.name },
-                "status": { "conditions": conditions },
+                "status": { "conditions": conditions, "supportedFeatures": features },
             }),
             reference: current.object_ref(&()),
             problems: problems(&status.conditions),

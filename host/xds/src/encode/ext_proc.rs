@@ -56,8 +56,11 @@ pub(super) fn override_host_policy(key: &str) -> LoadBalancingPolicy {
 }
 
 /// Every endpoint picker the listener's routes call.
-pub(super) fn pickers(l: &ir::ListenerIr) -> impl Iterator<Item = &ir::EndpointPickerIr> {
-    l.virtual_hosts
+pub(super) fn pickers(
+    chain: &ir::FilterChainIr,
+) -> impl Iterator<Item = &ir::EndpointPickerIr> {
+    chain
+        .virtual_hosts
         .iter()
         .flat_map(|vh| &vh.rules)
         .filter_map(|r| match &r.action {

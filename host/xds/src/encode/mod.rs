@@ -2,7 +2,9 @@
 //! one module per Envoy concept. Clusters use EDS (endpoint changes do not
 //! re-create clusters), listeners use RDS, all over the same ADS stream.
 //!
-//! - [`listeners`]: listeners, their HTTP connection manager and filter chain;
+//! - [`listeners`]: listeners, their filter chains (SNI, TLS), HTTP connection
+//!   managers and HTTP filters;
+//! - [`secrets`]: the listeners' certificates, for SDS;
 //! - [`routes`]: route configurations, virtual hosts, matches, forwarding,
 //!   rewrites and redirects;
 //! - [`clusters`]: clusters, their endpoints, load balancing and upstream TLS;
@@ -19,6 +21,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use envoy_types::util::pack_any;
 use infergate_model as ir;
@@ -29,6 +32,7 @@ mod ext_proc;
 mod headers;
 mod listeners;
 mod routes;
+mod secrets;
 
 pub use bootstrap::{BootstrapSettings, XDS_CLUSTER, XdsTls, bootstrap};
 use clusters::{cluster, load_assignment};
@@ -37,6 +41,9 @@ pub use ext_proc::{
 };
 use listeners::listener;
 use routes::route_configuration;
+pub use secrets::redacted;
+use secrets::secrets;
+pub use infergate_resources::Certificates;
 pub(crate) use routes::{route_configuration_without_hosts, virtual_host};
 
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -44,10 +51,17 @@ pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// xDS types in the order Envoy should receive them: what a resource uses
 /// before the resource that uses it.
-pub const TYPE_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+pub const TYPE_ORDER: [&str; 5] = [
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    SECRET_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+];
 
 /// The cluster name a route uses for a backend that did not resolve. It is
 /// never defined, so Envoy answers with the route's
@@ -59,6 +73,8 @@ pub const INVALID_BACKEND_CLUSTER: &str = "infergate/invalid-backend";
 pub struct Resources {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// The certificates of the listeners' TLS chains (with private keys).
+    pub secrets: Vec<Secret>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
 }
@@ -88,6 +104,13 @@ impl Resources {
                 self.endpoints
                     .into_iter()
                     .map(|e| (e.cluster_name.clone(), pack_any(e)))
+                    .collect(),
+            ),
+            (
+                SECRET_TYPE,
+                self.secrets
+                    .into_iter()
+                    .map(|s| (s.name.clone(), pack_any(s)))
                     .collect(),
             ),
             (
@@ -125,18 +148,29 @@ pub(super) fn seconds(s: i64) -> Duration {
     }
 }
 
-pub fn gateway(gateway: &ir::GatewayIr) -> Resources {
+/// Every resource of one Gateway's Envoy; its listeners' certificates from
+/// `certificates` (by the names in the IR).
+pub fn gateway(gateway: &ir::GatewayIr, certificates: &Certificates) -> Resources {
     Resources {
-        routes: gateway.listeners.iter().map(route_configuration).collect(),
-        ..gateway_without_routes(gateway)
+        routes: gateway
+            .listeners
+            .iter()
+            .flat_map(|l| &l.filter_chains)
+            .map(route_configuration)
+            .collect(),
+        ..gateway_without_routes(gateway, certificates)
     }
 }
 
 /// All but the route configurations, which [`crate::Encoder`] assembles.
-pub(crate) fn gateway_without_routes(gateway: &ir::GatewayIr) -> Resources {
+pub(crate) fn gateway_without_routes(
+    gateway: &ir::GatewayIr,
+    certificates: &Certificates,
+) -> Resources {
     Resources {
         clusters: gateway.clusters.iter().map(cluster).collect(),
         endpoints: gateway.clusters.iter().map(load_assignment).collect(),
+        secrets: secrets(gateway, certificates),
         listeners: gateway.listeners.iter().map(listener).collect(),
         routes: vec![],
     }

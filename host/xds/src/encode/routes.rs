@@ -16,17 +16,17 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 use infergate_model as ir;
 
-pub(super) fn route_configuration(l: &ir::ListenerIr) -> RouteConfiguration {
+pub(super) fn route_configuration(chain: &ir::FilterChainIr) -> RouteConfiguration {
     RouteConfiguration {
-        virtual_hosts: l.virtual_hosts.iter().map(virtual_host).collect(),
-        ..route_configuration_without_hosts(l)
+        virtual_hosts: chain.virtual_hosts.iter().map(virtual_host).collect(),
+        ..route_configuration_without_hosts(chain)
     }
 }
 
-/// The listener's route configuration but for its virtual hosts.
-pub(crate) fn route_configuration_without_hosts(l: &ir::ListenerIr) -> RouteConfiguration {
+/// A filter chain's route configuration but for its virtual hosts.
+pub(crate) fn route_configuration_without_hosts(chain: &ir::FilterChainIr) -> RouteConfiguration {
     RouteConfiguration {
-        name: l.name.clone(),
+        name: chain.name.clone(),
         ..Default::default()
     }
 }
