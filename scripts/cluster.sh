@@ -3,6 +3,7 @@
 # development: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # containerd, a kubelet and kube-proxy, with real containers.
 #
+#   scripts/cluster.sh prepare             # the host's one-time set-up only (packages, /run/netns)
 #   scripts/cluster.sh up                  # start (builds what it needs, once)
 #   scripts/cluster.sh status              # what runs, and the node
 #   scripts/cluster.sh load-image FILE...  # import OCI image archives into the node
@@ -354,6 +355,20 @@ EOF
 
 # --- commands --------------------------------------------------------------
 
+# What the first `up` on a fresh machine does to the host and `down` does not
+# undo, done on its own: the Debian packages, and the /run/netns mount that
+# iproute2 makes when it adds its first network namespace (and leaves). The
+# tests take stock of the host after this, so that `down` is checked against
+# a host that had it already.
+prepare() {
+  [ "$(id -u)" = 0 ] || die "needs root (packages, network namespaces)"
+  install_packages
+  if ! mountpoint -q /run/netns 2>/dev/null; then
+    ip netns add infergate-prepare
+    ip netns del infergate-prepare
+  fi
+}
+
 up() {
   [ "$(id -u)" = 0 ] || die "needs root (network namespaces, cgroups, containers)"
   install_packages
@@ -466,6 +481,7 @@ status() {
 }
 
 case "${1:-}" in
+  prepare) prepare ;;
   up) up ;;
   down) down ;;
   purge)

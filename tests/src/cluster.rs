@@ -41,6 +41,10 @@ impl RealCluster {
                 free as f64 / (1u64 << 30) as f64
             );
         }
+        // The packages and the /run/netns mount of a first run stay on the
+        // host by design; take stock after them.
+        let (ok, output) = script(index, &["prepare"]);
+        assert!(ok, "scripts/cluster.sh prepare failed:\n{output}");
         let before = HostState::now();
         let (ok, output) = script(index, &["up"]);
         assert!(ok, "scripts/cluster.sh up failed:\n{output}");
