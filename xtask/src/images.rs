@@ -39,6 +39,9 @@ pub struct Image {
     pub files: Vec<(PathBuf, String)>,
     pub env: Vec<String>,
     pub description: String,
+    /// Run as root rather than the unprivileged user (only for a third
+    /// party's image whose manifests need it, e.g. binding port 53).
+    pub run_as_root: bool,
 }
 
 impl Image {
@@ -116,7 +119,7 @@ pub fn build(image: &Image, out: &Path) -> anyhow::Result<()> {
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
         "config": {
-            "User": format!("{USER}:{USER}"),
+            "User": if image.run_as_root { "0:0".to_string() } else { format!("{USER}:{USER}") },
             "Entrypoint": std::iter::once(&entry).chain(&image.entrypoint_args).collect::<Vec<_>>(),
             "Cmd": image.cmd,
             "Env": env,

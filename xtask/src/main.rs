@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask component [--out PATH] | cargo xtask test-components | cargo xtask images [--profile P] [--only A,B] [--no-build]\n       cargo xtask image --reference REPO:TAG --binary PATH [--entrypoint-arg ARG]... [--description TEXT] --out FILE\n\n  component        build the translation component (wasm32-unknown-unknown + wit-component)\n  test-components  build the components that tests swap in\n  images           build infergate's images (archives under the target directory)\n  image            one image of any binary under a given reference (the conformance suites' images)"
+                "usage: cargo xtask component [--out PATH] | cargo xtask test-components | cargo xtask images [--profile P] [--only A,B] [--no-build]\n       cargo xtask image --reference REPO:TAG --binary PATH [--entrypoint-arg ARG]... [--description TEXT] [--user root] --out FILE\n\n  component        build the translation component (wasm32-unknown-unknown + wit-component)\n  test-components  build the components that tests swap in\n  images           build infergate's images (archives under the target directory)\n  image            one image of any binary under a given reference (the conformance suites' images)"
             );
             std::process::exit(2);
         }
@@ -187,6 +187,13 @@ fn build_one_image(args: &[String]) -> anyhow::Result<()> {
         files: vec![],
         env: vec![],
         description: one("--description").unwrap_or_default(),
+        run_as_root: match one("--user").as_deref() {
+            None => false,
+            Some("root") => true,
+            Some(other) => bail!(
+                "--user {other}: only `root` may be asked for (the default is an unprivileged user)"
+            ),
+        },
     };
     images::build(&image, &out).with_context(|| format!("building {reference}"))?;
     println!("{} {}", out.display(), image.reference());
@@ -265,6 +272,7 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: "1".into(),
             repository: None,
             entrypoint_args: vec![],
+            run_as_root: false,
             binary: stripped("infergate-pause")?,
             cmd: vec![],
             files: vec![],
@@ -280,6 +288,7 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: version.clone(),
             repository: None,
             entrypoint_args: vec![],
+            run_as_root: false,
             binary: stripped("infergate")?,
             cmd: vec!["run".into()],
             files: vec![(
@@ -299,6 +308,7 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: version.clone(),
             repository: None,
             entrypoint_args: vec![],
+            run_as_root: false,
             binary: stripped("infergate-epp")?,
             cmd: vec![],
             files: vec![],
@@ -312,6 +322,7 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: version.clone(),
             repository: None,
             entrypoint_args: vec![],
+            run_as_root: false,
             binary: stripped("infergate-sim")?,
             cmd: vec![],
             files: vec![],
@@ -339,6 +350,7 @@ fn build_images(args: &[String]) -> anyhow::Result<()> {
             tag: version,
             repository: None,
             entrypoint_args: vec![],
+            run_as_root: false,
             binary: envoy,
             cmd: vec![],
             files: vec![(
