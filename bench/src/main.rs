@@ -433,7 +433,7 @@ fn translate(routes: &[usize], runs: usize, component: &Path) -> anyhow::Result<
             native_output
                 .gateways
                 .iter()
-                .map(|g| encode::gateway(g).into_packed().len())
+                .map(|g| encode::gateway(g, &Default::default()).into_packed().len())
                 .sum::<usize>()
         });
         println!(

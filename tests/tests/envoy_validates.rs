@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use infergate_e2e::*;
+use infergate_resources::Certificates;
 use serde_json::{Value, json};
 
 fn golden_cases() -> Vec<PathBuf> {
@@ -39,8 +40,10 @@ fn settings_flags(text: &str) -> Vec<String> {
 }
 
 /// One Gateway's xDS resources as a static bootstrap: route configurations
-/// inline in their listeners, endpoints inline in their clusters.
-fn static_bootstrap(gateway: &Value) -> Value {
+/// inline in their listeners, endpoints inline in their clusters, the
+/// listeners' certificates static secrets (with their keys from
+/// `certificates`: what `translate` prints has them redacted).
+fn static_bootstrap(gateway: &Value, certificates: &Certificates) -> Value {
     let by_name = |kind: &str, key: &str| -> std::collections::HashMap<String, Value> {
         gateway[kind]
             .as_array()
@@ -58,6 +61,15 @@ fn static_bootstrap(gateway: &Value) -> Value {
             .into_iter()
             .flatten()
         {
+            // SDS from ADS becomes a reference to a static secret.
+            let configs = chain
+                .pointer_mut(
+                    "/transportSocket/typedConfig/commonTlsContext/tlsCertificateSdsSecretConfigs",
+                )
+                .and_then(Value::as_array_mut);
+            for sds in configs.into_iter().flatten() {
+                sds.as_object_mut().map(|s| s.remove("sdsConfig"));
+            }
             for filter in chain["filters"].as_array_mut().into_iter().flatten() {
                 let config = &mut filter["typedConfig"];
                 if let Some(rds) = config.as_object_mut().and_then(|c| c.remove("rds")) {
@@ -101,20 +113,41 @@ fn static_bootstrap(gateway: &Value) -> Value {
         },
     ))
     .expect("the bootstrap as JSON");
+    let secrets: Vec<Value> = gateway["secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let name = s["name"].as_str()?;
+            let certificate = certificates.get(name)?;
+            Some(json!({
+                "name": name,
+                "tlsCertificate": {
+                    "certificateChain": {"inlineString": certificate.chain_pem},
+                    "privateKey": {"inlineString": certificate.key_pem},
+                },
+            }))
+        })
+        .collect();
     let map = bootstrap.as_object_mut().unwrap();
     map.remove("dynamicResources");
     map.insert(
         "staticResources".into(),
-        json!({"listeners": listeners, "clusters": clusters}),
+        json!({"listeners": listeners, "clusters": clusters, "secrets": secrets}),
     );
     bootstrap
 }
 
 /// `envoy --mode validate` on one Gateway's resources; Envoy's words if it
 /// refuses them.
-fn envoy_validate(work: &Path, name: &str, gateway: &Value) -> Result<(), String> {
+fn envoy_validate(
+    work: &Path,
+    name: &str,
+    gateway: &Value,
+    certificates: &Certificates,
+) -> Result<(), String> {
     let file = work.join(format!("{name}.json"));
-    std::fs::write(&file, static_bootstrap(gateway).to_string()).unwrap();
+    std::fs::write(&file, static_bootstrap(gateway, certificates).to_string()).unwrap();
     let validated = Command::new(envoy_binary())
         .args(["--mode", "validate", "--log-level", "critical", "-c"])
         .arg(&file)
@@ -166,8 +199,17 @@ fn envoy_accepts_every_golden_cases_configuration() {
             String::from_utf8_lossy(&output.stderr)
         );
         let translated: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let mut read = infergate_resources::Resources::default();
+        read.add_yaml(&name, &resources.join("\n---\n"))
+            .expect("the case reads");
+        let certificates = read.certificates();
         for gateway in translated["gateways"].as_array().into_iter().flatten() {
-            if let Err(refused) = envoy_validate(&work.0, &format!("{name}.{checked}"), gateway) {
+            if let Err(refused) = envoy_validate(
+                &work.0,
+                &format!("{name}.{checked}"),
+                gateway,
+                &certificates,
+            ) {
                 failures.push(format!("{name}, Gateway {}: {refused}", gateway["node"]));
             }
             checked += 1;
@@ -183,9 +225,10 @@ fn envoy_accepts_every_golden_cases_configuration() {
 }
 
 /// What `infergate translate -o json --native --enable-inference-extension`
-/// prints as `gateways` for `text`, in this process; None when the text is
-/// not valid YAML or resources, or does not translate.
-fn translate_in_process(text: &str) -> Option<Vec<Value>> {
+/// prints as `gateways` for `text`, in this process, and the certificates of
+/// its Secrets; None when the text is not valid YAML or resources, or does
+/// not translate.
+fn translate_in_process(text: &str) -> Option<(Vec<Value>, Certificates)> {
     let mut resources = infergate_resources::Resources::default();
     resources.add_yaml("fuzzed.yaml", text).ok()?;
     let snapshot = resources
@@ -198,13 +241,17 @@ fn translate_in_process(text: &str) -> Option<Vec<Value>> {
         })
         .ok()?;
     let output = infergate_translate::translate(&snapshot).ok()?;
-    Some(
+    let certificates = resources.certificates();
+    Some((
         output
             .gateways
             .iter()
-            .map(|gateway| infergate_xds::json::gateway_to_json(gateway).expect("Envoy JSON"))
+            .map(|gateway| {
+                infergate_xds::json::gateway_to_json(gateway, &certificates).expect("Envoy JSON")
+            })
             .collect(),
-    )
+        certificates,
+    ))
 }
 
 /// A sample of the fuzzer's inputs (`fuzz/corpus/yaml_translate`, grown by
@@ -226,7 +273,7 @@ fn envoy_accepts_the_configuration_of_a_sample_of_fuzzed_inputs() {
         sampled += 1;
         let name = input.file_name().unwrap().to_string_lossy().to_string();
         let bytes = std::fs::read(input).unwrap();
-        let Some(gateways) = std::str::from_utf8(&bytes)
+        let Some((gateways, certificates)) = std::str::from_utf8(&bytes)
             .ok()
             .and_then(translate_in_process)
         else {
@@ -234,7 +281,12 @@ fn envoy_accepts_the_configuration_of_a_sample_of_fuzzed_inputs() {
         };
         translated_inputs += 1;
         for gateway in &gateways {
-            if let Err(refused) = envoy_validate(&work.0, &format!("{name}.{checked}"), gateway) {
+            if let Err(refused) = envoy_validate(
+                &work.0,
+                &format!("{name}.{checked}"),
+                gateway,
+                &certificates,
+            ) {
                 failures.push(format!(
                     "fuzz/corpus/yaml_translate/{name}, Gateway {}: {refused}",
                     gateway["node"]

@@ -139,7 +139,9 @@ fn listener_conditions(status_file: &std::path::Path, listener: &str) -> Vec<[St
         .flat_map(|g| g["listeners"].as_sequence().cloned().unwrap_or_default())
         .filter(|l| l["name"].as_str() == Some(listener))
         .flat_map(|l| l["conditions"].as_sequence().cloned().unwrap_or_default())
-        .map(|c| ["condition_type", "status", "reason"].map(|k| c[k].as_str().unwrap_or("").to_string()))
+        .map(|c| {
+            ["condition_type", "status", "reason"].map(|k| c[k].as_str().unwrap_or("").to_string())
+        })
         .collect()
 }
 
@@ -237,15 +239,25 @@ spec:
     let ready = wait_until(Duration::from_secs(30), || {
         https_get(port, "blue.example.com", &ca.der).is_ok_and(|s| s.status == 200)
     });
-    assert!(ready, "Envoy never served HTTPS on {port}:\n{}", infergate.log_text());
+    assert!(
+        ready,
+        "Envoy never served HTTPS on {port}:\n{}",
+        infergate.log_text()
+    );
 
     // SNI picks the chain: its certificate, and only its routes.
     let seen = https_get(port, "blue.example.com", &ca.der).unwrap();
     assert_eq!((seen.status, seen.served_by.as_str()), (200, "blue"));
-    assert_eq!(seen.leaf, blue_der, "blue.example.com gets its own certificate");
+    assert_eq!(
+        seen.leaf, blue_der,
+        "blue.example.com gets its own certificate"
+    );
     let seen = https_get(port, "green.example.com", &ca.der).unwrap();
     assert_eq!((seen.status, seen.served_by.as_str()), (200, "green"));
-    assert_eq!(seen.leaf, any_der, "other names get the catch-all listener's");
+    assert_eq!(
+        seen.leaf, any_der,
+        "other names get the catch-all listener's"
+    );
 
     // The listener without a usable certificate says so; the rest serve.
     let conditions = listener_conditions(&status_file, "broken");
@@ -270,12 +282,17 @@ spec:
     write(
         &config,
         "secrets.yaml",
-        &(secret("blue-cert", &renewed_crt, &renewed_key) + &secret("any-cert", &any_crt, &any_key)),
+        &(secret("blue-cert", &renewed_crt, &renewed_key)
+            + &secret("any-cert", &any_crt, &any_key)),
     );
     let renewed = wait_until(Duration::from_secs(20), || {
         https_get(port, "blue.example.com", &ca.der).is_ok_and(|s| s.leaf == renewed_der)
     });
-    assert!(renewed, "the renewed certificate was never served:\n{}", infergate.log_text());
+    assert!(
+        renewed,
+        "the renewed certificate was never served:\n{}",
+        infergate.log_text()
+    );
     assert_eq!(envoy_pid(&work), envoy_before, "Envoy was not restarted");
 
     // A broken renewal (the key of another certificate): the listener's
@@ -293,5 +310,9 @@ spec:
     });
     assert!(reported, "{:?}", listener_conditions(&status_file, "blue"));
     let seen = https_get(port, "green.example.com", &ca.der).unwrap();
-    assert_eq!((seen.status, seen.leaf), (200, any_der), "other listeners serve on");
+    assert_eq!(
+        (seen.status, seen.leaf),
+        (200, any_der),
+        "other listeners serve on"
+    );
 }

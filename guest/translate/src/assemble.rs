@@ -56,6 +56,9 @@ enum ChainKey {
 /// A filter chain's routes by hostname.
 type ChainHosts<'a> = BTreeMap<&'a str, Vec<Ranked>>;
 
+/// A port's filter chains, each with its virtual hosts in order.
+type PortChains = (u32, Vec<(ChainKey, Vec<HostRoutes>)>);
+
 fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> GatewayIr {
     // Listeners that share a port share one Envoy listener.
     let mut ports: BTreeMap<u32, BTreeMap<ChainKey, ChainHosts>> = BTreeMap::new();
@@ -97,7 +100,7 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     }
 
     // Each virtual host's routes in precedence order, once for all addresses.
-    let mut ports: Vec<(u32, Vec<(ChainKey, Vec<HostRoutes>)>)> = ports
+    let mut ports: Vec<PortChains> = ports
         .into_iter()
         .map(|(port, chains)| {
             let chains = chains

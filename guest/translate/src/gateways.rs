@@ -153,12 +153,7 @@ fn evaluate_listener<'a>(
             ),
             generation,
         ));
-    } else if https
-        && listener
-            .tls
-            .as_ref()
-            .is_none_or(|t| t.mode != "Terminate")
-    {
+    } else if https && listener.tls.as_ref().is_none_or(|t| t.mode != "Terminate") {
         accepted = false;
         conditions.push(fail(
             c::ACCEPTED,
@@ -246,12 +241,7 @@ fn evaluate_listener<'a>(
         )),
         Some((why, _)) => {
             let messages: Vec<&str> = problems.iter().map(|(_, m)| m.as_str()).collect();
-            conditions.push(fail(
-                c::RESOLVED_REFS,
-                why,
-                messages.join("; "),
-                generation,
-            ));
+            conditions.push(fail(c::RESOLVED_REFS, why, messages.join("; "), generation));
         }
     }
     ListenerState {

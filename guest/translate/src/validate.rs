@@ -12,8 +12,8 @@
 //! path prefix). Each is a leaf function of one value.
 
 use infergate_model::{
-    BackendRef, FilterChainIr, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect, RouteAction,
-    RouteFilter, RouteMatch, StringMatchType, UrlRewrite,
+    BackendRef, FilterChainIr, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect,
+    RouteAction, RouteFilter, RouteMatch, StringMatchType, UrlRewrite,
 };
 use regex_automata::nfa::thompson;
 use regex_syntax::ast::{self, Ast};
@@ -503,17 +503,15 @@ pub fn output(output: &mut Output) -> Vec<String> {
             listener.filter_chains.retain(|chain| {
                 let mut names = chain.server_names.clone();
                 names.sort();
-                let bad = if let Some(why) = chain
-                    .server_names
-                    .iter()
-                    .find_map(|n| hostname(n, true).err().map(|why| format!("server name {n:?}: {why}")))
-                {
+                let bad = if let Some(why) = chain.server_names.iter().find_map(|n| {
+                    hostname(n, true)
+                        .err()
+                        .map(|why| format!("server name {n:?}: {why}"))
+                }) {
                     Some(why)
-                } else if chain
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.certificates.is_empty() || t.certificates.iter().any(String::is_empty))
-                {
+                } else if chain.tls.as_ref().is_some_and(|t| {
+                    t.certificates.is_empty() || t.certificates.iter().any(String::is_empty)
+                }) {
                     Some("TLS without a certificate name".to_string())
                 } else if !matches.insert(names) {
                     Some(format!(
@@ -591,8 +589,7 @@ fn virtual_hosts(node: &str, chain: &mut FilterChainIr, problems: &mut Vec<Strin
                 .and_then(|()| match &rule.action {
                     RouteAction::Redirect(redirect_) => redirect(redirect_),
                     RouteAction::Forward(forward) => {
-                        let total: u64 =
-                            forward.clusters.iter().map(|c| u64::from(c.weight)).sum();
+                        let total: u64 = forward.clusters.iter().map(|c| u64::from(c.weight)).sum();
                         if total > u64::from(u32::MAX) {
                             return Err(format!("weights add up to {total}"));
                         }

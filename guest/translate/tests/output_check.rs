@@ -65,5 +65,10 @@ fn a_value_envoy_would_refuse_removes_that_route_only() {
     chain.virtual_hosts.push(twin);
     let problems = infergate_translate::validate::output(&mut output);
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(output.gateways[0].listeners[0].filter_chains[0].virtual_hosts.len(), 1);
+    assert_eq!(
+        output.gateways[0].listeners[0].filter_chains[0]
+            .virtual_hosts
+            .len(),
+        1
+    );
 }

@@ -131,8 +131,10 @@ impl Watches {
         // Listener certificates: Secrets of type kubernetes.io/tls only.
         let (secrets, task) = reflect_with(
             Api::<Secret>::all(client.clone()),
-            watcher::Config::default()
-                .fields(&format!("type={}", infergate_resources::certificates::TLS_SECRET_TYPE)),
+            watcher::Config::default().fields(&format!(
+                "type={}",
+                infergate_resources::certificates::TLS_SECRET_TYPE
+            )),
             strip_secret,
             changed.clone(),
         );

@@ -144,9 +144,18 @@ mod tests {
         let (_, other_key) = pair("other.example.com");
         let cases = [
             (secret("Opaque", &crt, &key), "not \"kubernetes.io/tls\""),
-            (secret(TLS_SECRET_TYPE, "Hello world\n", &key), "no PEM certificate"),
-            (secret(TLS_SECRET_TYPE, &crt, "Hello world\n"), "tls.key holds no PEM private key"),
-            (secret(TLS_SECRET_TYPE, &crt, &other_key), "is not the private key"),
+            (
+                secret(TLS_SECRET_TYPE, "Hello world\n", &key),
+                "no PEM certificate",
+            ),
+            (
+                secret(TLS_SECRET_TYPE, &crt, "Hello world\n"),
+                "tls.key holds no PEM private key",
+            ),
+            (
+                secret(TLS_SECRET_TYPE, &crt, &other_key),
+                "is not the private key",
+            ),
             (
                 secret(
                     TLS_SECRET_TYPE,

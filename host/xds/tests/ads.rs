@@ -38,20 +38,20 @@ fn gateway(node: &str, backends: &[(&str, u32)]) -> encode::Resources {
     };
     encode::gateway(
         &ir::GatewayIr {
-        node_id: node.to_string(),
-        listeners: vec![ir::ListenerIr {
-            name: "127.0.0.1:8080".to_string(),
-            address: "127.0.0.1".to_string(),
-            port: 8080,
-            filter_chains: vec![ir::FilterChainIr {
+            node_id: node.to_string(),
+            listeners: vec![ir::ListenerIr {
                 name: "127.0.0.1:8080".to_string(),
-                server_names: vec![],
-                tls: None,
-                virtual_hosts: vec![],
+                address: "127.0.0.1".to_string(),
+                port: 8080,
+                filter_chains: vec![ir::FilterChainIr {
+                    name: "127.0.0.1:8080".to_string(),
+                    server_names: vec![],
+                    tls: None,
+                    virtual_hosts: vec![],
+                }],
             }],
-        }],
-        clusters: backends.iter().map(|(n, p)| cluster(n, *p)).collect(),
-    },
+            clusters: backends.iter().map(|(n, p)| cluster(n, *p)).collect(),
+        },
         &Default::default(),
     )
 }

@@ -144,10 +144,10 @@ async fn first_answer(
 fn snapshot_for(node: &str) -> encode::Resources {
     encode::gateway(
         &ir::GatewayIr {
-        node_id: node.to_string(),
-        listeners: vec![],
-        clusters: vec![],
-    },
+            node_id: node.to_string(),
+            listeners: vec![],
+            clusters: vec![],
+        },
         &Default::default(),
     )
 }

@@ -56,9 +56,7 @@ pub(super) fn override_host_policy(key: &str) -> LoadBalancingPolicy {
 }
 
 /// Every endpoint picker the listener's routes call.
-pub(super) fn pickers(
-    chain: &ir::FilterChainIr,
-) -> impl Iterator<Item = &ir::EndpointPickerIr> {
+pub(super) fn pickers(chain: &ir::FilterChainIr) -> impl Iterator<Item = &ir::EndpointPickerIr> {
     chain
         .virtual_hosts
         .iter()

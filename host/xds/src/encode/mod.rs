@@ -39,19 +39,20 @@ use clusters::{cluster, load_assignment};
 pub use ext_proc::{
     EXT_PROC_FILTER, LB_NAMESPACE, PROTOCOL_HEADERS, SERVED_KEY, SUBSET_HINT_NAMESPACE,
 };
+pub use infergate_resources::Certificates;
 use listeners::listener;
 use routes::route_configuration;
+pub(crate) use routes::{route_configuration_without_hosts, virtual_host};
 pub use secrets::redacted;
 use secrets::secrets;
-pub use infergate_resources::Certificates;
-pub(crate) use routes::{route_configuration_without_hosts, virtual_host};
 
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// xDS types in the order Envoy should receive them: what a resource uses
 /// before the resource that uses it.
