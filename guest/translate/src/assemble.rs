@@ -64,7 +64,7 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     let mut ports: BTreeMap<u32, BTreeMap<ChainKey, ChainHosts>> = BTreeMap::new();
     let mut clusters: Vec<usize> = Vec::new();
     for (index, listener) in gateway.listeners.iter().enumerate() {
-        if !listener.usable {
+        if !listener.served() {
             continue;
         }
         let key = if listener.listener.protocol == "HTTPS" {

@@ -13,7 +13,24 @@ use crate::{hostname, selector, tls, validate};
 /// names, sorted: what GatewayClass `status.supportedFeatures` says and the
 /// conformance suite runs. Only what the upstream suite passes is claimed
 /// (conformance/README.md).
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
 
 /// The GatewayClasses and Gateways this controller owns, evaluated.
 pub struct Evaluated<'a> {
@@ -36,9 +53,12 @@ pub struct ListenerState<'a> {
     pub conditions: Vec<Condition>,
     /// The listener itself is valid (conflicts are judged among these).
     pub accepted: bool,
-    /// Accepted, not conflicted, and (HTTPS) with a usable certificate:
-    /// routes may attach.
+    /// Accepted and not conflicted: routes may attach (and count in its
+    /// status) even when it cannot be served.
     pub usable: bool,
+    /// HTTPS without a usable certificate: routes attach, nothing is served
+    /// (Programmed False).
+    pub certificate_missing: bool,
     /// HTTPS: the Secrets of its usable certificates, "<namespace>/<name>".
     pub certificates: Vec<String>,
     pub attachments: Vec<Attachment>,
@@ -202,7 +222,11 @@ fn evaluate_listener<'a>(
         kind: "HTTPRoute".into(),
     };
     let requested = &listener.allowed_routes.kinds;
-    let (supported_kinds, invalid): (Vec<_>, Vec<_>) = if requested.is_empty() {
+    let unsupported_protocol = listener.protocol != "HTTP" && !https;
+    let (supported_kinds, invalid): (Vec<_>, Vec<_>) = if unsupported_protocol {
+        // A protocol this version does not serve supports no route kind.
+        (vec![], vec![])
+    } else if requested.is_empty() {
         (vec![http_route], vec![])
     } else {
         requested.iter().cloned().partition(|k| *k == http_route)
@@ -224,12 +248,12 @@ fn evaluate_listener<'a>(
         ));
     }
     let mut certificates = Vec::new();
-    let mut usable = accepted;
+    let mut certificate_missing = false;
     if https && accepted {
         let resolved = tls::resolve(index, gateway, listener);
         problems.extend(resolved.problems.into_iter().map(|p| (p.reason, p.message)));
         // Served with the certificates that resolved; without any, not at all.
-        usable = !resolved.certificates.is_empty();
+        certificate_missing = resolved.certificates.is_empty();
         certificates = resolved.certificates;
     }
     match problems.first() {
@@ -249,7 +273,8 @@ fn evaluate_listener<'a>(
         supported_kinds,
         conditions,
         accepted,
-        usable,
+        usable: accepted,
+        certificate_missing,
         certificates,
         attachments: vec![],
     }
@@ -309,7 +334,7 @@ fn mark_conflicts(listeners: &mut [ListenerState], generation: i64) {
                 generation,
             ));
         }
-        let programmed = if state.usable {
+        let programmed = if state.served() {
             ok(
                 c::PROGRAMMED,
                 reason::PROGRAMMED,
@@ -397,6 +422,13 @@ fn overlaps(a: &std::net::IpAddr, b: &std::net::IpAddr) -> bool {
         || (b.is_unspecified() && a.is_ipv4() == b.is_ipv4())
 }
 
+impl ListenerState<'_> {
+    /// Envoy serves it: routes may attach and (HTTPS) it has a certificate.
+    pub fn served(&self) -> bool {
+        self.usable && !self.certificate_missing
+    }
+}
+
 impl GatewayState<'_> {
     pub fn accepted(&self) -> bool {
         self.rejection.is_none()
@@ -433,7 +465,7 @@ impl GatewayState<'_> {
 
     pub fn status(&self) -> GatewayStatus {
         let generation = self.gateway.meta.generation;
-        let usable = self.listeners.iter().filter(|l| l.usable).count();
+        let usable = self.listeners.iter().filter(|l| l.served()).count();
         let conditions = match &self.rejection {
             Some((why, message)) => vec![
                 fail(c::ACCEPTED, why, message.clone(), generation),

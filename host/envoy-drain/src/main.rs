@@ -14,6 +14,12 @@
 //!    (streamed completions may be long) or `--max-wait-seconds` have
 //!    passed in all.
 //!
+//! With `--ready` it is the Envoy container's readiness check instead:
+//! success once Envoy's admin `/ready` answers 200, that is once Envoy has
+//! its first configuration from xDS (listeners warmed; the bootstrap makes
+//! it wait for it without a time limit). A Gateway none of whose listeners
+//! can be served is ready too: a probe on a listener port never would be.
+//!
 //! Only std: the Envoy image holds Envoy and this.
 
 use std::io::{Read, Write};
@@ -26,13 +32,18 @@ struct Args {
     admin_port: u16,
     drain_seconds: u64,
     max_wait_seconds: u64,
+    /// Only check readiness.
+    ready: bool,
 }
 
 const USAGE: &str = "usage: infergate-envoy-drain --admin-port PORT --drain-seconds N [--max-wait-seconds M]\n\
+       infergate-envoy-drain --admin-port PORT --ready\n\
 Drains the local Envoy's listeners gracefully (admin on 127.0.0.1:PORT), waits N seconds, then until\n\
-no downstream request is active, at most M seconds in all (default N + 8).";
+no downstream request is active, at most M seconds in all (default N + 8). With --ready: succeeds\n\
+when Envoy has its configuration (admin /ready answers 200), for a readiness probe.";
 
 fn parse(args: &[String]) -> Result<Args, String> {
+    let mut ready = false;
     let mut admin_port = None;
     let mut drain_seconds = None;
     let mut max_wait_seconds = None;
@@ -50,16 +61,26 @@ fn parse(args: &[String]) -> Result<Args, String> {
             }
             "--drain-seconds" => drain_seconds = Some(value()?),
             "--max-wait-seconds" => max_wait_seconds = Some(value()?),
+            "--ready" => ready = true,
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let admin_port = admin_port.ok_or("--admin-port is required")?;
+    if ready {
+        return Ok(Args {
+            admin_port,
+            drain_seconds: 0,
+            max_wait_seconds: 0,
+            ready,
+        });
+    }
     let drain_seconds = drain_seconds.ok_or("--drain-seconds is required")?;
     Ok(Args {
         admin_port,
         drain_seconds,
         max_wait_seconds: max_wait_seconds.unwrap_or(drain_seconds + 8),
+        ready,
     })
 }
 
@@ -114,6 +135,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.ready {
+        return match admin(args.admin_port, "GET", "/ready") {
+            Ok((200, _)) => ExitCode::SUCCESS,
+            Ok((status, body)) => {
+                eprintln!("Envoy is not ready: {status} {}", body.trim());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("Envoy's admin interface: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.max_wait_seconds);
     match admin(
@@ -187,5 +221,11 @@ mod tests {
                 .contains("whole number")
         );
         assert!(args(&["--admin-port", "1", "--drain-seconds", "1", "--later"]).is_err());
+        let ready = args(&["--admin-port", "19000", "--ready"]).unwrap();
+        assert!(ready.ready && ready.admin_port == 19000);
+        assert!(
+            args(&["--ready"]).is_err(),
+            "the admin port is still required"
+        );
     }
 }

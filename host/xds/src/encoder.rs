@@ -5,9 +5,9 @@
 //! A listener's route configuration holds every route of every hostname; at
 //! 10,000 HTTPRoutes building and encoding it took most of the encode step,
 //! though a change usually touches one hostname. Protobuf concatenates the
-//! elements of a repeated field, so the configuration's own fields followed by
-//! each virtual host's bytes (as field 2) is the same message Envoy would get
-//! from encoding it whole (a test decodes one and compares).
+//! elements of a repeated field, so the configuration's name (field 1), each
+//! virtual host's bytes (as field 2), then its other fields is the same
+//! message, byte for byte, that encoding it whole gives (a test compares).
 
 use std::collections::{HashMap, HashSet};
 
@@ -93,7 +93,15 @@ impl Encoder {
         seen: &mut HashSet<HostKey>,
         stats: &mut EncodeStats,
     ) -> Vec<u8> {
-        let mut out = encode::route_configuration_without_hosts(chain).encode_to_vec();
+        // Field order as prost encodes a whole message: the name (field 1),
+        // the virtual hosts (2), then every other field (all numbered higher).
+        let mut rest = encode::route_configuration_without_hosts(chain);
+        let name = std::mem::take(&mut rest.name);
+        let mut out = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+            name,
+            ..Default::default()
+        }
+        .encode_to_vec();
         for host in &chain.virtual_hosts {
             let key = (node.to_string(), chain.name.clone(), host.name.clone());
             // A name seen twice in one chain is encoded each time, not cached.
@@ -129,6 +137,7 @@ impl Encoder {
             encode_varint(bytes.len() as u64, &mut out);
             out.extend_from_slice(bytes);
         }
+        out.extend_from_slice(&rest.encode_to_vec());
         out
     }
 }

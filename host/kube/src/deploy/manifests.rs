@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSecurityContext,
     PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl,
-    TCPSocketAction, Volume, VolumeMount,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Sysctl, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -211,12 +211,18 @@ pub fn deployment(
         )])),
         ..Default::default()
     };
-    // Ready once Envoy listens on the Gateway's first port: it has this
-    // Gateway's listeners from xDS.
-    let readiness = gateway.ports.first().map(|port| Probe {
-        tcp_socket: Some(TCPSocketAction {
-            port: IntOrString::Int(i32::from(*port)),
-            ..Default::default()
+    // Ready once Envoy has this Gateway's configuration from xDS (its
+    // admin /ready, asked by the drain hook's binary): also when none of
+    // the Gateway's listeners can be served, where a probe on a listener
+    // port would never succeed.
+    let readiness = Some(Probe {
+        exec: Some(k8s_openapi::api::core::v1::ExecAction {
+            command: Some(vec![
+                DRAIN_HOOK.into(),
+                "--admin-port".into(),
+                ENVOY_ADMIN_PORT.to_string(),
+                "--ready".into(),
+            ]),
         }),
         // A busy node may miss a probe now and then: one miss must not take
         // a Gateway's only Envoy out of its Service.
@@ -624,11 +630,15 @@ mod tests {
             c.readiness_probe
                 .as_ref()
                 .unwrap()
-                .tcp_socket
+                .exec
                 .as_ref()
                 .unwrap()
-                .port,
-            IntOrString::Int(80)
+                .command
+                .as_ref()
+                .unwrap()
+                .last()
+                .map(String::as_str),
+            Some("--ready")
         );
     }
 }

@@ -12,8 +12,8 @@ use envoy_types::pb::envoy::config::bootstrap::v3::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::cluster;
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, DataSource, Node, TransportSocket, api_config_source, data_source,
-    transport_socket,
+    ApiConfigSource, ApiVersion, ConfigSource, DataSource, Node, TransportSocket,
+    api_config_source, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate,
@@ -160,8 +160,18 @@ pub fn bootstrap(settings: &BootstrapSettings) -> Bootstrap {
                 grpc_services: vec![grpc_service(XDS_CLUSTER)],
                 ..Default::default()
             }),
-            cds_config: Some(ads()),
-            lds_config: Some(ads()),
+            // Envoy waits for its first clusters and listeners without a
+            // time limit (not the default 15 s), so that it reports ready
+            // (admin /ready, the deployed Envoys' readiness) only once it
+            // has its Gateway's configuration.
+            cds_config: Some(ConfigSource {
+                initial_fetch_timeout: Some(seconds(0)),
+                ..ads()
+            }),
+            lds_config: Some(ConfigSource {
+                initial_fetch_timeout: Some(seconds(0)),
+                ..ads()
+            }),
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources {

@@ -52,10 +52,6 @@ fn filter_chain(chain: &ir::FilterChainIr) -> FilterChain {
             config_source: Some(ads()),
             route_config_name: chain.name.clone(),
         })),
-        // Gateway API matches hostnames without the port.
-        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
-            true,
-        )),
         http_filters: http_filters(chain),
         ..Default::default()
     };

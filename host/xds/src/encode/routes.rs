@@ -27,6 +27,9 @@ pub(super) fn route_configuration(chain: &ir::FilterChainIr) -> RouteConfigurati
 pub(crate) fn route_configuration_without_hosts(chain: &ir::FilterChainIr) -> RouteConfiguration {
     RouteConfiguration {
         name: chain.name.clone(),
+        // Gateway API matches hostnames without the port, and the backend
+        // gets the Host header as the client sent it (port included).
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
