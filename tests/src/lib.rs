@@ -245,6 +245,22 @@ impl Drop for Standalone {
     }
 }
 
+/// The PID of the Envoy that `infergate standalone --work-dir work` runs for
+/// Gateway default/gw, if it runs.
+pub fn envoy_pid(work: &Path) -> Option<u32> {
+    let output = Command::new("pgrep")
+        .arg("-f")
+        .arg(work.join("default_gw.bootstrap.pb"))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// One HTTP request; returns (status, served-by header, body).
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String, String)> {
     let mut request = format!("GET {path} HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n");

@@ -145,20 +145,6 @@ fn listener_conditions(status_file: &std::path::Path, listener: &str) -> Vec<[St
         .collect()
 }
 
-fn envoy_pid(work: &std::path::Path) -> Option<u32> {
-    let output = std::process::Command::new("pgrep")
-        .arg("-f")
-        .arg(work.join("default_gw.bootstrap.pb"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[test]
 fn https_listeners_terminate_tls_by_sni_and_serve_a_renewed_certificate_without_a_restart() {
     let dir = TempDir::new("https");

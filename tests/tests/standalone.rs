@@ -201,20 +201,6 @@ fn a_broken_file_leaves_routing_as_it_was_and_the_error_names_file_and_field() {
     ) == "green"));
 }
 
-fn envoy_pid(work: &std::path::Path) -> Option<u32> {
-    let output = std::process::Command::new("pgrep")
-        .arg("-f")
-        .arg(work.join("default_gw.bootstrap.pb"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 #[test]
 fn an_envoy_that_dies_is_restarted_and_gets_its_configuration_again() {
     let s = start("envoy-killed", PATH_AND_HEADER, &[]);
