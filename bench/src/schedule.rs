@@ -74,7 +74,7 @@ const SIM_FLAGS: &[&str] = &[
     "--time-factor-under-load",
     "1.5",
     "--prefix-cache-blocks",
-    "400",
+    PREFIX_CACHE_BLOCKS,
     "--kv-cache-tokens",
     "16384",
     "--max-loras",
@@ -84,6 +84,7 @@ const SIM_FLAGS: &[&str] = &[
     "--latency-jitter",
     "0.05",
 ];
+const PREFIX_CACHE_BLOCKS: &str = "400";
 const ADAPTERS: usize = 12;
 const SYSTEM_PROMPT_BYTES: usize = 4000;
 const GROUPS: usize = 40;
@@ -295,7 +296,10 @@ impl Fleet {
             "--lora-weight",
             "0",
         ];
-        for (n, extra) in [&disabled[..], &[][..]].into_iter().enumerate() {
+        // The picker remembers as many prompt blocks per server as a server
+        // caches (what an operator sets from vLLM's cache size).
+        let full = ["--prefix-blocks-per-endpoint", PREFIX_CACHE_BLOCKS];
+        for (n, extra) in [&disabled[..], &full[..]].into_iter().enumerate() {
             self.pickers.push(infergate_e2e::epp_with(
                 self.picker_ports[n],
                 &self.addresses,

@@ -43,6 +43,9 @@ struct Endpoint {
     last_error: Option<String>,
     /// Prompt blocks sent there lately.
     prefixes: BlockCache,
+    /// LoRA adapters sent there, most recent first, each once (at most
+    /// [`ADAPTERS_REMEMBERED`]).
+    adapters_sent: Vec<String>,
     /// When a request chosen for it was served by a fallback instead.
     failed_at: Option<Instant>,
 }
@@ -55,9 +58,11 @@ pub struct Weights {
     pub running: f64,
     pub prefix: f64,
     pub lora: f64,
-    /// An endpoint with more requests queued than this gets no prefix
-    /// credit: a cached prefix is not worth waiting behind a long queue.
-    pub prefix_max_queue: f64,
+    /// An endpoint with more requests queued than the shortest queue among
+    /// the candidates by more than this gets no prefix credit
+    /// ([`prefix`]: relative, so that affinity survives when every server
+    /// is busy).
+    pub prefix_max_extra_queue: f64,
     /// Prompt blocks remembered per endpoint (16 tokens each).
     pub prefix_blocks_per_endpoint: usize,
     /// An endpoint that failed a request is chosen only after all others
@@ -73,7 +78,7 @@ impl Default for Weights {
             running: 1.0,
             prefix: 3.0,
             lora: 3.0,
-            prefix_max_queue: 8.0,
+            prefix_max_extra_queue: 8.0,
             prefix_blocks_per_endpoint: 16 * 1024,
             failure_cooldown: Duration::from_secs(10),
         }
@@ -177,6 +182,25 @@ impl Pick {
     }
 }
 
+/// LoRA adapters remembered per endpoint: more than any server's
+/// `max_lora` in practice (vLLM's default is 1, large deployments use tens).
+pub const ADAPTERS_REMEMBERED: usize = 64;
+
+impl Endpoint {
+    /// `model` was sent here: if it is an adapter (not one of the base
+    /// models the server reported), it is now the most recently used one.
+    fn remember_adapter(&mut self, model: Option<&str>) {
+        let Some(model) = model else { return };
+        let Some((load, _)) = &self.load else { return };
+        if load.base_models.iter().any(|m| m == model) {
+            return;
+        }
+        self.adapters_sent.retain(|a| a != model);
+        self.adapters_sent.insert(0, model.to_string());
+        self.adapters_sent.truncate(ADAPTERS_REMEMBERED);
+    }
+}
+
 pub const MAX_FALLBACKS: usize = infergate_names::picker::FALLBACKS as usize;
 
 /// Which endpoints a request may go to.
@@ -241,6 +265,7 @@ impl Scheduler {
                     pending: 0,
                     last_error: None,
                     prefixes: BlockCache::new(self.weights.prefix_blocks_per_endpoint),
+                    adapters_sent: Vec::new(),
                     failed_at: None,
                 })
             })
@@ -387,13 +412,14 @@ impl Scheduler {
                         prefix::score(
                             cached_blocks(i),
                             request.blocks.len(),
-                            q,
-                            w.prefix_max_queue,
+                            q - min_q,
+                            w.prefix_max_extra_queue,
                         ),
                         lora::score(
                             request.model.as_deref(),
                             &load.base_models,
                             load.adapters.as_ref(),
+                            &endpoints[i].adapters_sent,
                         ),
                     ];
                     let total: f64 = scores.iter().zip(weights).map(|(s, w)| s * w).sum();
@@ -447,6 +473,7 @@ impl Scheduler {
         };
         endpoints[chosen].pending += 1;
         endpoints[chosen].prefixes.insert(&request.blocks);
+        endpoints[chosen].remember_adapter(request.model.as_deref());
         Ok(Pick {
             endpoints: order
                 .iter()
@@ -669,6 +696,56 @@ mod tests {
     }
 
     #[test]
+    fn when_every_server_is_busy_a_prompt_still_goes_where_its_prefix_went() {
+        let addresses = ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"];
+        let s = scheduler(&addresses);
+        let busy = |s: &Scheduler, home_queue: f64, home: Option<SocketAddr>| {
+            for a in addresses {
+                let queue = if Some(addr(a)) == home {
+                    home_queue
+                } else {
+                    20.0
+                };
+                s.report(addr(a), load(queue, 0.9));
+            }
+        };
+        busy(&s, 20.0, None);
+        let system = "You answer questions about inference gateways. ".repeat(20);
+        let home = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}Q0")))
+            .unwrap()
+            .endpoints[0];
+        // Every queue is long (20), the prefix's a little longer: far over
+        // the limit in absolute terms, yet the cache is still worth it.
+        for n in 1..6 {
+            busy(&s, 24.0, Some(home));
+            let pick = s
+                .pick_for(&Filter::All, &prompt(&format!("{system}Q{n}")))
+                .unwrap();
+            assert_eq!(pick.endpoints[0], home, "request {n}");
+            assert_eq!(pick.decided_by, Decision::Scorer(Scorer::Prefix));
+        }
+        // Far longer than the others': the prompt spills over.
+        busy(&s, 29.0, Some(home));
+        let spilled = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}Q6")))
+            .unwrap()
+            .endpoints[0];
+        assert_ne!(spilled, home);
+        // ... and both servers now count as holding the prefix: the shorter
+        // queue of the two wins, not a third server.
+        for a in addresses {
+            let queue = if addr(a) == spilled { 21.0 } else { 22.0 };
+            s.report(addr(a), load(queue, 0.9));
+        }
+        s.report(home, load(26.0, 0.9));
+        let pick = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}Q7")))
+            .unwrap();
+        assert_eq!(pick.endpoints[0], spilled);
+    }
+
+    #[test]
     fn an_endpoint_that_failed_comes_last_until_its_cooldown_ends() {
         let s = Scheduler::with_weights(
             Duration::from_secs(2),
@@ -802,6 +879,61 @@ mod tests {
             s.pick_for(&Filter::All, &sql).unwrap().endpoints[0],
             addr("198.18.0.2:8000")
         );
+    }
+
+    #[test]
+    fn an_adapter_goes_back_where_it_was_sent_after_its_requests_end() {
+        let addresses = ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"];
+        let s = scheduler(&addresses);
+        // What vLLM reports between requests: nothing running, room for 2.
+        let idle = |s: &Scheduler| {
+            for a in addresses {
+                s.report(
+                    addr(a),
+                    Ok(Load {
+                        kv_cache_usage: 0.1,
+                        base_models: vec!["base".into()],
+                        adapters: Some(lora::Adapters {
+                            max: 2,
+                            ..Default::default()
+                        }),
+                        ..Load::default()
+                    }),
+                );
+            }
+        };
+        let adapter = |name: &str| Request {
+            model: Some(name.into()),
+            ..Request::default()
+        };
+        idle(&s);
+        let sql_home = s.pick_for(&Filter::All, &adapter("sql")).unwrap().endpoints[0];
+        for _ in 0..10 {
+            idle(&s);
+            let pick = s.pick_for(&Filter::All, &adapter("sql")).unwrap();
+            assert_eq!(pick.endpoints[0], sql_home);
+            assert_eq!(pick.decided_by, Decision::Scorer(Scorer::Lora));
+        }
+        // Two other adapters sent there since (forced by the subset hint):
+        // the server has unloaded sql by now, and the picker knows it.
+        for other in ["chat", "code"] {
+            idle(&s);
+            s.pick_for(&Filter::Subset(vec![sql_home.to_string()]), &adapter(other))
+                .unwrap();
+        }
+        idle(&s);
+        let pick = s.pick_for(&Filter::All, &adapter("sql")).unwrap();
+        assert_ne!(pick.endpoints[0], sql_home, "where there is room");
+        // Base-model requests leave no trace.
+        let base = Request {
+            model: Some("base".into()),
+            ..Request::default()
+        };
+        idle(&s);
+        let home = s.pick_for(&Filter::All, &base).unwrap().endpoints[0];
+        let ep = s.endpoints.lock().unwrap();
+        let sent = &ep.iter().find(|e| e.address == home).unwrap().adapters_sent;
+        assert!(!sent.iter().any(|a| a == "base"), "{sent:?}");
     }
 
     #[test]
