@@ -65,22 +65,31 @@ step() { printf '\n== conformance: %s\n' "$*"; }
 # --- the suite and its images, built once per machine -----------------------
 GO_VERSION="$(go env GOVERSION)"
 CACHE="$HOME/.cache/infergate/conformance/gie-$GIE_VERSION-$GO_VERSION"
-build_go() { # directory output package [env...]: a scratch module that requires the package's module
-  local dir="$1" out="$2" package="$3"
-  shift 3
-  [ -x "$CACHE/$out" ] && return
-  step "building $package (once per machine, a few minutes)"
-  mkdir -p "$CACHE/src/$dir"
+# build_go CACHE DIRECTORY OUTPUT PACKAGE VERSION [ENV...]: CACHE/OUTPUT built
+# from PACKAGE@VERSION in a scratch module (CACHE/src/DIRECTORY) that requires
+# it, once: kept while it exists. An OUTPUT ending in .test is the package's
+# test binary (the conformance suites are Go tests).
+build_go() {
+  local cache="$1" dir="$2" out="$3" package="$4" version="$5"
+  shift 5
+  [ -x "$cache/$out" ] && return
+  step "building $package@$version (once per machine, a few minutes)"
+  mkdir -p "$cache/src/$dir"
   (
-    cd "$CACHE/src/$dir"
-    [ -f go.mod ] || go mod init infergate.dev/conformance-"$dir" >/dev/null 2>&1
-    go get "$package@$GIE_VERSION" >/dev/null 2>&1 || go get "$package@$GIE_VERSION"
-    if [ "$out" = gie-conformance.test ]; then
-      env "$@" go test -c -trimpath -o "$CACHE/$out.tmp" "$package"
-    else
-      env "$@" go build -trimpath -o "$CACHE/$out.tmp" "$package"
-    fi
-    mv "$CACHE/$out.tmp" "$CACHE/$out"
+    cd "$cache/src/$dir"
+    [ -f go.mod ] || go mod init "infergate.dev/conformance-$dir" >/dev/null 2>&1
+    # Gateway API's conformance module requires the API module at a
+    # placeholder version (a replace upstream, which dependents do not
+    # get): pin it.
+    case "$package" in
+      sigs.k8s.io/gateway-api/*) go get "sigs.k8s.io/gateway-api@$version" >/dev/null 2>&1 ;;
+    esac
+    go get "$package@$version" >/dev/null 2>&1 || go get "$package@$version"
+    case "$out" in
+      *.test) env "$@" go test -c -trimpath -o "$cache/$out.tmp" "$package" ;;
+      *) env "$@" go build -trimpath -o "$cache/$out.tmp" "$package" ;;
+    esac
+    mv "$cache/$out.tmp" "$cache/$out"
   )
 }
 SUITE_MODULE=sigs.k8s.io/gateway-api-inference-extension/conformance
@@ -90,13 +99,14 @@ images="$(cargo xtask images --profile debug --no-build --only infergate,envoy)"
 xtask="$CARGO_TARGET_DIR/debug/xtask"
 extra_images=()
 if want inference; then
-  build_go suite gie-conformance.test "$SUITE_MODULE" CGO_ENABLED=0
+  build_go "$CACHE" suite gie-conformance.test "$SUITE_MODULE" "$GIE_VERSION" CGO_ENABLED=0
   # echo-basic comes from the Gateway API conformance module the suite requires.
   if [ ! -x "$CACHE/echo-basic" ]; then
     (cd "$CACHE/src/suite" && CGO_ENABLED=0 go build -trimpath -o "$CACHE/echo-basic.tmp" \
       sigs.k8s.io/gateway-api/conformance/echo-basic && mv "$CACHE/echo-basic.tmp" "$CACHE/echo-basic")
   fi
-  [ "$PICKER" = lwepp ] && build_go lwepp lwepp sigs.k8s.io/gateway-api-inference-extension/cmd/lwepp CGO_ENABLED=0
+  [ "$PICKER" = lwepp ] && build_go "$CACHE" lwepp lwepp \
+    sigs.k8s.io/gateway-api-inference-extension/cmd/lwepp "$GIE_VERSION" CGO_ENABLED=0
 
   # The images exactly as the suite's manifests name them (embedded in the
   # binary; read from the module's source).
@@ -124,32 +134,12 @@ fi
 GW_CACHE="$HOME/.cache/infergate/conformance/gateway-api-$GATEWAY_API_VERSION-$GO_VERSION"
 if want gateway; then
   GW_MODULE=sigs.k8s.io/gateway-api/conformance
-  gw_build() { # output package version [env...]
-    local out="$1" package="$2" version="$3"
-    shift 3
-    [ -x "$GW_CACHE/$out" ] && return
-    step "building $package@$version (once per machine, a few minutes)"
-    mkdir -p "$GW_CACHE/src/$out"
-    (
-      cd "$GW_CACHE/src/$out"
-      [ -f go.mod ] || go mod init "infergate.dev/conformance-$out" >/dev/null 2>&1
-      # The conformance module requires the API module at a placeholder
-      # version (a replace upstream, which dependents do not get): pin it.
-      case "$package" in
-        sigs.k8s.io/gateway-api/*) go get "sigs.k8s.io/gateway-api@$version" >/dev/null 2>&1 ;;
-      esac
-      go get "$package@$version" >/dev/null 2>&1 || go get "$package@$version"
-      if [ "$out" = gateway-conformance.test ]; then
-        env "$@" go test -c -trimpath -o "$GW_CACHE/$out.tmp" "$package"
-      else
-        env "$@" go build -trimpath -o "$GW_CACHE/$out.tmp" "$package"
-      fi
-      mv "$GW_CACHE/$out.tmp" "$GW_CACHE/$out"
-    )
-  }
-  gw_build gateway-conformance.test "$GW_MODULE" "$GATEWAY_API_VERSION" CGO_ENABLED=0
-  gw_build echo-basic "$GW_MODULE/echo-basic" "$GATEWAY_API_VERSION" CGO_ENABLED=0
-  gw_build coredns github.com/coredns/coredns "$COREDNS_VERSION" CGO_ENABLED=0
+  for build in "gateway-conformance.test $GW_MODULE $GATEWAY_API_VERSION" \
+    "echo-basic $GW_MODULE/echo-basic $GATEWAY_API_VERSION" \
+    "coredns github.com/coredns/coredns $COREDNS_VERSION"; do
+    read -r out package version <<<"$build"
+    build_go "$GW_CACHE" "$out" "$out" "$package" "$version" CGO_ENABLED=0
+  done
   gw_manifests="$(cd "$GW_CACHE/src/gateway-conformance.test" && go list -m -f '{{.Dir}}' "$GW_MODULE")"
   # Every echo-basic reference of the base manifests and the tests is the
   # echo-basic of this release; CoreDNS as the base manifests name it.

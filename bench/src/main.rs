@@ -89,6 +89,14 @@ enum Command {
         /// Where to draw TTFT p90 against the rate (PNG).
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+        /// Configurations to run (round-robin, queue+kv, picker); the same
+        /// seed gives the same arrivals, so a tuning run can skip the baselines.
+        #[arg(long, value_delimiter = ',', default_value = "round-robin,queue+kv,picker")]
+        configs: Vec<String>,
+        /// A flag for the `picker` configuration's infergate-epp (repeat it),
+        /// e.g. `--picker-flag=--prefix-max-extra-queue=4`.
+        #[arg(long = "picker-flag", allow_hyphen_values = true)]
+        picker_flags: Vec<String>,
     },
     Swap {
         /// The translation component (default: $INFERGATE_COMPONENT).
@@ -175,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             seed,
             output_tokens,
             plot,
+            configs,
+            picker_flags,
         } => schedule::run(schedule::Options {
             servers,
             rates,
@@ -183,6 +193,8 @@ fn main() -> anyhow::Result<()> {
             seed,
             output_tokens,
             plot,
+            configs,
+            picker_flags,
         }),
         Command::Swap {
             component,

@@ -55,6 +55,10 @@ pub struct Options {
     pub seed: u64,
     pub output_tokens: usize,
     pub plot: Option<std::path::PathBuf>,
+    /// Which of [`CONFIGS`] to run.
+    pub configs: Vec<String>,
+    /// Extra flags for the `picker` configuration.
+    pub picker_flags: Vec<String>,
 }
 
 /// What the simulated servers are like: 2 requests at once, 0.6 ms prefill
@@ -272,6 +276,7 @@ struct Fleet {
     sims: Vec<Process>,
     pickers: Vec<Process>,
     picker_ports: [u16; 2],
+    picker_flags: Vec<String>,
 }
 
 impl Fleet {
@@ -298,7 +303,8 @@ impl Fleet {
         ];
         // The picker remembers as many prompt blocks per server as a server
         // caches (what an operator sets from vLLM's cache size).
-        let full = ["--prefix-blocks-per-endpoint", PREFIX_CACHE_BLOCKS];
+        let mut full = vec!["--prefix-blocks-per-endpoint", PREFIX_CACHE_BLOCKS];
+        full.extend(self.picker_flags.iter().map(String::as_str));
         for (n, extra) in [&disabled[..], &full[..]].into_iter().enumerate() {
             self.pickers.push(infergate_e2e::epp_with(
                 self.picker_ports[n],
@@ -379,6 +385,13 @@ spec:
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
+    for config in &options.configs {
+        anyhow::ensure!(
+            CONFIGS.contains(&config.as_str()),
+            "--configs: {config:?} is not one of {}",
+            CONFIGS.join(", ")
+        );
+    }
     let work = TempDir::new("bench-schedule");
     let config = TempDir::new("bench-schedule-config");
     let port = free_port();
@@ -397,6 +410,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         sims: vec![],
         pickers: vec![],
         picker_ports,
+        picker_flags: options.picker_flags.clone(),
     };
     fleet.restart(options.seed)?;
     let mut infergate = Standalone::start(
@@ -415,12 +429,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     ready(&runtime, &client, &url, &infergate)?;
 
     println!(
-        "{} servers; {}; {} output tokens per request; {} s of arrivals per run; seed {}",
+        "{} servers; {}; {} output tokens per request; {} s of arrivals per run; seed {}; picker flags: {}",
         options.servers,
         SIM_FLAGS.join(" "),
         options.output_tokens,
         options.seconds,
-        options.seed
+        options.seed,
+        options.picker_flags.join(" ")
     );
     let mut results: BTreeMap<(&'static str, &'static str), Vec<(f64, Figures)>> = BTreeMap::new();
     for workload in &options.workloads {
@@ -440,7 +455,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "spread"
         );
         for &rate in &options.rates {
-            for config in CONFIGS {
+            for config in CONFIGS
+                .into_iter()
+                .filter(|c| options.configs.iter().any(|o| o == c))
+            {
                 fleet.restart(options.seed)?;
                 ready(&runtime, &client, &url, &infergate)?;
                 let before_hits = counter(&addresses, "vllm:prefix_cache_hits_total");

@@ -224,8 +224,12 @@ impl Standalone {
 
     /// Stop gracefully (SIGTERM) and wait.
     pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // stopped before (stop, then drop)
+        }
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
+            .stderr(std::process::Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -78,7 +78,7 @@ struct Args {
     prefix_weight: f64,
     /// An endpoint whose queue is longer than the shortest candidate's by more than this many
     /// requests gets no prefix credit (relative: when every server is busy, affinity stays).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 4.0)]
     prefix_max_extra_queue: f64,
     /// Prompt blocks (16 tokens each) remembered per endpoint, least recently used first out.
     #[arg(long, default_value_t = 16384)]

@@ -78,7 +78,7 @@ impl Default for Weights {
             running: 1.0,
             prefix: 3.0,
             lora: 3.0,
-            prefix_max_extra_queue: 8.0,
+            prefix_max_extra_queue: 4.0,
             prefix_blocks_per_endpoint: 16 * 1024,
             failure_cooldown: Duration::from_secs(10),
         }
@@ -718,7 +718,7 @@ mod tests {
         // Every queue is long (20), the prefix's a little longer: far over
         // the limit in absolute terms, yet the cache is still worth it.
         for n in 1..6 {
-            busy(&s, 24.0, Some(home));
+            busy(&s, 23.0, Some(home));
             let pick = s
                 .pick_for(&Filter::All, &prompt(&format!("{system}Q{n}")))
                 .unwrap();
