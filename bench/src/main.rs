@@ -91,7 +91,11 @@ enum Command {
         plot: Option<std::path::PathBuf>,
         /// Configurations to run (round-robin, queue+kv, picker); the same
         /// seed gives the same arrivals, so a tuning run can skip the baselines.
-        #[arg(long, value_delimiter = ',', default_value = "round-robin,queue+kv,picker")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "round-robin,queue+kv,picker"
+        )]
         configs: Vec<String>,
         /// A flag for the `picker` configuration's infergate-epp (repeat it),
         /// e.g. `--picker-flag=--prefix-max-extra-queue=4`.

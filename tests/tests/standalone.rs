@@ -121,6 +121,57 @@ fn path_and_header_matches_route_to_the_right_server() {
 }
 
 #[test]
+fn url_rewrites_reach_the_backend_with_the_path_gateway_api_prescribes() {
+    let rewrite = |prefix: &str, path: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {path}}}}}]
+    backendRefs: [{{name: blue, port: 80}}]
+"
+        )
+    };
+    let rules = [
+        rewrite(
+            "/foo",
+            "{type: ReplacePrefixMatch, replacePrefixMatch: /xyz}",
+        ),
+        rewrite(
+            "/strip",
+            "{type: ReplacePrefixMatch, replacePrefixMatch: /}",
+        ),
+        rewrite(
+            "/slash/",
+            "{type: ReplacePrefixMatch, replacePrefixMatch: /xyz/}",
+        ),
+        rewrite("/full", "{type: ReplaceFullPath, replaceFullPath: /one}"),
+        "  - backendRefs: [{name: green, port: 80}]\n".to_string(),
+    ]
+    .concat();
+    let s = start("rewrites", &rules, &[]);
+    // The table of Gateway API's HTTPPathModifier; a query does not
+    // disturb the rewrite.
+    for (request, expected) in [
+        ("/foo/bar", "/xyz/bar"),
+        ("/foo", "/xyz"),
+        ("/foo/", "/xyz/"),
+        ("/foo/bar?q=1", "/xyz/bar"),
+        ("/strip/bar", "/bar"),
+        ("/strip/bar/baz", "/bar/baz"),
+        ("/strip", "/"),
+        ("/strip/", "/"),
+        ("/slash/bar", "/xyz/bar"),
+        ("/slash", "/xyz"),
+        ("/full/a/b", "/one"),
+    ] {
+        let (status, who, body) = get(s.listener, request, &[]).expect("a response");
+        assert_eq!(status, 200, "{request}: {body}");
+        assert_eq!(who, "blue");
+        assert_eq!(body.trim(), format!("blue {expected}"), "{request}");
+    }
+    let _ = (&s.blue, &s.green, &s.infergate);
+}
+
+#[test]
 fn a_weighted_split_lands_within_statistical_bounds() {
     let s = start(
         "weights",

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use infergate_model::{
-    DownstreamTls, FilterChainIr, GatewayIr, ListenerIr, PathMatch, RouteIr, RouteMatch, RuleIr,
-    VirtualHostIr,
+    DownstreamTls, FilterChainIr, GatewayIr, ListenerIr, PathMatch, RouteAction, RouteIr,
+    RouteMatch, RuleIr, VirtualHostIr,
 };
 
 use crate::gateways::{Evaluated, GatewayState};
@@ -63,6 +63,18 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
     // Listeners that share a port share one Envoy listener.
     let mut ports: BTreeMap<u32, BTreeMap<ChainKey, ChainHosts>> = BTreeMap::new();
     let mut clusters: Vec<usize> = Vec::new();
+    // The hostnames of the HTTP listeners on each port, which share one
+    // route table: each virtual host takes only the routes of the listener
+    // that owns its requests (listener isolation).
+    let mut cleartext: BTreeMap<u32, Vec<Option<&str>>> = BTreeMap::new();
+    for listener in gateway.listeners.iter().filter(|l| l.served()) {
+        if listener.listener.protocol != "HTTPS" {
+            cleartext
+                .entry(listener.listener.port)
+                .or_default()
+                .push(listener.listener.hostname.as_deref());
+        }
+    }
     for (index, listener) in gateway.listeners.iter().enumerate() {
         if !listener.served() {
             continue;
@@ -77,12 +89,31 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
             .or_default()
             .entry(key)
             .or_default();
+        if key == ChainKey::Cleartext
+            && let Some(own) = listener
+                .listener
+                .hostname
+                .as_deref()
+                .filter(|h| !h.is_empty())
+        {
+            // Its hosts are its own even when no route serves them: a
+            // request for them finds no route here (404) rather than the
+            // routes of a less specific listener's virtual host.
+            hosts.entry(own).or_default();
+        }
         for attachment in &listener.attachments {
             let compiled = &table.routes[attachment.route];
             for rule in &compiled.rules {
                 clusters.extend(&rule.clusters);
             }
             for host in &attachment.hostnames {
+                if key == ChainKey::Cleartext {
+                    let sharing = &cleartext[&listener.listener.port];
+                    let owner = crate::hostname::owner(sharing, host).map(|i| sharing[i]);
+                    if owner != Some(listener.listener.hostname.as_deref()) {
+                        continue; // a more specific listener serves these requests
+                    }
+                }
                 let routes = hosts.entry(host.as_str()).or_default();
                 for (r, rule) in compiled.rules.iter().enumerate() {
                     if rule.left_out {
@@ -114,7 +145,8 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
                             // same match.
                             routes.sort_unstable_by_key(|r| r.key);
                             routes.dedup_by_key(|r| r.key);
-                            let (rules, routes) = host_routes(table, &routes);
+                            let (mut rules, routes) = host_routes(table, &routes);
+                            redirect_ports(&mut rules, port, key);
                             (host.to_string(), rules, routes)
                         })
                         .collect();
@@ -198,6 +230,29 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
                 .map(|id| table.clusters[id].clone())
                 .collect()
         },
+    }
+}
+
+/// Gateway API: a redirect that names neither scheme nor port keeps the
+/// listener's port (a request to a listener on 8080 is redirected to 8080).
+/// Envoy would drop the port whenever the redirect names a hostname, so the
+/// port is written into the redirect unless it is the scheme's own (80 for
+/// HTTP, 443 for HTTPS), which URLs leave out.
+fn redirect_ports(rules: &mut [RuleIr], port: u32, chain: ChainKey) {
+    let default_port = match chain {
+        ChainKey::Cleartext => 80,
+        ChainKey::Tls(_) => 443,
+    };
+    if port == default_port {
+        return;
+    }
+    for rule in rules {
+        if let RouteAction::Redirect(redirect) = &mut rule.action
+            && redirect.scheme.is_none()
+            && redirect.port.is_none()
+        {
+            redirect.port = Some(port);
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use crate::{hostname, selector, tls, validate};
 /// (conformance/README.md).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -25,6 +27,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteResponseHeaderModification",

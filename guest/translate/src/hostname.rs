@@ -56,9 +56,64 @@ pub fn effective(listener: Option<&str>, route_hostnames: &[String]) -> Vec<Stri
     out
 }
 
+/// The listener that owns the requests of `host` (a virtual host's domain:
+/// a name, a wildcard or `*`) among `listeners` (hostnames of listeners
+/// sharing a port; None for any host): the most specific one whose hostname
+/// covers every name `host` stands for. Gateway API's listener isolation: a
+/// request is served only by routes of the most specific listener it
+/// matches. Returns the owner's position in `listeners`.
+pub fn owner(listeners: &[Option<&str>], host: &str) -> Option<usize> {
+    listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| covers(**l, host))
+        .max_by_key(|(_, l)| specificity(**l))
+        .map(|(i, _)| i)
+}
+
+/// Whether every request host that `host` stands for matches the listener
+/// hostname (None or empty: any host).
+fn covers(listener: Option<&str>, host: &str) -> bool {
+    let Some(listener) = listener.filter(|l| !l.is_empty()) else {
+        return true;
+    };
+    listener == host
+        || wildcard_suffix(listener).is_some_and(|suffix| host.ends_with(&format!(".{suffix}")))
+}
+
+/// Exact names before wildcards, longer wildcards before shorter, any host
+/// last.
+fn specificity(listener: Option<&str>) -> (u8, usize) {
+    match listener.filter(|l| !l.is_empty()) {
+        None => (0, 0),
+        Some(l) if l.starts_with("*.") => (1, l.len()),
+        Some(l) => (2, l.len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_most_specific_listener_owns_a_host() {
+        let listeners = [
+            None,
+            Some("*.example.com"),
+            Some("*.foo.example.com"),
+            Some("abc.foo.example.com"),
+        ];
+        assert_eq!(owner(&listeners, "bar.com"), Some(0));
+        assert_eq!(owner(&listeners, "*"), Some(0));
+        assert_eq!(owner(&listeners, "bar.example.com"), Some(1));
+        assert_eq!(owner(&listeners, "*.example.com"), Some(1));
+        assert_eq!(owner(&listeners, "*.foo.example.com"), Some(2));
+        assert_eq!(owner(&listeners, "x.y.foo.example.com"), Some(2));
+        assert_eq!(owner(&listeners, "abc.foo.example.com"), Some(3));
+        // example.com is not under *.example.com.
+        assert_eq!(owner(&listeners, "example.com"), Some(0));
+        assert_eq!(owner(&listeners[1..], "bar.com"), None);
+    }
 
     #[test]
     fn exact_and_wildcards() {

@@ -263,7 +263,8 @@ fn picker_retries() -> RetryPolicy {
 
 /// Gateway API ReplacePrefixMatch as an RE2 rewrite: the matched prefix
 /// (whole segments) is replaced, the rest of the path kept, without doubling
-/// or dropping the slash between them.
+/// or dropping the slash between them (with `/` as the replacement,
+/// `/prefix/rest` becomes `/rest`, not `//rest`).
 pub(super) fn prefix_rewrite(m: &ir::RouteMatch, replacement: &str) -> (String, String) {
     let matched = match &m.path {
         Some(ir::PathMatch::Prefix(p)) => p.trim_end_matches('/').to_string(),
@@ -280,13 +281,12 @@ pub(super) fn prefix_rewrite(m: &ir::RouteMatch, replacement: &str) -> (String, 
             }
         })
         .collect();
-    let pattern = format!("^{escaped}(/.*)?$");
-    let substitution = if replacement.is_empty() {
-        "/\\1".to_string()
+    if replacement.is_empty() {
+        // The rest without its leading slash, after the replacement's.
+        (format!("^{escaped}(?:/(.*))?$"), "/\\1".to_string())
     } else {
-        format!("{replacement}\\1")
-    };
-    (pattern, substitution)
+        (format!("^{escaped}(/.*)?$"), format!("{replacement}\\1"))
+    }
 }
 
 pub(super) fn redirect_action(r: &ir::RequestRedirect, m: &ir::RouteMatch) -> RedirectAction {
