@@ -98,7 +98,7 @@ enum Command {
         )]
         configs: Vec<String>,
         /// A flag for the `picker` configuration's infergate-epp (repeat it),
-        /// e.g. `--picker-flag=--prefix-max-extra-queue=4`.
+        /// e.g. `--picker-flag=--affinity-max-extra-queue=4`.
         #[arg(long = "picker-flag", allow_hyphen_values = true)]
         picker_flags: Vec<String>,
     },

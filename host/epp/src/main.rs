@@ -77,9 +77,10 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     prefix_weight: f64,
     /// An endpoint whose queue is longer than the shortest candidate's by more than this many
-    /// requests gets no prefix credit (relative: when every server is busy, affinity stays).
+    /// requests gets no prefix or LoRA-adapter credit (relative: when every server is busy,
+    /// affinity stays; a prefix or adapter busier than its servers spills over).
     #[arg(long, default_value_t = 4.0)]
-    prefix_max_extra_queue: f64,
+    affinity_max_extra_queue: f64,
     /// Prompt blocks (16 tokens each) remembered per endpoint, least recently used first out.
     #[arg(long, default_value_t = 16384)]
     prefix_blocks_per_endpoint: usize,
@@ -161,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 running: args.running_weight,
                 prefix: args.prefix_weight,
                 lora: args.lora_weight,
-                prefix_max_extra_queue: args.prefix_max_extra_queue,
+                affinity_max_extra_queue: args.affinity_max_extra_queue,
                 prefix_blocks_per_endpoint: args.prefix_blocks_per_endpoint,
                 failure_cooldown: args.failure_cooldown,
             },

@@ -59,10 +59,10 @@ pub struct Weights {
     pub prefix: f64,
     pub lora: f64,
     /// An endpoint with more requests queued than the shortest queue among
-    /// the candidates by more than this gets no prefix credit
-    /// ([`prefix`]: relative, so that affinity survives when every server
-    /// is busy).
-    pub prefix_max_extra_queue: f64,
+    /// the candidates by more than this gets no prefix or LoRA credit
+    /// ([`prefix`], [`lora`]: relative, so that affinity survives when every
+    /// server is busy).
+    pub affinity_max_extra_queue: f64,
     /// Prompt blocks remembered per endpoint (16 tokens each).
     pub prefix_blocks_per_endpoint: usize,
     /// An endpoint that failed a request is chosen only after all others
@@ -78,7 +78,7 @@ impl Default for Weights {
             running: 1.0,
             prefix: 3.0,
             lora: 3.0,
-            prefix_max_extra_queue: 4.0,
+            affinity_max_extra_queue: 4.0,
             prefix_blocks_per_endpoint: 16 * 1024,
             failure_cooldown: Duration::from_secs(10),
         }
@@ -413,13 +413,15 @@ impl Scheduler {
                             cached_blocks(i),
                             request.blocks.len(),
                             q - min_q,
-                            w.prefix_max_extra_queue,
+                            w.affinity_max_extra_queue,
                         ),
                         lora::score(
                             request.model.as_deref(),
                             &load.base_models,
                             load.adapters.as_ref(),
                             &endpoints[i].adapters_sent,
+                            q - min_q,
+                            w.affinity_max_extra_queue,
                         ),
                     ];
                     let total: f64 = scores.iter().zip(weights).map(|(s, w)| s * w).sum();
