@@ -171,6 +171,90 @@ fn url_rewrites_reach_the_backend_with_the_path_gateway_api_prescribes() {
     let _ = (&s.blue, &s.green, &s.infergate);
 }
 
+/// A backend that accepts a WebSocket upgrade and then echoes every byte;
+/// a request without `upgrade: websocket` gets 400. Returns its port.
+fn websocket_echo() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: websocket") {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+                );
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn websocket_upgrades_reach_the_backend_and_carry_bytes_both_ways() {
+    use std::io::{Read, Write};
+    let l = layout(
+        "websocket",
+        "  - matches: [{path: {type: PathPrefix, value: /ws}}]
+    backendRefs: [{name: ws, port: 80}]
+  - backendRefs: [{name: blue, port: 80}]
+",
+    );
+    write(&l.config, "ws.yaml", &service_yaml("ws", websocket_echo()));
+    let infergate = Standalone::start(&l.config, &l.work, free_port(), &[]);
+    let ready = wait_until(Duration::from_secs(30), || {
+        get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200)
+    });
+    assert!(ready, "Envoy never served:\n{}", infergate.log_text());
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", l.listener)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: example.com\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+        )
+        .expect("send the upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the upgrade's answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Upgraded: bytes go both ways, a frame's worth at a time.
+    for message in [&b"\x81\x05hello"[..], &[0x82, 3, 1, 2, 3][..]] {
+        stream.write_all(message).expect("send");
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).expect("the echo");
+        assert_eq!(echoed, message);
+    }
+    let _ = (&l.blue, &l.green, &l.dir);
+}
+
 #[test]
 fn a_weighted_split_lands_within_statistical_bounds() {
     let s = start(

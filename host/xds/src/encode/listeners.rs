@@ -53,6 +53,14 @@ fn filter_chain(chain: &ir::FilterChainIr) -> FilterChain {
             route_config_name: chain.name.clone(),
         })),
         http_filters: http_filters(chain),
+        // WebSocket upgrades pass through to backends that accept them, as
+        // Gateway API expects of a backend port with appProtocol
+        // kubernetes.io/ws; other backends answer the upgrade request as
+        // any request (no backend is upgraded against its will).
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     FilterChain {
