@@ -398,6 +398,12 @@ impl Scheduler {
                 })
             };
             let (min_q, max_q) = range(&queued);
+            // The affinity limit looks at the queues the servers reported,
+            // not at the picks made since: those are a guess (a quick
+            // request may be done already), and a guess must not throw away
+            // a cached prefix or a loaded adapter. A real queue shows in the
+            // next scrape.
+            let (min_waiting, _) = range(&|_, l: &Load| l.waiting);
             let (min_r, max_r) = range(&|_, l: &Load| l.running);
             // Ties are broken at random: shuffle, then sort stably.
             fastrand::shuffle(&mut fresh);
@@ -412,7 +418,7 @@ impl Scheduler {
                         prefix::score(
                             cached_blocks(i),
                             request.blocks.len(),
-                            q - min_q,
+                            load.waiting - min_waiting,
                             w.affinity_max_extra_queue,
                         ),
                         lora::score(
@@ -420,7 +426,7 @@ impl Scheduler {
                             &load.base_models,
                             load.adapters.as_ref(),
                             &endpoints[i].adapters_sent,
-                            q - min_q,
+                            load.waiting - min_waiting,
                             w.affinity_max_extra_queue,
                         ),
                     ];
@@ -1024,6 +1030,29 @@ vllm:kv_cache_usage_perc{model_name="meta/llama \"3\""} 0.5
             pick.header_value(),
             "10.0.0.2:8000,10.0.0.3:8000,10.0.0.1:8000"
         );
+    }
+
+    #[test]
+    fn picks_since_the_last_scrape_do_not_cost_a_prompt_its_cached_prefix() {
+        // Quick requests one after the other, no scrape in between (a slow
+        // scrape loop): each pick counts as queued at the prefix's server,
+        // yet what the servers reported says no queue anywhere.
+        let addresses = ["198.18.0.1:8000", "198.18.0.2:8000", "198.18.0.3:8000"];
+        let s = scheduler(&addresses);
+        for a in addresses {
+            s.report(addr(a), load(0.0, 0.1));
+        }
+        let system = "Answer in the voice of the gateway's runbook. ".repeat(20);
+        let home = s
+            .pick_for(&Filter::All, &prompt(&format!("{system}Q0")))
+            .unwrap()
+            .endpoints[0];
+        for n in 1..12 {
+            let pick = s
+                .pick_for(&Filter::All, &prompt(&format!("{system}Q{n}")))
+                .unwrap();
+            assert_eq!(pick.endpoints[0], home, "request {n}");
+        }
     }
 
     #[test]
