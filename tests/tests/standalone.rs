@@ -79,7 +79,11 @@ fn layout(tag: &str, rules: &str) -> Layout {
 }
 
 fn start(tag: &str, rules: &str, extra: &[&str]) -> Setup {
-    let l = layout(tag, rules);
+    serve(layout(tag, rules), extra)
+}
+
+/// Run infergate on a layout and wait until Envoy serves its routes.
+fn serve(l: Layout, extra: &[&str]) -> Setup {
     let infergate = Standalone::start(&l.config, &l.work, free_port(), extra);
     let ready = wait_until(Duration::from_secs(30), || {
         get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200)
@@ -171,6 +175,19 @@ fn url_rewrites_reach_the_backend_with_the_path_gateway_api_prescribes() {
     let _ = (&s.blue, &s.green, &s.infergate);
 }
 
+/// An HTTP/1.1 message head, read byte by byte up to its blank line (not a
+/// byte of what follows); None if the stream ends or fails first.
+fn read_head(stream: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// A backend that accepts a WebSocket upgrade and then echoes every byte;
 /// a request without `upgrade: websocket` gets 400. Returns its port.
 fn websocket_echo() -> u16 {
@@ -180,16 +197,10 @@ fn websocket_echo() -> u16 {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                if !head.contains("upgrade: websocket") {
+                let Some(head) = read_head(&mut stream) else {
+                    return;
+                };
+                if !head.to_ascii_lowercase().contains("upgrade: websocket") {
                     let _ = stream.write_all(
                         b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                     );
@@ -221,13 +232,9 @@ fn websocket_upgrades_reach_the_backend_and_carry_bytes_both_ways() {
 ",
     );
     write(&l.config, "ws.yaml", &service_yaml("ws", websocket_echo()));
-    let infergate = Standalone::start(&l.config, &l.work, free_port(), &[]);
-    let ready = wait_until(Duration::from_secs(30), || {
-        get(l.listener, "/", &[]).is_some_and(|r| r.0 == 200)
-    });
-    assert!(ready, "Envoy never served:\n{}", infergate.log_text());
+    let s = serve(l, &[]);
 
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", l.listener)).expect("connect");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.listener)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -237,13 +244,7 @@ fn websocket_upgrades_reach_the_backend_and_carry_bytes_both_ways() {
               sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
         )
         .expect("send the upgrade");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("the upgrade's answer");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
+    let head = read_head(&mut stream).expect("the upgrade's answer");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Upgraded: bytes go both ways, a frame's worth at a time.
     for message in [&b"\x81\x05hello"[..], &[0x82, 3, 1, 2, 3][..]] {
@@ -252,7 +253,7 @@ fn websocket_upgrades_reach_the_backend_and_carry_bytes_both_ways() {
         stream.read_exact(&mut echoed).expect("the echo");
         assert_eq!(echoed, message);
     }
-    let _ = (&l.blue, &l.green, &l.dir);
+    let _ = (&s.blue, &s.green, &s.infergate);
 }
 
 #[test]

@@ -76,8 +76,8 @@ struct Args {
     /// sent to wins); 0 turns it off.
     #[arg(long, default_value_t = 3.0)]
     prefix_weight: f64,
-    /// An endpoint whose queue is longer than the shortest candidate's by more than this many
-    /// requests gets no prefix or LoRA-adapter credit (relative: when every server is busy,
+    /// An endpoint whose reported queue is longer than the shortest candidate's by more than this
+    /// many requests gets no prefix or LoRA-adapter credit (relative: when every server is busy,
     /// affinity stays; a prefix or adapter busier than its servers spills over).
     #[arg(long, default_value_t = 4.0)]
     affinity_max_extra_queue: f64,

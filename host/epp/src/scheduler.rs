@@ -58,8 +58,9 @@ pub struct Weights {
     pub running: f64,
     pub prefix: f64,
     pub lora: f64,
-    /// An endpoint with more requests queued than the shortest queue among
-    /// the candidates by more than this gets no prefix or LoRA credit
+    /// An endpoint whose server reports more requests waiting than the
+    /// shortest queue among the candidates by more than this gets no prefix
+    /// or LoRA credit
     /// ([`prefix`], [`lora`]: relative, so that affinity survives when every
     /// server is busy).
     pub affinity_max_extra_queue: f64,

@@ -105,6 +105,14 @@ fn xds_tls(tls: &XdsTls) -> TransportSocket {
 }
 
 pub fn bootstrap(settings: &BootstrapSettings) -> Bootstrap {
+    // Envoy waits for its first clusters and listeners without a time limit
+    // (not the default 15 s), so that it reports ready (admin /ready, the
+    // deployed Envoys' readiness) only once it has its Gateway's
+    // configuration.
+    let first_fetch_unbounded = ConfigSource {
+        initial_fetch_timeout: Some(seconds(0)),
+        ..ads()
+    };
     let xds = ir::ClusterIr {
         name: XDS_CLUSTER.into(),
         endpoints: vec![ir::SocketAddress {
@@ -160,18 +168,8 @@ pub fn bootstrap(settings: &BootstrapSettings) -> Bootstrap {
                 grpc_services: vec![grpc_service(XDS_CLUSTER)],
                 ..Default::default()
             }),
-            // Envoy waits for its first clusters and listeners without a
-            // time limit (not the default 15 s), so that it reports ready
-            // (admin /ready, the deployed Envoys' readiness) only once it
-            // has its Gateway's configuration.
-            cds_config: Some(ConfigSource {
-                initial_fetch_timeout: Some(seconds(0)),
-                ..ads()
-            }),
-            lds_config: Some(ConfigSource {
-                initial_fetch_timeout: Some(seconds(0)),
-                ..ads()
-            }),
+            cds_config: Some(first_fetch_unbounded.clone()),
+            lds_config: Some(first_fetch_unbounded),
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources {
