@@ -331,7 +331,6 @@ fn script(index: u32, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// A plain HTTP GET to `address` (a Pod IP or a ClusterIP): status and body.
 /// Free bytes on the filesystem of `path` (`df`), if it can be told.
 fn free_disk_bytes(path: &str) -> Option<u64> {
     let output = Command::new("df")
@@ -346,6 +345,7 @@ fn free_disk_bytes(path: &str) -> Option<u64> {
         .ok()
 }
 
+/// A plain HTTP GET to `address` (a Pod IP or a ClusterIP): status and body.
 pub fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     http_request(address, "GET", path)
 }

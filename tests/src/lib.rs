@@ -518,6 +518,18 @@ pub fn request(
     )
 }
 
+/// A TCP connection to `ip:port`, given up after 5 seconds. A ClusterIP
+/// that kube-proxy has no rule for yet black-holes the first SYN, and the
+/// node's conntrack entry keeps every retransmission of that connection
+/// away from the rule that follows: an unbounded connect would hang for
+/// the kernel's two minutes where a new one gets through.
+fn connect(ip: &str, port: u16) -> Option<std::net::TcpStream> {
+    let address = std::net::ToSocketAddrs::to_socket_addrs(&(ip, port))
+        .ok()?
+        .next()?;
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()
+}
+
 /// One HTTP/1.1 request to `ip:port` with Host `host`.
 pub fn request_at(
     ip: &str,
@@ -540,7 +552,7 @@ pub fn request_at(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let mut stream = std::net::TcpStream::connect((ip, port)).ok()?;
+    let mut stream = connect(ip, port)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .ok()?;
@@ -602,7 +614,7 @@ impl KeepAliveClient {
     pub fn complete(&mut self, path: &str) -> Option<Response> {
         use std::io::Write;
         if self.connection.is_none() {
-            let stream = std::net::TcpStream::connect((self.ip.as_str(), self.port)).ok()?;
+            let stream = connect(&self.ip, self.port)?;
             stream
                 .set_read_timeout(Some(Duration::from_secs(20)))
                 .ok()?;

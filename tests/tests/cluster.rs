@@ -1302,16 +1302,29 @@ spec:
         cluster.diagnose("llm")
     );
     let gateway_ip = cluster.get("gateway", "llm", "gw", "{.status.addresses[0].value}");
+    // What the last failed completion got, for the failure messages.
+    let last_failure = std::cell::RefCell::new(String::from("none yet"));
     let served = || {
-        infergate_e2e::complete_at(&gateway_ip, 80, "/v1/completions")
+        let response = infergate_e2e::complete_at(&gateway_ip, 80, "/v1/completions");
+        let server = response
+            .as_ref()
             .filter(|r| r.status == 200)
-            .and_then(|r| r.header("x-served-by").map(str::to_string))
+            .and_then(|r| r.header("x-served-by").map(str::to_string));
+        if server.is_none() {
+            *last_failure.borrow_mut() = match response {
+                Some(r) => format!("{} {:?} {}", r.status, r.headers, r.body),
+                None => "no response".to_string(),
+            };
+        }
+        server
     };
     assert!(
         wait_until(Duration::from_secs(60), || served().is_some()),
-        "no completion through the managed picker: {}\n{}",
+        "no completion through the managed picker (last: {}): {}\n{}\n{}",
+        last_failure.borrow(),
         cluster.get("inferencepool", "llm", "vllm", "{.status}"),
-        cluster.diagnose("llm")
+        cluster.diagnose("llm"),
+        cluster.diagnose("infergate-system")
     );
     let resolved = cluster.get(
         "inferencepool",
@@ -1379,8 +1392,10 @@ spec:
     cluster.kubectl(&["delete", "deployment", picker, "-n", "llm", "--wait=false"]);
     assert!(
         wait_until(Duration::from_secs(90), || served().is_some()),
-        "the picker made anew does not serve: {}",
-        cluster.diagnose("llm")
+        "the picker made anew does not serve (last: {}): {}\n{}",
+        last_failure.borrow(),
+        cluster.diagnose("llm"),
+        cluster.diagnose("infergate-system")
     );
 
     // A pool's annotations override its picker's settings; a bad one is
