@@ -1273,6 +1273,19 @@ spec:
         ),
         "http2"
     );
+    // Made once: one certificate, one rollout (a second would mean the
+    // deployer took its own Deployment for missing).
+    let replica_sets = cluster.kubectl(&[
+        "get",
+        "replicasets",
+        "-n",
+        "llm",
+        "-l",
+        "app.kubernetes.io/component=endpoint-picker",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(replica_sets.lines().count(), 1, "{replica_sets}");
     // Confined: the picker's ServiceAccount reads its namespace's Pods and
     // pools, nothing elsewhere, and writes nothing.
     let user = format!("system:serviceaccount:llm:{picker}");

@@ -317,6 +317,34 @@ fn unexpired_certificate(live: Option<&Deployment>, annotation: &str) -> Option<
         .filter(|expiry| *expiry > now() + pki::RENEW_BEFORE_DAYS * 86_400)
 }
 
+/// Wait, at most a few seconds, until `store`'s watch shows the Deployment
+/// an apply just returned (`applied`: its uid, at its generation or later).
+/// Its certificate's expiry is read from the live Deployment: a reconcile
+/// that ran before the watch caught up would take it for missing, issue the
+/// certificate again and roll the Pods a second time.
+async fn until_watched(store: &Store<Deployment>, applied: &kube::api::ObjectMeta) {
+    let (Some(name), Some(namespace)) = (&applied.name, &applied.namespace) else {
+        return;
+    };
+    let reference = object_ref::<Deployment>(name, namespace);
+    let seen = || {
+        store.get(&reference).is_some_and(|live| {
+            live.metadata.uid == applied.uid && live.metadata.generation >= applied.generation
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WATCH_CATCH_UP;
+    while !seen() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(deployment = %format!("{namespace}/{name}"), "the watch has not shown the applied Deployment yet");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long [`until_watched`] waits for a watch to catch up.
+const WATCH_CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Seconds since the Unix epoch.
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -657,6 +685,7 @@ impl Worker {
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("applying Deployment {ns}/{object}: {e}"))?;
+            until_watched(&self.deployments, &applied.metadata).await;
             if live_deployment.is_none() || !self.applied.contains_key(&key) {
                 tracing::info!(gateway = %node, deployment = %object, "Envoy deployed");
             } else {
@@ -775,6 +804,54 @@ mod tests {
             }],
             listeners: vec![],
         }
+    }
+
+    fn deployment(uid: &str, generation: i64) -> Deployment {
+        Deployment {
+            metadata: kube::api::ObjectMeta {
+                name: Some("infergate-gw".into()),
+                namespace: Some("team".into()),
+                uid: Some(uid.into()),
+                generation: Some(generation),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A reconcile goes on once the watch shows the Deployment it applied
+    /// (that uid, not at an older generation), so the next one reads the
+    /// certificate expiry it wrote instead of issuing another.
+    #[tokio::test]
+    async fn after_an_apply_the_deployer_waits_for_its_watch_to_show_it() {
+        use kube::runtime::reflector::store::Writer;
+        use kube::runtime::watcher::Event;
+        let mut writer = Writer::<Deployment>::default();
+        let store = writer.as_reader();
+        writer.apply_watcher_event(&Event::Apply(deployment("replaced", 7)));
+        writer.apply_watcher_event(&Event::Apply(deployment("new", 1)));
+        let applied = deployment("new", 2).metadata;
+
+        let started = tokio::time::Instant::now();
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            let applied = applied.clone();
+            async move { until_watched(&store, &applied).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "generation 1 is not the applied 2");
+        writer.apply_watcher_event(&Event::Apply(deployment("new", 2)));
+        waiting.await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < WATCH_CATCH_UP,
+            "{waited:?}"
+        );
+
+        // A watch that never catches up holds the deployer a bounded time.
+        let started = tokio::time::Instant::now();
+        until_watched(&store, &deployment("other", 1).metadata).await;
+        assert!(started.elapsed() >= WATCH_CATCH_UP);
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl Worker {
                     api.patch(&object, &params, &Patch::Apply(&value))
                         .await
                         .map_err(|e| anyhow::anyhow!("applying {kind} {ns}/{object}: {e}"))
-                        .map(|applied| applied.metadata.generation)
+                        .map(|applied| applied.metadata)
                 }
             };
             apply(
@@ -271,7 +271,7 @@ impl Worker {
                 }
             };
             apply("Service", with_kind(m::service(pool), "v1", "Service")).await?;
-            let generation = apply(
+            let applied = apply(
                 "Deployment",
                 with_kind(
                     m::deployment(pool, &settings, expiry),
@@ -280,6 +280,7 @@ impl Worker {
                 ),
             )
             .await?;
+            super::until_watched(&self.deployments, &applied).await;
             tracing::info!(
                 pool = %format!("{ns}/{}", pool.name),
                 deployment = %object,
@@ -287,7 +288,7 @@ impl Worker {
                 "endpoint picker {}",
                 if live.is_none() { "deployed" } else { "put back in shape" }
             );
-            self.applied.insert(key, (spec_digest, generation));
+            self.applied.insert(key, (spec_digest, applied.generation));
         }
         self.applied.retain(|key, _| {
             wanted
