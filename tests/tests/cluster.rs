@@ -293,7 +293,7 @@ fn a_gateway_reaches_real_pods_through_the_picker_and_a_pod_failing_its_probe_is
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = RealCluster::up(INDEX);
     let crds = infergate_e2e::kube::crds_dir();
-    for dir in ["gateway-api-v1.5.1", "inference-v1.6.0"] {
+    for dir in ["gateway-api-v1.6.1", "inference-v1.6.0"] {
         cluster.kubectl(&["apply", "-f", &crds.join(dir).display().to_string()]);
     }
     cluster.kubectl(&[
@@ -1273,19 +1273,29 @@ spec:
         ),
         "http2"
     );
+    // How many objects of these kinds the pool's picker has.
+    let picker_objects = |kinds: &str| {
+        cluster
+            .kubectl(&[
+                "get",
+                kinds,
+                "-n",
+                "llm",
+                "-l",
+                "app.kubernetes.io/component=endpoint-picker",
+                "-o",
+                "name",
+            ])
+            .lines()
+            .count()
+    };
     // Made once: one certificate, one rollout (a second would mean the
     // deployer took its own Deployment for missing).
-    let replica_sets = cluster.kubectl(&[
-        "get",
-        "replicasets",
-        "-n",
-        "llm",
-        "-l",
-        "app.kubernetes.io/component=endpoint-picker",
-        "-o",
-        "name",
-    ]);
-    assert_eq!(replica_sets.lines().count(), 1, "{replica_sets}");
+    assert_eq!(
+        picker_objects("replicasets"),
+        1,
+        "the new picker was rolled twice"
+    );
     // Confined: the picker's ServiceAccount reads its namespace's Pods and
     // pools, nothing elsewhere, and writes nothing.
     let user = format!("system:serviceaccount:llm:{picker}");
@@ -1459,21 +1469,7 @@ spec:
     );
 
     // No route of ours to the pool: no picker. Back with the route.
-    let ours = || {
-        cluster
-            .kubectl(&[
-                "get",
-                "deployments,services,serviceaccounts,roles,rolebindings,secrets",
-                "-n",
-                "llm",
-                "-l",
-                "app.kubernetes.io/component=endpoint-picker",
-                "-o",
-                "name",
-            ])
-            .lines()
-            .count()
-    };
+    let ours = || picker_objects("deployments,services,serviceaccounts,roles,rolebindings,secrets");
     cluster.kubectl(&["delete", "httproute", "llm", "-n", "llm"]);
     assert!(
         wait_until(Duration::from_secs(60), || ours() == 0),

@@ -21,23 +21,23 @@ use serde_json::Value;
 /// The CRDs whose kinds infergate reads, as shipped in `crds/`.
 const CRDS: &[(&str, &str)] = &[
     (
-        "gateway-api-v1.5.1/gateway.networking.k8s.io_gatewayclasses.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_gatewayclasses.yaml",
         include_str!(
-            "../../../crds/gateway-api-v1.5.1/gateway.networking.k8s.io_gatewayclasses.yaml"
+            "../../../crds/gateway-api-v1.6.1/gateway.networking.k8s.io_gatewayclasses.yaml"
         ),
     ),
     (
-        "gateway-api-v1.5.1/gateway.networking.k8s.io_gateways.yaml",
-        include_str!("../../../crds/gateway-api-v1.5.1/gateway.networking.k8s.io_gateways.yaml"),
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_gateways.yaml",
+        include_str!("../../../crds/gateway-api-v1.6.1/gateway.networking.k8s.io_gateways.yaml"),
     ),
     (
-        "gateway-api-v1.5.1/gateway.networking.k8s.io_httproutes.yaml",
-        include_str!("../../../crds/gateway-api-v1.5.1/gateway.networking.k8s.io_httproutes.yaml"),
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_httproutes.yaml",
+        include_str!("../../../crds/gateway-api-v1.6.1/gateway.networking.k8s.io_httproutes.yaml"),
     ),
     (
-        "gateway-api-v1.5.1/gateway.networking.k8s.io_referencegrants.yaml",
+        "gateway-api-v1.6.1/gateway.networking.k8s.io_referencegrants.yaml",
         include_str!(
-            "../../../crds/gateway-api-v1.5.1/gateway.networking.k8s.io_referencegrants.yaml"
+            "../../../crds/gateway-api-v1.6.1/gateway.networking.k8s.io_referencegrants.yaml"
         ),
     ),
     (
