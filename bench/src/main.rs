@@ -334,13 +334,7 @@ fn snapshot_of(
             .map_err(|e| anyhow::anyhow!("{} errors, first: {}", e.len(), e[0]))?;
     }
     resources
-        .to_snapshot(Settings {
-            controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
-            inference_extension: false,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
-        })
+        .to_snapshot(Settings::new(infergate_names::DEFAULT_CONTROLLER_NAME))
         .map_err(|e| anyhow::anyhow!("{} errors, first: {}", e.len(), e[0]))
 }
 

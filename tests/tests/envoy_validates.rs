@@ -233,11 +233,8 @@ fn translate_in_process(text: &str) -> Option<(Vec<Value>, Certificates)> {
     resources.add_yaml("fuzzed.yaml", text).ok()?;
     let snapshot = resources
         .to_snapshot(infergate_model::Settings {
-            controller_name: "infergate.dev/gateway-controller".into(),
             inference_extension: true,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
+            ..infergate_model::Settings::new("infergate.dev/gateway-controller")
         })
         .ok()?;
     let output = infergate_translate::translate(&snapshot).ok()?;

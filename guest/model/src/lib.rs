@@ -32,9 +32,25 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package this crate was generated from, `name@version`.
-pub const WIT_PACKAGE: &str = "infergate:translator@0.5.0";
+pub const WIT_PACKAGE: &str = "infergate:translator@0.6.0";
 
 pub use exports::infergate::translator::translate::*;
+
+impl Settings {
+    /// Settings for the GatewayClasses of `controller_name`, every feature
+    /// at its default: the inference extension off, listeners on 127.0.0.1,
+    /// Gateways sharing one host, no managed picker.
+    pub fn new(controller_name: impl Into<String>) -> Self {
+        Settings {
+            controller_name: controller_name.into(),
+            inference_extension: false,
+            default_address: "127.0.0.1".into(),
+            isolated_gateways: false,
+            managed_picker: None,
+            model_routing_max_body_bytes: infergate_names::model::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
 
 impl Condition {
     pub fn new(

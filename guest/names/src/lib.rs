@@ -41,6 +41,25 @@ pub mod picker {
     pub const PROTOCOL_HEADERS: [&str; 3] = [DESTINATION, SUBSET, SERVED];
 }
 
+/// Routing by the model a request names: the OpenAI APIs name it in the
+/// JSON body's `model` field; HTTPRoutes match it as a header.
+pub mod model {
+    /// The request header HTTPRoutes match the model with. The gateway
+    /// fills it from the body (and removes any value a client sent).
+    pub const HEADER: &str = "x-gateway-model-name";
+    /// The body field that names the model.
+    pub const BODY_FIELD: &str = "model";
+    /// Dynamic metadata namespace where Envoy keeps the model it read.
+    pub const METADATA_NAMESPACE: &str = "infergate.model";
+    /// Key of the model's name in [`METADATA_NAMESPACE`].
+    pub const METADATA_KEY: &str = "name";
+    /// How much of a JSON request body is read to find the model, by
+    /// default: a 1 MB prompt fits with room for JSON's escapes.
+    pub const DEFAULT_MAX_BODY_BYTES: u32 = 4 << 20;
+    /// The path where the gateway lists the models its routes serve.
+    pub const LIST_PATH: &str = "/v1/models";
+}
+
 /// Names of the objects infergate deploys for a Gateway or an InferencePool.
 pub mod objects {
     /// The longest name a Service (a DNS-1035 label) may have.

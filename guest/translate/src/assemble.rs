@@ -11,15 +11,22 @@ use infergate_model::{
 };
 
 use crate::gateways::{Evaluated, GatewayState};
+use crate::models;
 use crate::routes::{CompiledRoute, CompiledRule, RouteTable};
 
-pub fn gateway_irs(gateways: &Evaluated, table: &RouteTable) -> Vec<GatewayIr> {
+/// `max_model_body_bytes`: how much of a request body filter chains that
+/// route by model read ([`crate::models`]).
+pub fn gateway_irs(
+    gateways: &Evaluated,
+    table: &RouteTable,
+    max_model_body_bytes: u32,
+) -> Vec<GatewayIr> {
     let ages = route_ages(table);
     gateways
         .gateways
         .iter()
         .filter(|g| g.accepted())
-        .map(|g| gateway_ir(g, table, &ages))
+        .map(|g| gateway_ir(g, table, &ages, max_model_body_bytes))
         .collect()
 }
 
@@ -59,7 +66,12 @@ type ChainHosts<'a> = BTreeMap<&'a str, Vec<Ranked>>;
 /// A port's filter chains, each with its virtual hosts in order.
 type PortChains = (u32, Vec<(ChainKey, Vec<HostRoutes>)>);
 
-fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> GatewayIr {
+fn gateway_ir(
+    gateway: &GatewayState,
+    table: &RouteTable,
+    ages: &[usize],
+    max_model_body_bytes: u32,
+) -> GatewayIr {
     // Listeners that share a port share one Envoy listener.
     let mut ports: BTreeMap<u32, BTreeMap<ChainKey, ChainHosts>> = BTreeMap::new();
     let mut clusters: Vec<usize> = Vec::new();
@@ -145,8 +157,9 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
                             // same match.
                             routes.sort_unstable_by_key(|r| r.key);
                             routes.dedup_by_key(|r| r.key);
-                            let (mut rules, routes) = host_routes(table, &routes);
+                            let (mut rules, mut routes) = host_routes(table, &routes);
                             redirect_ports(&mut rules, port, key);
+                            models::complete_virtual_host(&mut rules, &mut routes);
                             (host.to_string(), rules, routes)
                         })
                         .collect();
@@ -200,11 +213,12 @@ fn gateway_ir(gateway: &GatewayState, table: &RouteTable, ages: &[usize]) -> Gat
                                 routes.clone()
                             },
                         })
-                        .collect();
+                        .collect::<Vec<_>>();
                     FilterChainIr {
                         name,
                         server_names,
                         tls,
+                        model_routing: models::chain_routing(&virtual_hosts, max_model_body_bytes),
                         virtual_hosts,
                     }
                 })
@@ -317,8 +331,10 @@ fn host_routes(table: &RouteTable, ranked: &[Ranked]) -> (Vec<RuleIr>, Vec<Route
                 rules.push(rule_ir(compiled, &compiled.rules[rule]));
                 (rules.len() - 1) as u32
             });
+            let (matches, model) = models::split(&compiled.rules[rule].matches()[position]);
             RouteIr {
-                matches: compiled.rules[rule].matches()[position].clone(),
+                matches,
+                model,
                 rule: id,
                 match_index: position as u32,
             }

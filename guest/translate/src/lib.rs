@@ -14,7 +14,8 @@
 //!    [`backends`] kinds: core Services ([`services`]) and, with the inference
 //!    extension, InferencePools ([`inference`]), both checking references
 //!    with [`refs`];
-//! 4. [`assemble`]: listeners, virtual hosts and routes in precedence order;
+//! 4. [`assemble`]: listeners, virtual hosts and routes in precedence order,
+//!    with routing by the model a request body names ([`models`]);
 //! 5. statuses: Gateways and routes from the stages above, InferencePools
 //!    from the uses attachment recorded ([`inference::pool_statuses`]).
 
@@ -25,6 +26,7 @@ pub mod gateways;
 pub mod hostname;
 pub mod index;
 pub mod inference;
+pub mod models;
 pub mod refs;
 pub mod routes;
 pub mod selector;
@@ -50,7 +52,11 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
     let index = index::Index::new(snapshot);
     let mut gateways = gateways::evaluate(&index);
     let routes = routes::attach_all(&index, &mut gateways, backend_kinds(snapshot));
-    let gateway_irs = assemble::gateway_irs(&gateways, &routes);
+    let gateway_irs = assemble::gateway_irs(
+        &gateways,
+        &routes,
+        snapshot.settings.model_routing_max_body_bytes,
+    );
 
     let (inference_pools, managed_pickers) = if snapshot.settings.inference_extension {
         (

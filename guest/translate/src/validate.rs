@@ -12,8 +12,9 @@
 //! path prefix). Each is a leaf function of one value.
 
 use infergate_model::{
-    BackendRef, FilterChainIr, HeaderModifier, Output, PathMatch, PathModifier, RequestRedirect,
-    RouteAction, RouteFilter, RouteMatch, StringMatchType, UrlRewrite,
+    ApiError, BackendRef, FilterChainIr, HeaderModifier, ModelMatch, Output, PathMatch,
+    PathModifier, RequestRedirect, RouteAction, RouteFilter, RouteMatch, StringMatchType,
+    UrlRewrite,
 };
 use regex_automata::nfa::thompson;
 use regex_syntax::ast::{self, Ast};
@@ -30,6 +31,11 @@ pub const MAX_REGEX_STATES: usize = 1000;
 /// needs; this leaves room for every regular expression that passes
 /// [`regex`] and for the generated prefix rewrites of paths up to 1024 bytes.
 pub const ENVOY_RE2_MAX_PROGRAM_SIZE: u32 = 4096;
+
+/// The bounds on how much of a body model routing reads: Envoy's HTTP/2
+/// stream window (which bounds what Envoy buffers of an HTTP/2 request)
+/// takes 64 KiB to 2 GiB.
+pub const MODEL_BODY_BYTES: std::ops::RangeInclusive<u32> = 65_535..=0x7fff_ffff;
 
 /// Gateway API's limit on a path value.
 pub const MAX_PATH_LENGTH: usize = 1024;
@@ -406,6 +412,34 @@ pub fn route_match(m: &RouteMatch) -> Result<(), String> {
     Ok(())
 }
 
+/// A match on the model a request body names, from a header match on
+/// X-Gateway-Model-Name; the problem starts with its field.
+pub fn model_match(m: &ModelMatch) -> Result<(), String> {
+    match m.match_type {
+        StringMatchType::Exact => header_value(&m.value),
+        StringMatchType::RegularExpression => regex(&m.value),
+    }
+    .map_err(|why| format!("model: {why}"))
+}
+
+/// An error Envoy answers in the OpenAI API's shape: a status Envoy sends
+/// and text that fits in a response body.
+pub fn api_error(e: &ApiError) -> Result<(), String> {
+    if !(200..=599).contains(&e.status) {
+        return Err(format!("status: {} is not a status code 200-599", e.status));
+    }
+    for (field, value) in [
+        ("message", &e.message),
+        ("type", &e.error_type),
+        ("code", &e.code),
+    ] {
+        if value.contains('%') {
+            return Err(format!("{field}: '%' is not allowed"));
+        }
+    }
+    Ok(())
+}
+
 /// The values of the filters infergate implements; the first problem names
 /// its field (`filters[0].requestRedirect.hostname: ...`).
 pub fn filters(filters: &[RouteFilter]) -> Result<(), String> {
@@ -513,6 +547,13 @@ pub fn output(output: &mut Output) -> Vec<String> {
                     t.certificates.is_empty() || t.certificates.iter().any(String::is_empty)
                 }) {
                     Some("TLS without a certificate name".to_string())
+                } else if let Some(routing) = &chain.model_routing
+                    && !MODEL_BODY_BYTES.contains(&routing.max_body_bytes)
+                {
+                    Some(format!(
+                        "model routing reads at most {} bytes of a body, outside {MODEL_BODY_BYTES:?}",
+                        routing.max_body_bytes
+                    ))
                 } else if !matches.insert(names) {
                     Some(format!(
                         "another chain matches the same server names {:?}",
@@ -584,6 +625,7 @@ fn virtual_hosts(node: &str, chain: &mut FilterChainIr, problems: &mut Vec<Strin
                 return false;
             };
             let checked = route_match(&r.matches)
+                .and_then(|()| r.model.as_ref().map_or(Ok(()), model_match))
                 .and_then(|()| header_modifier(&rule.request_headers))
                 .and_then(|()| header_modifier(&rule.response_headers))
                 .and_then(|()| match &rule.action {
@@ -596,6 +638,7 @@ fn virtual_hosts(node: &str, chain: &mut FilterChainIr, problems: &mut Vec<Strin
                         forward.rewrite.as_ref().map_or(Ok(()), url_rewrite)
                     }
                     RouteAction::DirectResponse(_) => Ok(()),
+                    RouteAction::ApiError(e) => api_error(e),
                 });
             if let Err(why) = &checked {
                 problems.push(format!(

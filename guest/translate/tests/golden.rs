@@ -15,13 +15,7 @@ use infergate_resources::Resources;
 const CONTROLLER: &str = "infergate.dev/gateway-controller";
 
 fn settings(input: &str) -> Settings {
-    let mut settings = Settings {
-        controller_name: CONTROLLER.into(),
-        inference_extension: false,
-        default_address: "127.0.0.1".into(),
-        isolated_gateways: false,
-        managed_picker: None,
-    };
+    let mut settings = Settings::new(CONTROLLER);
     for doc in serde_yaml_ng::Deserializer::from_str(input) {
         let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)
             .expect("case input is YAML");
@@ -37,6 +31,12 @@ fn settings(input: &str) -> Settings {
             }
             if let Some(on) = value.get("isolatedGateways").and_then(|v| v.as_bool()) {
                 settings.isolated_gateways = on;
+            }
+            if let Some(bytes) = value
+                .get("modelRoutingMaxBodyBytes")
+                .and_then(|v| v.as_u64())
+            {
+                settings.model_routing_max_body_bytes = bytes as u32;
             }
             if let Some(name) = value.get("controllerName").and_then(|v| v.as_str()) {
                 settings.controller_name = name.into();

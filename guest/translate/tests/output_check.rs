@@ -10,11 +10,8 @@ fn translated(yaml: &str) -> infergate_model::Output {
     resources.add_yaml("case.yaml", yaml).expect("valid YAML");
     let snapshot = resources
         .to_snapshot(Settings {
-            controller_name: "infergate.dev/gateway-controller".into(),
             inference_extension: true,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
+            ..Settings::new("infergate.dev/gateway-controller")
         })
         .expect("a snapshot");
     infergate_translate::translate(&snapshot).expect("translated")

@@ -451,11 +451,8 @@ spec: {{ports: [{{port: 80}}]}}
 
     fn settings(address: &str) -> Settings {
         Settings {
-            controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
-            inference_extension: false,
             default_address: address.into(),
-            isolated_gateways: false,
-            managed_picker: None,
+            ..Settings::new(infergate_names::DEFAULT_CONTROLLER_NAME)
         }
     }
 

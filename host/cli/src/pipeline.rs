@@ -17,11 +17,9 @@ use crate::TranslationArgs;
 /// spec.addresses names none.
 pub fn settings(args: &TranslationArgs, default_address: &str) -> Settings {
     Settings {
-        controller_name: args.controller_name.clone(),
         inference_extension: args.enable_inference_extension,
         default_address: default_address.into(),
-        isolated_gateways: false,
-        managed_picker: None,
+        ..Settings::new(args.controller_name.clone())
     }
 }
 

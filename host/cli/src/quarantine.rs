@@ -672,11 +672,8 @@ impl Guard {
 /// A snapshot of nothing: what an Envoy that took nothing yet has.
 fn empty_snapshot() -> Snapshot {
     infergate_resources::empty_snapshot(infergate_model::Settings {
-        controller_name: String::new(),
-        inference_extension: false,
         default_address: String::new(),
-        isolated_gateways: false,
-        managed_picker: None,
+        ..infergate_model::Settings::new("")
     })
 }
 

@@ -29,11 +29,8 @@ pub fn yaml_translate(data: &[u8]) {
     }
     for inference_extension in [false, true] {
         let Ok(snapshot) = resources.to_snapshot(Settings {
-            controller_name: infergate_names::DEFAULT_CONTROLLER_NAME.into(),
             inference_extension,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
+            ..Settings::new(infergate_names::DEFAULT_CONTROLLER_NAME)
         }) else {
             return;
         };

@@ -380,11 +380,8 @@ mod tests {
         let converted = added.and_then(|()| {
             resources
                 .to_snapshot(Settings {
-                    controller_name: "c".into(),
                     inference_extension: true,
-                    default_address: "127.0.0.1".into(),
-                    isolated_gateways: false,
-                    managed_picker: None,
+                    ..Settings::new("c")
                 })
                 .map(|_| ())
         });
@@ -411,11 +408,8 @@ mod tests {
         resources.add_yaml("pods.yaml", &text).unwrap();
         let snapshot = resources
             .to_snapshot(Settings {
-                controller_name: "c".into(),
                 inference_extension: true,
-                default_address: "127.0.0.1".into(),
-                isolated_gateways: false,
-                managed_picker: None,
+                ..Settings::new("c")
             })
             .unwrap();
         let ready: Vec<(&str, bool)> = snapshot
@@ -447,15 +441,7 @@ mod tests {
         resources
             .add_yaml("a.yaml", &slice("FQDN", "[localhost]"))
             .unwrap();
-        let snapshot = resources
-            .to_snapshot(Settings {
-                controller_name: "c".into(),
-                inference_extension: false,
-                default_address: "127.0.0.1".into(),
-                isolated_gateways: false,
-                managed_picker: None,
-            })
-            .unwrap();
+        let snapshot = resources.to_snapshot(Settings::new("c")).unwrap();
         assert!(
             snapshot.endpoint_slices.is_empty(),
             "FQDN slices are ignored"

@@ -43,13 +43,7 @@ fn example_snapshot(controller: &str) -> Snapshot {
         )
         .expect("example parses");
     resources
-        .to_snapshot(Settings {
-            controller_name: controller.into(),
-            inference_extension: false,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
-        })
+        .to_snapshot(Settings::new(controller))
         .expect("example converts")
 }
 

@@ -47,6 +47,7 @@ fn gateway(node: &str, backends: &[(&str, u32)]) -> encode::Resources {
                     name: "127.0.0.1:8080".to_string(),
                     server_names: vec![],
                     tls: None,
+                    model_routing: None,
                     virtual_hosts: vec![],
                 }],
             }],

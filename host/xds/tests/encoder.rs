@@ -54,13 +54,7 @@ fn translate(routes: &[String]) -> Vec<ir::GatewayIr> {
         .add_yaml("test.yaml", &format!("{GATEWAY}{}", routes.concat()))
         .expect("valid YAML");
     let snapshot = resources
-        .to_snapshot(ir::Settings {
-            controller_name: "infergate.dev/gateway-controller".into(),
-            inference_extension: false,
-            default_address: "127.0.0.1".into(),
-            isolated_gateways: false,
-            managed_picker: None,
-        })
+        .to_snapshot(ir::Settings::new("infergate.dev/gateway-controller"))
         .expect("converts");
     infergate_translate::translate(&snapshot)
         .expect("translates")

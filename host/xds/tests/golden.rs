@@ -110,3 +110,30 @@ fn no_golden_file_outlives_its_case() {
         );
     }
 }
+
+/// The xDS cache versions each resource by a hash of its bytes: encoding the
+/// same IR twice must give the same bytes, or every translation would look
+/// like a change to Envoy (and a listener change drains its connections).
+/// prost writes a map (`google.protobuf.Struct`, `typed_per_filter_config`)
+/// in HashMap order, which differs between two maps of the same entries.
+#[test]
+fn every_golden_output_encodes_to_the_same_bytes_each_time() {
+    for (case, output) in &cases() {
+        for gateway in &output.gateways {
+            let once = infergate_xds::encode::gateway(gateway, &Default::default()).into_packed();
+            for attempt in 0..8 {
+                let again =
+                    infergate_xds::encode::gateway(gateway, &Default::default()).into_packed();
+                for ((kind, first), (_, second)) in once.iter().zip(&again) {
+                    for ((name, a), (_, b)) in first.iter().zip(second) {
+                        assert!(
+                            a.value == b.value,
+                            "{case}: {} {kind} {name} encoded differently on attempt {attempt}",
+                            gateway.node_id
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -151,6 +151,18 @@ pub(super) fn ext_proc_per_route(picker: Option<&ir::EndpointPickerIr>) -> Any {
     })
 }
 
+/// The ext_proc filter in every request's filter chain, off until the route
+/// says otherwise. For chains that route by model: Envoy builds a request's
+/// filter chain for the route chosen from its headers alone and leaves out
+/// a filter that route disables, so when reading the model moves the
+/// request to a route with a picker, that picker would never be called.
+/// Set on the route configuration, under every virtual host and route.
+pub(super) fn picker_off_until_routed() -> Any {
+    pack_any(ExtProcPerRoute {
+        r#override: Some(ext_proc_per_route::Override::Disabled(true)),
+    })
+}
+
 /// A route to InferencePools turns the picker on (each weighted cluster
 /// says which picker, or none for a plain Service among them), and may
 /// buffer a whole prompt.

@@ -11,12 +11,14 @@ use infergate_model as ir;
 use super::ext_proc::PROTOCOL_HEADERS;
 
 /// The first HTTP filter of every listener: removes the picker protocol's
-/// headers a client sent, so that only the picker can steer a request.
+/// headers and the model header a client sent, so that only the picker can
+/// steer a request, and only the body can name its model.
 pub(super) fn protocol_headers_removed() -> header_mutation::HeaderMutation {
     header_mutation::HeaderMutation {
         mutations: Some(header_mutation::Mutations {
             request_mutations: PROTOCOL_HEADERS
                 .iter()
+                .chain([&infergate_names::model::HEADER])
                 .map(|h| mutation_rules::HeaderMutation {
                     action: Some(mutation_rules::header_mutation::Action::Remove(
                         h.to_string(),

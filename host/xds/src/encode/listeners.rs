@@ -6,6 +6,9 @@
 
 use super::ext_proc::{EXT_PROC_FILTER, ext_proc, pickers};
 use super::headers::protocol_headers_removed;
+use super::models::{
+    JSON_TO_METADATA_FILTER, http2_options, json_to_metadata, listener_buffer_limit, local_replies,
+};
 use super::{ads, socket};
 use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -41,6 +44,7 @@ pub(super) fn listener(l: &ir::ListenerIr) -> Listener {
             vec![]
         },
         filter_chains: l.filter_chains.iter().map(filter_chain).collect(),
+        per_connection_buffer_limit_bytes: listener_buffer_limit(l),
         ..Default::default()
     }
 }
@@ -61,6 +65,8 @@ fn filter_chain(chain: &ir::FilterChainIr) -> FilterChain {
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
+        http2_protocol_options: chain.model_routing.as_ref().map(http2_options),
+        local_reply_config: chain.model_routing.as_ref().map(local_replies),
         ..Default::default()
     };
     FilterChain {
@@ -102,9 +108,11 @@ fn downstream_tls(tls: &ir::DownstreamTls) -> TransportSocket {
     }
 }
 
-/// The chain's HTTP filters: client-set picker headers removed first; the
-/// ext_proc filter, disabled unless a route to an InferencePool enables it
-/// with that pool's picker, when the chain has such routes; the router.
+/// The chain's HTTP filters: client-set picker and model headers removed
+/// first; when the chain routes by model, the filter that reads the model
+/// of a JSON body (before the route is chosen anew); the ext_proc filter,
+/// disabled unless a route to an InferencePool enables it with that pool's
+/// picker, when the chain has such routes; the router.
 pub(super) fn http_filters(chain: &ir::FilterChainIr) -> Vec<HttpFilter> {
     let typed = |name: &str, config: Any, disabled: bool| HttpFilter {
         name: name.to_string(),
@@ -117,6 +125,13 @@ pub(super) fn http_filters(chain: &ir::FilterChainIr) -> Vec<HttpFilter> {
         pack_any(protocol_headers_removed()),
         false,
     )];
+    if chain.model_routing.is_some() {
+        filters.push(typed(
+            JSON_TO_METADATA_FILTER,
+            pack_any(json_to_metadata()),
+            false,
+        ));
+    }
     if let Some(picker) = pickers(chain).next() {
         filters.push(typed(EXT_PROC_FILTER, pack_any(ext_proc(picker)), true));
     }

@@ -10,6 +10,8 @@
 //! - [`clusters`]: clusters, their endpoints, load balancing and upstream TLS;
 //! - [`ext_proc`]: the endpoint picker's Envoy side (the ext_proc filter, its
 //!   per-route switch, the override_host policy that reads the pick);
+//! - [`models`]: routing by the model a JSON body names (the filter that reads
+//!   it, route matches on it, errors in the OpenAI API's shape);
 //! - [`headers`]: header mutations;
 //! - [`bootstrap`]: the bootstrap that points an Envoy at our ADS server.
 
@@ -31,6 +33,7 @@ mod clusters;
 mod ext_proc;
 mod headers;
 mod listeners;
+mod models;
 mod routes;
 mod secrets;
 

@@ -1,8 +1,11 @@
 //! Route configurations: virtual hosts, matches in Gateway API precedence,
 //! forwarding to (weighted) clusters, rewrites and redirects.
 
-use super::ext_proc::{EXT_PROC_FILTER, ext_proc_per_route, switch_on_picker};
+use super::ext_proc::{
+    EXT_PROC_FILTER, ext_proc_per_route, picker_off_until_routed, pickers, switch_on_picker,
+};
 use super::headers::header_options;
+use super::models::{api_error, model_header, model_matcher};
 use super::{INVALID_BACKEND_CLUSTER, seconds};
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -25,13 +28,19 @@ pub(super) fn route_configuration(chain: &ir::FilterChainIr) -> RouteConfigurati
 
 /// A filter chain's route configuration but for its virtual hosts.
 pub(crate) fn route_configuration_without_hosts(chain: &ir::FilterChainIr) -> RouteConfiguration {
-    RouteConfiguration {
+    let mut config = RouteConfiguration {
         name: chain.name.clone(),
         // Gateway API matches hostnames without the port, and the backend
         // gets the Host header as the client sent it (port included).
         ignore_port_in_host_matching: true,
         ..Default::default()
+    };
+    if chain.model_routing.is_some() && pickers(chain).next().is_some() {
+        config
+            .typed_per_filter_config
+            .insert(EXT_PROC_FILTER.into(), picker_off_until_routed());
     }
+    config
 }
 
 pub(crate) fn virtual_host(vh: &ir::VirtualHostIr) -> VirtualHost {
@@ -157,12 +166,19 @@ pub(super) fn route(r: &ir::RouteIr, rule: Option<&ir::RuleIr>) -> route::Route 
                 ..Default::default()
             })
         }
+        ir::RouteAction::ApiError(e) => route::route::Action::DirectResponse(api_error(e)),
     };
+    let mut matches = route_match(&r.matches);
+    let mut request_headers_to_add = header_options(&rule.request_headers);
+    if let Some(model) = &r.model {
+        matches.dynamic_metadata.push(model_matcher(model));
+        request_headers_to_add.push(model_header());
+    }
     let mut out = route::Route {
         name: format!("{}/match/{}", rule.name, r.match_index),
-        r#match: Some(route_match(&r.matches)),
+        r#match: Some(matches),
         action: Some(action),
-        request_headers_to_add: header_options(&rule.request_headers),
+        request_headers_to_add,
         request_headers_to_remove: rule.request_headers.remove.clone(),
         response_headers_to_add: header_options(&rule.response_headers),
         response_headers_to_remove: rule.response_headers.remove.clone(),
