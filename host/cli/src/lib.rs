@@ -101,6 +101,12 @@ pub struct TranslationArgs {
     /// Route to InferencePool backends (Gateway API Inference Extension). Off by default.
     #[arg(long)]
     enable_inference_extension: bool,
+    /// On listeners whose routes match X-Gateway-Model-Name, Envoy reads each JSON request body
+    /// whole to find its `model` before choosing a route: bodies larger than this many bytes are
+    /// answered 413. The default admits a 1 MB prompt with room for JSON's escapes.
+    #[arg(long, default_value_t = infergate_names::model::DEFAULT_MAX_BODY_BYTES,
+          value_parser = clap::value_parser!(u32).range(65_535..=0x7fff_ffff))]
+    model_routing_max_body_bytes: u32,
     /// Memory limit of one translation, in MiB (at least 1).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=4096))]
     translation_memory_mib: u64,

@@ -19,6 +19,7 @@ pub fn settings(args: &TranslationArgs, default_address: &str) -> Settings {
     Settings {
         inference_extension: args.enable_inference_extension,
         default_address: default_address.into(),
+        model_routing_max_body_bytes: args.model_routing_max_body_bytes,
         ..Settings::new(args.controller_name.clone())
     }
 }

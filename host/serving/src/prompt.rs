@@ -95,8 +95,10 @@ impl BlockCache {
 }
 
 /// The prompt of an OpenAI request body: a completion's `prompt` (a string
-/// or its string parts), or a chat's `messages` as `role: content` lines.
-/// None when the body has neither.
+/// or its string parts), a chat's `messages` as `role: content` lines, or
+/// the `input` of the responses and embeddings APIs (a string, strings, or
+/// messages; the responses API's `instructions` first). None when the body
+/// has none of them.
 pub fn prompt_text(body: &serde_json::Value) -> Option<String> {
     use serde_json::Value;
     if let Some(prompt) = body.get("prompt") {
@@ -106,17 +108,44 @@ pub fn prompt_text(body: &serde_json::Value) -> Option<String> {
             _ => None,
         };
     }
-    let messages = body.get("messages")?.as_array()?;
-    Some(
-        messages
-            .iter()
-            .filter_map(|m| {
-                let content = m.get("content").and_then(Value::as_str)?;
-                let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                Some(format!("{role}: {content}\n"))
-            })
-            .collect(),
-    )
+    if let Some(messages) = body.get("messages") {
+        return Some(messages_text(messages.as_array()?));
+    }
+    let input = match body.get("input")? {
+        Value::String(text) => text.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).collect()
+        }
+        Value::Array(items) if items.iter().all(Value::is_object) => messages_text(items),
+        // Token ids (embeddings): their text is theirs.
+        other @ Value::Array(_) => other.to_string(),
+        _ => return None,
+    };
+    Some(match body.get("instructions").and_then(Value::as_str) {
+        Some(instructions) => format!("system: {instructions}\n{input}"),
+        None => input,
+    })
+}
+
+/// Messages as `role: content` lines; a content given as parts (the
+/// responses API's `input_text`, chat's `text`) is their text.
+fn messages_text(messages: &[serde_json::Value]) -> String {
+    use serde_json::Value;
+    messages
+        .iter()
+        .filter_map(|m| {
+            let content = match m.get("content")? {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect(),
+                _ => return None,
+            };
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
+            Some(format!("{role}: {content}\n"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -176,5 +205,24 @@ mod tests {
             Some("system: be brief\nuser: hi\n")
         );
         assert_eq!(text(serde_json::json!({"model": "m"})), None);
+        // The responses and embeddings APIs.
+        assert_eq!(
+            text(serde_json::json!({"input": "hi", "instructions": "be brief"})).as_deref(),
+            Some("system: be brief\nhi")
+        );
+        assert_eq!(
+            text(serde_json::json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}))
+                .as_deref(),
+            Some("user: hi\n")
+        );
+        assert_eq!(
+            text(serde_json::json!({"input": ["a", "b"]})).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            text(serde_json::json!({"input": [1, 2, 3]})).as_deref(),
+            Some("[1,2,3]")
+        );
+        assert_eq!(text(serde_json::json!({"input": 7})), None);
     }
 }

@@ -1,7 +1,8 @@
 //! A simulated model server for tests, benchmarks and the quick start.
 //!
 //! It speaks enough of the OpenAI API (`/v1/completions`,
-//! `/v1/chat/completions` with and without SSE streaming, `/v1/models`) for
+//! `/v1/chat/completions` and `/v1/responses` with and without SSE
+//! streaming, `/v1/embeddings`, `/v1/models`; shapes in [`openai`]) for
 //! a gateway and an endpoint picker to treat it as a vLLM instance: requests
 //! queue for a fixed number of slots, running work fills a KV cache, and
 //! `/metrics` reports both under vLLM's metric names. Every answer says which
@@ -30,7 +31,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
 pub mod model;
+mod openai;
 use model::{Histogram, Jitter, LoadedAdapters, PrefixCache};
+use openai::{Api, Reply};
 
 /// How one simulator behaves.
 #[derive(Clone, Debug)]
@@ -275,6 +278,8 @@ async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>,
         (&Method::GET, "/v1/models") => sim.models(),
         (&Method::POST, "/v1/completions") => sim.clone().generate(req, Api::Completions).await,
         (&Method::POST, "/v1/chat/completions") => sim.clone().generate(req, Api::Chat).await,
+        (&Method::POST, "/v1/responses") => sim.clone().generate(req, Api::Responses).await,
+        (&Method::POST, "/v1/embeddings") => sim.clone().embed(req).await,
         _ if sim.config.echo_other_paths => {
             let body = serde_json::json!({
                 "method": req.method().as_str(),
@@ -341,12 +346,6 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Api {
-    Completions,
-    Chat,
-}
-
 /// A parsed generation request.
 struct Job {
     model: String,
@@ -355,6 +354,8 @@ struct Job {
     blocks: Vec<u64>,
     max_tokens: usize,
     stream: bool,
+    /// `stream_options.include_usage`.
+    include_usage: bool,
 }
 
 fn unix_now() -> u64 {
@@ -397,23 +398,17 @@ impl Sim {
                 )
             })?
             .to_string();
-        if model != self.config.model && !self.config.lora_adapters.contains(&model) {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("the model `{model}` does not exist"),
-            ));
-        }
+        self.check_model(&model)?;
         let Some(prompt) = infergate_serving::prompt::prompt_text(&value) else {
-            let what = match api {
-                Api::Completions => "the request has no \"prompt\"",
-                Api::Chat => "the request has no \"messages\"",
-            };
-            return Err((StatusCode::BAD_REQUEST, what.to_string()));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("the request has no \"{}\"", api.prompt_field()),
+            ));
         };
-        let max_tokens = value
-            .get("max_completion_tokens")
-            .or_else(|| value.get("max_tokens"))
-            .and_then(Value::as_u64)
+        let max_tokens = api
+            .max_tokens_fields()
+            .iter()
+            .find_map(|field| value.get(*field).and_then(Value::as_u64))
             .map(|n| n as usize)
             .unwrap_or(self.config.default_max_tokens);
         Ok(Job {
@@ -425,7 +420,76 @@ impl Sim {
                 .get("stream")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            include_usage: value
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
+    }
+
+    /// vLLM answers 404 for a model it does not serve.
+    fn check_model(&self, model: &str) -> Result<(), (StatusCode, String)> {
+        if model != self.config.model && !self.config.lora_adapters.iter().any(|a| a == model) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("the model `{model}` does not exist"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `/v1/embeddings`: the inputs' vectors after the prefill of their
+    /// tokens (no slot is taken: embedding models batch freely here).
+    async fn embed(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+        };
+        let value: Value = match serde_json::from_slice(&body) {
+            Ok(value) => value,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body is not JSON: {e}"),
+                );
+            }
+        };
+        let Some(model) = value.get("model").and_then(Value::as_str) else {
+            return error(StatusCode::BAD_REQUEST, "the request has no \"model\"");
+        };
+        if let Err((status, message)) = self.check_model(model) {
+            return error(status, &message);
+        }
+        let inputs: Vec<String> = match value.get("input") {
+            Some(Value::String(text)) => vec![text.clone()],
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            // Token ids: one input, or a list of them.
+            Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+                vec![Value::Array(items.clone()).to_string()]
+            }
+            Some(Value::Array(items)) if items.iter().all(Value::is_array) => {
+                items.iter().map(Value::to_string).collect()
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "\"input\" must be a string, a list of strings or token ids",
+                );
+            }
+        };
+        let tokens: usize = inputs.iter().map(|i| model::count_tokens(i)).sum();
+        tokio::time::sleep(
+            self.config.time_to_first_token + self.config.prefill_time_per_token * tokens as u32,
+        )
+        .await;
+        let base64 = value.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        json_response(
+            StatusCode::OK,
+            &openai::embeddings(model, &inputs, tokens, base64, &self.config.name),
+        )
     }
 
     async fn generate(self: Arc<Self>, req: Request<Incoming>, api: Api) -> Response<Body> {
@@ -439,25 +503,26 @@ impl Sim {
         };
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<Token>(64);
-        let stream = job.stream;
+        let (stream, include_usage) = (job.stream, job.include_usage);
         let model = job.model.clone();
         let (prompt_tokens, max_tokens) = (job.prompt_tokens, job.max_tokens);
         tokio::spawn(self.clone().run(job, tx));
         let reply = Reply {
             api,
-            id: match api {
-                Api::Completions => format!("cmpl-{}-{id}", self.config.name),
-                Api::Chat => format!("chatcmpl-{}-{id}", self.config.name),
-            },
+            id: openai::answer_id(api, &self.config.name, id),
             created: unix_now(),
             model,
             served_by: self.config.name.clone(),
             prompt_tokens,
+            include_usage,
         };
         if stream {
-            let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let tokens = futures::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                |token: Token| token.text,
+            );
             let body = StreamBody::new(futures::StreamExt::map(
-                sse(reply, frames, max_tokens),
+                openai::stream(reply, tokens, max_tokens),
                 |chunk| Ok::<_, Infallible>(Frame::data(chunk)),
             ));
             Response::builder()
@@ -749,121 +814,6 @@ impl Drop for LoadGuard {
             bump(&mut load.waiting_adapters, &self.adapter, false);
         }
     }
-}
-
-/// What every response of one request shares.
-struct Reply {
-    api: Api,
-    id: String,
-    created: u64,
-    model: String,
-    served_by: String,
-    prompt_tokens: usize,
-}
-
-impl Reply {
-    fn usage(&self, generated: usize) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": generated,
-            "total_tokens": self.prompt_tokens + generated,
-        })
-    }
-
-    fn finish_reason(generated: usize, max_tokens: usize) -> &'static str {
-        if generated >= max_tokens {
-            "length"
-        } else {
-            "stop"
-        }
-    }
-
-    fn whole(&self, text: &str, generated: usize, max_tokens: usize) -> Value {
-        let finish = Self::finish_reason(generated, max_tokens);
-        let choice = match self.api {
-            Api::Completions => {
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
-            }
-            Api::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-        };
-        json!({
-            "id": self.id,
-            "object": match self.api { Api::Completions => "text_completion", Api::Chat => "chat.completion" },
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": self.usage(generated),
-            "served_by": self.served_by,
-        })
-    }
-
-    fn chunk(&self, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
-        let choice = match self.api {
-            Api::Completions => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
-            }),
-            Api::Chat => {
-                let mut delta = serde_json::Map::new();
-                if first {
-                    delta.insert("role".into(), json!("assistant"));
-                }
-                if let Some(text) = text {
-                    delta.insert("content".into(), json!(text));
-                }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-        };
-        json!({
-            "id": self.id,
-            "object": match self.api { Api::Completions => "text_completion", Api::Chat => "chat.completion.chunk" },
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "served_by": self.served_by,
-        })
-    }
-}
-
-/// Server-sent events: one event per token as it is produced, a last one
-/// with the finish reason and usage, then `[DONE]`.
-fn sse(
-    reply: Reply,
-    tokens: impl futures::Stream<Item = Token> + Send + 'static,
-    max_tokens: usize,
-) -> impl futures::Stream<Item = Bytes> + Send + 'static {
-    use futures::StreamExt;
-    let reply = Arc::new(reply);
-    let count = Arc::new(AtomicU64::new(0));
-    let events = {
-        let reply = reply.clone();
-        let count = count.clone();
-        tokens.map(move |token| {
-            let n = count.fetch_add(1, Ordering::Relaxed);
-            event(&reply.chunk(Some(&token.text), None, n == 0))
-        })
-    };
-    let end = futures::stream::once(async move {
-        let generated = count.load(Ordering::Relaxed) as usize;
-        let mut last = reply.chunk(
-            None,
-            Some(Reply::finish_reason(generated, max_tokens)),
-            false,
-        );
-        last["usage"] = reply.usage(generated);
-        let mut bytes = event(&last).to_vec();
-        bytes.extend_from_slice(b"data: [DONE]\n\n");
-        Bytes::from(bytes)
-    });
-    events.chain(end)
-}
-
-fn event(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
 }
 
 #[cfg(test)]

@@ -49,6 +49,45 @@ for chunk in client.chat.completions.create(
     finish = chunk.choices[0].finish_reason or finish
 out["chat_stream"] = {"deltas": deltas, "finish_reason": finish}
 
+usage = None
+for chunk in client.chat.completions.create(
+    model="sim-model",
+    messages=[{"role": "user", "content": "Hi"}],
+    max_tokens=2,
+    stream=True,
+    stream_options={"include_usage": True},
+):
+    if chunk.usage is not None:
+        usage = {"completion_tokens": chunk.usage.completion_tokens, "choices": len(chunk.choices)}
+out["chat_stream_usage"] = usage
+
+response = client.responses.create(model="sim-model", input="Tell me", max_output_tokens=3)
+out["response"] = {
+    "text": response.output_text,
+    "output_tokens": response.usage.output_tokens,
+    "model": response.model,
+}
+
+kinds = []
+deltas = []
+for event in client.responses.create(model="adapter-a", input="Tell me", max_output_tokens=2, stream=True):
+    kinds.append(event.type)
+    if event.type == "response.output_text.delta":
+        deltas.append(event.delta)
+out["response_stream"] = {"types": kinds, "deltas": deltas}
+
+embedding = client.embeddings.create(model="sim-model", input=["one", "two"])
+out["embeddings"] = {
+    "count": len(embedding.data),
+    "dimensions": len(embedding.data[0].embedding),
+    "norm": round(sum(x * x for x in embedding.data[0].embedding), 3),
+    "prompt_tokens": embedding.usage.prompt_tokens,
+}
+floats = client.embeddings.create(model="sim-model", input="one", encoding_format="float")
+out["embeddings_agree"] = [round(x, 5) for x in floats.data[0].embedding] == [
+    round(x, 5) for x in embedding.data[0].embedding
+]
+
 try:
     client.completions.create(model="no-such-model", prompt="x")
     out["unknown_model"] = "accepted"

@@ -67,6 +67,30 @@ async fn the_openai_client_library_understands_every_answer() {
         got["chat_stream"],
         serde_json::json!({"deltas": [" token1", " token2", " token3", " token4"], "finish_reason": "length"})
     );
+    assert_eq!(
+        got["chat_stream_usage"],
+        serde_json::json!({"completion_tokens": 2, "choices": 0}),
+        "stream_options.include_usage: a last chunk with the usage and no choices, as vLLM sends"
+    );
+    assert_eq!(
+        got["response"],
+        serde_json::json!({"text": " token1 token2 token3", "output_tokens": 3, "model": "sim-model"})
+    );
+    assert_eq!(
+        got["response_stream"],
+        serde_json::json!({
+            "types": ["response.created", "response.output_text.delta",
+                      "response.output_text.delta", "response.incomplete"],
+            "deltas": [" token1", " token2"]})
+    );
+    assert_eq!(
+        got["embeddings"],
+        serde_json::json!({"count": 2, "dimensions": 8, "norm": 1.0, "prompt_tokens": 2})
+    );
+    assert_eq!(
+        got["embeddings_agree"], true,
+        "base64 (the client's default) and floats give the same vector"
+    );
     assert_eq!(got["unknown_model"], 404);
 }
 
