@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod kube;
 pub mod netns;
+pub mod pools;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -545,7 +546,11 @@ pub fn request_at(
         "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
     );
-    if !body.is_empty() {
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         head.push_str("content-type: application/json\r\n");
     }
     for (k, v) in headers {

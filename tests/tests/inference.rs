@@ -5,9 +5,9 @@
 //! Local equivalents of the upstream conformance tests, and more.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
 use infergate_e2e::{
     Process, Response, Standalone, TempDir, complete, epp, free_port, gateway_yaml, request,
     service_yaml, sim, wait_until,
@@ -15,67 +15,6 @@ use infergate_e2e::{
 
 const SELECT: &str = "test-epp-endpoint-selection";
 const SERVED: &str = "x-conformance-test-served-endpoint";
-
-/// Pods `name-<i>` labelled `app: <app>` at the given IPs, ready.
-fn pods(app: &str, ips: &[&str]) -> String {
-    ips.iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            format!(
-                "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {app}-{i}, labels: {{app: {app}}}}}
-status:
-  podIP: {ip}
-  podIPs: [{{ip: {ip}}}]
-  conditions: [{{type: Ready, status: \"True\"}}]
-"
-            )
-        })
-        .collect()
-}
-
-/// An InferencePool selecting `app: <app>` on `ports`, with the picker
-/// Service `<name>-epp` (port 9002) unless `picker` is None.
-fn pool(name: &str, app: &str, ports: &[u16], picker: Option<&str>, extra: &str) -> String {
-    let ports: Vec<String> = ports.iter().map(|p| format!("{{number: {p}}}")).collect();
-    let picker = picker
-        .map(|mode| {
-            format!("  endpointPickerRef: {{name: {name}-epp, port: {{number: 9002}}, failureMode: {mode}}}\n")
-        })
-        .unwrap_or_default();
-    format!(
-        "---
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {app}}}}}
-  targetPorts: [{}]
-{picker}{extra}",
-        ports.join(", ")
-    )
-}
-
-/// The picker Service `<pool>-epp`: port 9002, served by 127.0.0.1:<port>.
-fn picker_service(pool: &str, port: u16) -> String {
-    format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {pool}-epp}}
-spec: {{ports: [{{name: grpc, port: 9002}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {pool}-epp-1, labels: {{kubernetes.io/service-name: {pool}-epp}}}}
-addressType: IPv4
-ports: [{{name: grpc, port: {port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"
-    )
-}
 
 /// An HTTPRoute `name` on Gateway `gw` for requests under /v1 with the
 /// header `x-route: <name>`, to the backendRefs given as YAML flow mappings.
@@ -100,10 +39,6 @@ fn post(port: u16, route: &str, headers: &[(&str, &str)]) -> Option<Response> {
     let mut all = vec![("x-route", route)];
     all.extend_from_slice(headers);
     complete(port, "/v1/completions", &all)
-}
-
-fn pool_ref(name: &str, extra: &str) -> String {
-    format!("{{group: inference.networking.k8s.io, kind: InferencePool, name: {name}{extra}}}")
 }
 
 /// A running scenario: the config directory, infergate with Envoy, and
@@ -214,26 +149,13 @@ fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
     (t.to_string(), s.to_string(), r.to_string())
 }
 
-/// Simulators named `<prefix>-<i>` at each address, and their addresses.
-fn sims(prefix: &str, addresses: &[String], work: &Path) -> Vec<Process> {
-    addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| sim(a, &format!("{prefix}-{i}"), work, &[]))
-        .collect()
-}
-
-fn addresses(ips: &[&str], port: u16) -> Vec<String> {
-    ips.iter().map(|ip| format!("{ip}:{port}")).collect()
-}
-
 #[test]
 fn every_request_lands_on_the_endpoint_the_picker_chose() {
     let work = TempDir::new("inf-follow");
     let port = free_port();
     let ips = ["127.0.10.1", "127.0.10.2", "127.0.10.3"];
     let endpoints = addresses(&ips, port);
-    let mut processes = sims("follow", &endpoints, &work.0);
+    let mut processes = sims("follow", &endpoints, &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));
     let yaml = [
@@ -296,7 +218,7 @@ fn a_pool_with_three_target_ports_routes_to_the_exact_ip_and_port() {
     let ip = "127.0.11.1";
     let ports = [free_port(), free_port(), free_port()];
     let endpoints: Vec<String> = ports.iter().map(|p| format!("{ip}:{p}")).collect();
-    let mut processes = sims("dp", &endpoints, &work.0);
+    let mut processes = sims("dp", &endpoints, &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));
     let yaml = [
@@ -326,8 +248,8 @@ fn a_weighted_split_across_two_pools_calls_each_pools_own_picker() {
     let port = free_port();
     let a = addresses(&["127.0.12.1", "127.0.12.2"], port);
     let b = addresses(&["127.0.12.3", "127.0.12.4"], port);
-    let mut processes = sims("a", &a, &work.0);
-    processes.extend(sims("b", &b, &work.0));
+    let mut processes = sims("a", &a, &work.0, &[]);
+    processes.extend(sims("b", &b, &work.0, &[]));
     let (epp_a, epp_b) = (free_port(), free_port());
     processes.push(epp(epp_a, &a, &work.0));
     processes.push(epp(epp_b, &b, &work.0));
@@ -377,8 +299,8 @@ fn fail_open_serves_without_the_picker_and_fail_close_answers_5xx() {
     let port = free_port();
     let open = addresses(&["127.0.13.1", "127.0.13.2"], port);
     let close = addresses(&["127.0.13.3"], port);
-    let mut processes = sims("open", &open, &work.0);
-    processes.extend(sims("close", &close, &work.0));
+    let mut processes = sims("open", &open, &work.0, &[]);
+    processes.extend(sims("close", &close, &work.0, &[]));
     let (epp_open, epp_close) = (free_port(), free_port());
     let mut picker_open = epp(epp_open, &open, &work.0);
     let mut picker_close = epp(epp_close, &close, &work.0);
@@ -426,7 +348,7 @@ fn a_client_cannot_choose_its_endpoint_with_the_protocol_headers() {
     let work = TempDir::new("inf-steer");
     let port = free_port();
     let endpoints = addresses(&["127.0.14.1", "127.0.14.2"], port);
-    let mut processes = sims("steer", &endpoints, &work.0);
+    let mut processes = sims("steer", &endpoints, &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));
     // A server outside the pool that a client would like to reach.
@@ -468,7 +390,7 @@ fn invalid_references_get_500_and_say_why_and_ports_on_pool_refs_are_ignored() {
     let work = TempDir::new("inf-refs");
     let port = free_port();
     let endpoints = addresses(&["127.0.15.1", "127.0.15.2"], port);
-    let mut processes = sims("refs", &endpoints, &work.0);
+    let mut processes = sims("refs", &endpoints, &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));
     let plain = infergate_e2e::NamedServer::start("plain");
@@ -661,8 +583,8 @@ fn two_gateways_each_route_to_their_own_pool() {
     let port = free_port();
     let primary = addresses(&["127.0.17.1"], port);
     let secondary = addresses(&["127.0.17.2"], port);
-    let mut processes = sims("primary", &primary, &work.0);
-    processes.extend(sims("secondary", &secondary, &work.0));
+    let mut processes = sims("primary", &primary, &work.0, &[]);
+    processes.extend(sims("secondary", &secondary, &work.0, &[]));
     let (epp_1, epp_2) = (free_port(), free_port());
     processes.push(epp(epp_1, &primary, &work.0));
     processes.push(epp(epp_2, &secondary, &work.0));
@@ -730,7 +652,7 @@ fn prompts_sharing_a_prefix_go_where_it_is_cached() {
     let port = free_port();
     let ips = ["127.0.10.41", "127.0.10.42", "127.0.10.43"];
     let endpoints = addresses(&ips, port);
-    let mut processes = sims("prefix", &endpoints, &work.0);
+    let mut processes = sims("prefix", &endpoints, &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));
     let yaml = [
@@ -812,7 +734,7 @@ fn a_model_server_killed_under_traffic_fails_no_request() {
     let port = free_port();
     let ips = ["127.0.10.51", "127.0.10.52", "127.0.10.53"];
     let endpoints = addresses(&ips, port);
-    let mut processes = sims("retry", &endpoints[..2], &work.0);
+    let mut processes = sims("retry", &endpoints[..2], &work.0, &[]);
     let mut victim = infergate_e2e::sim(&endpoints[2], "retry-2", &work.0, &[]);
     let epp_port = free_port();
     processes.push(epp(epp_port, &endpoints, &work.0));

@@ -1,0 +1,366 @@
+//! Routing by the model a request names, end to end: one Gateway, one
+//! path, two InferencePools of simulators serving different models (each
+//! with its own endpoint picker), HTTPRoutes that match
+//! `X-Gateway-Model-Name`; a real Envoy reads the model from the JSON body.
+//! Called with the official OpenAI client as an application would, and with
+//! raw HTTP for what a client library would not send.
+
+use std::path::Path;
+use std::time::Duration;
+
+use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
+use infergate_e2e::{
+    NamedServer, Process, Response, Standalone, TempDir, epp, free_port, gateway_yaml,
+    request, service_yaml, wait_until,
+};
+use serde_json::{Value, json};
+
+const LLAMA: &str = "llama-3-70b";
+const QWEN: &str = "qwen-2.5";
+
+/// Gateway `gw` with two pools behind one path: `llama` (two simulators of
+/// llama-3-70b with two LoRA adapters, a FailClose picker) and `qwen` (two
+/// of qwen-2.5, a FailOpen picker, whose body Envoy buffers); a route per
+/// model, one for the adapters by regular expression, and `/fallback` to a
+/// plain Service without a model match.
+struct ModelGateway {
+    _config: TempDir,
+    _work: TempDir,
+    infergate: Standalone,
+    port: u16,
+    _processes: Vec<Process>,
+    _web: NamedServer,
+}
+
+impl ModelGateway {
+    fn start(tag: &str, flags: &[&str]) -> ModelGateway {
+        let work = TempDir::new(tag);
+        let sim_port = free_port();
+        let llama = addresses(&["127.0.30.1", "127.0.30.2"], sim_port);
+        let qwen = addresses(&["127.0.30.3", "127.0.30.4"], sim_port);
+        let mut processes = sims(
+            "llama",
+            &llama,
+            &work.0,
+            &[
+                "--model",
+                LLAMA,
+                "--lora",
+                "llama-3-70b-sql-lora,llama-3-70b-chat-lora",
+            ],
+        );
+        processes.extend(sims("qwen", &qwen, &work.0, &["--model", QWEN]));
+        let (llama_epp, qwen_epp) = (free_port(), free_port());
+        // Test mode: a request may name its endpoint, and the picker says
+        // on the response which endpoint served (so a test sees it ran).
+        processes.push(epp(llama_epp, &llama, &work.0));
+        processes.push(epp(qwen_epp, &qwen, &work.0));
+        let web = NamedServer::start("web");
+        let port = free_port();
+        let model_rule = |name: &str, kind: &str, value: &str, pool: &str| {
+            format!(
+                "  - name: {name}
+    matches:
+    - path: {{type: PathPrefix, value: /v1}}
+      headers: [{{type: {kind}, name: X-Gateway-Model-Name, value: \"{value}\"}}]
+    backendRefs: [{}]
+",
+                pool_ref(pool, "")
+            )
+        };
+        let yaml = [
+            gateway_yaml(port),
+            pool("llama", "llama", &[sim_port], Some("FailClose"), ""),
+            picker_service("llama", llama_epp),
+            pods("llama", &["127.0.30.1", "127.0.30.2"]),
+            pool("qwen", "qwen", &[sim_port], Some("FailOpen"), ""),
+            picker_service("qwen", qwen_epp),
+            pods("qwen", &["127.0.30.3", "127.0.30.4"]),
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: models}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+"
+            .to_string(),
+            model_rule("llama", "Exact", LLAMA, "llama"),
+            model_rule("adapters", "RegularExpression", "llama-3-70b-.*-lora", "llama"),
+            model_rule("qwen", "Exact", QWEN, "qwen"),
+            service_yaml("web", web.port),
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: fallback}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /fallback}}]
+    backendRefs: [{name: web, port: 80}]
+"
+            .to_string(),
+        ]
+        .concat();
+        let config = TempDir::new(&format!("{tag}-config"));
+        std::fs::write(config.0.join("gateway.yaml"), yaml).unwrap();
+        let mut args = vec!["--enable-inference-extension"];
+        args.extend_from_slice(flags);
+        let infergate = Standalone::start(&config.0, &work.0, free_port(), &args);
+        let gateway = ModelGateway {
+            _config: config,
+            _work: work,
+            infergate,
+            port,
+            _processes: processes,
+            _web: web,
+        };
+        for model in [LLAMA, QWEN] {
+            assert!(
+                wait_until(Duration::from_secs(30), || gateway
+                    .complete(model, "Hello")
+                    .is_some_and(|r| r.status == 200)),
+                "{model} never answered 200; infergate's log:\n{}\nlast answer: {:?}",
+                gateway.infergate.log_text(),
+                gateway.complete(model, "Hello"),
+            );
+        }
+        gateway
+    }
+
+    /// A JSON POST to /v1/completions through the gateway.
+    fn post(&self, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> Response {
+        let mut all = vec![("content-type", content_type)];
+        all.extend_from_slice(headers);
+        request(self.port, "POST", "/v1/completions", &all, body).expect("an answer")
+    }
+
+    fn complete(&self, model: &str, prompt: &str) -> Option<Response> {
+        let body = json!({"model": model, "prompt": prompt, "max_tokens": 1}).to_string();
+        request(
+            self.port,
+            "POST",
+            "/v1/completions",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the OpenAI client library)",
+        python.display()
+    );
+    python
+}
+
+fn json_body(response: &Response) -> Value {
+    serde_json::from_str(&response.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"))
+}
+
+/// Which simulators of a pool served, as the client saw it.
+fn pool_of(served_by: &Value) -> String {
+    let name = served_by.as_str().unwrap_or_default();
+    name.split('-').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn each_model_reaches_only_its_pool_through_the_openai_client() {
+    let gateway = ModelGateway::start("model-client", &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/model_routing_client.py");
+    let output = std::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}/v1", gateway.port))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the OpenAI client failed:\n{}\ninfergate's log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        gateway.infergate.log_text()
+    );
+    let got: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (model, pool) in [
+        (LLAMA, "llama"),
+        (QWEN, "qwen"),
+        ("llama-3-70b-sql-lora", "llama"),
+    ] {
+        let calls = got[model].as_object().expect("the model's calls");
+        assert_eq!(calls.len(), 7, "{model}: {calls:?}");
+        for (call, answer) in calls {
+            match call.as_str() {
+                "chat_stream" | "completion_stream" | "response_stream" => {
+                    let servers = answer["served_by"].as_array().unwrap();
+                    assert_eq!(servers.len(), 1, "{model} {call}: one server {answer}");
+                    assert_eq!(pool_of(&servers[0]), pool, "{model} {call}: {answer}");
+                }
+                _ => {
+                    assert_eq!(pool_of(&answer["served_by"]), pool, "{model} {call}");
+                    assert_eq!(answer["model"], model, "{model} {call}");
+                }
+            }
+        }
+        assert_eq!(calls["chat_stream"]["text"], " token1 token2 token3");
+        assert_eq!(calls["completion_stream"]["text"], " token1 token2 token3");
+        assert_eq!(
+            calls["response_stream"]["types"].as_array().unwrap().last(),
+            Some(&json!("response.incomplete")),
+            "{model}: the responses stream ran to its end"
+        );
+    }
+    assert_eq!(pool_of(&got["big_prompt"]["served_by"]), "llama");
+    assert_eq!(
+        got["big_prompt"]["prompt_tokens"],
+        300_000 / 4,
+        "the server got the whole 300 KB prompt"
+    );
+    assert_eq!(
+        pool_of(&got["forged_header"]["served_by"]),
+        "qwen",
+        "the body's model decides, not a header the client set"
+    );
+    assert_eq!(got["models"], json!([LLAMA, QWEN]), "GET /v1/models");
+    assert_eq!(got["unknown_model"]["status"], 404);
+    assert_eq!(got["unknown_model"]["code"], "model_not_found");
+    assert!(
+        got["unknown_model"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-unknown"),
+        "{}",
+        got["unknown_model"]
+    );
+}
+
+#[test]
+fn the_picker_of_the_models_pool_chooses_after_the_model_is_read() {
+    let gateway = ModelGateway::start("model-picker", &[]);
+    for (model, ip, server) in [
+        (LLAMA, "127.0.30.2", "llama-1"),
+        (LLAMA, "127.0.30.1", "llama-0"),
+        (QWEN, "127.0.30.4", "qwen-1"),
+        ("llama-3-70b-chat-lora", "127.0.30.1", "llama-0"),
+    ] {
+        let body = json!({"model": model, "prompt": "Hello", "max_tokens": 1}).to_string();
+        let response = gateway.post(
+            "application/json",
+            body.as_bytes(),
+            &[("test-epp-endpoint-selection", ip)],
+        );
+        assert_eq!(response.status, 200, "{model}: {response:?}");
+        assert_eq!(response.header("x-served-by"), Some(server), "{model}");
+        assert_eq!(
+            response.header("x-conformance-test-served-endpoint"),
+            response.header("x-served-endpoint"),
+            "{model}: the pool's picker ran on the way back too"
+        );
+    }
+    // An endpoint of the other pool is not the llama picker's to choose.
+    let body = json!({"model": LLAMA, "prompt": "Hello", "max_tokens": 1}).to_string();
+    let response = gateway.post(
+        "application/json",
+        body.as_bytes(),
+        &[("test-epp-endpoint-selection", "127.0.30.3")],
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response
+            .header("x-served-by")
+            .is_some_and(|s| s.starts_with("llama-")),
+        "{response:?}"
+    );
+}
+
+#[test]
+fn bodies_that_name_no_served_model_get_an_openai_error_and_other_routes_still_apply() {
+    // A small bound, so that the test's bodies cross it cheaply.
+    let gateway = ModelGateway::start("model-errors", &["--model-routing-max-body-bytes=262144"]);
+    let no_route = |response: &Response, what: &str| {
+        assert_eq!(response.status, 404, "{what}: {response:?}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        let body = json_body(response);
+        assert_eq!(body["error"]["code"], "model_not_found", "{what}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{what}");
+        assert!(response.header("x-served-by").is_none(), "{what}: Envoy answered");
+        body
+    };
+    let json = "application/json";
+    no_route(&gateway.post(json, b"this is not JSON", &[]), "not JSON");
+    no_route(
+        &gateway.post(json, br#"{"prompt": "no model here"}"#, &[]),
+        "no model field",
+    );
+    no_route(
+        &gateway.post("text/plain", br#"{"model": "llama-3-70b"}"#, &[]),
+        "not declared JSON: not read",
+    );
+    let named = no_route(&gateway.post(json, br#"{"model": "mistral-7b"}"#, &[]), "unknown");
+    assert!(
+        named["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`mistral-7b`"),
+        "{named}"
+    );
+    // A name JSON would need to escape is not repeated, and the answer stays JSON.
+    no_route(
+        &gateway.post(json, br#"{"model": "a\"b"}"#, &[]),
+        "a quote in the model",
+    );
+
+    // Parameters in the content type are fine.
+    let response = gateway.post(
+        "application/json; charset=utf-8",
+        br#"{"model": "qwen-2.5", "prompt": "hi", "max_tokens": 1}"#,
+        &[],
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+
+    // Over the bound: 413 in the same shape, whatever the model.
+    let big = json!({"model": LLAMA, "prompt": "x".repeat(300_000)}).to_string();
+    let response = gateway.post(json, big.as_bytes(), &[]);
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(json_body(&response)["error"]["code"], "request_too_large");
+
+    // A route without a model match takes any body, JSON or not.
+    let response = request(
+        gateway.port,
+        "POST",
+        "/fallback/upload",
+        &[("content-type", "application/octet-stream")],
+        &vec![7u8; 100_000],
+    )
+    .expect("an answer");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("x-served-by"), Some("web"));
+    let response = request(
+        gateway.port,
+        "POST",
+        "/fallback",
+        &[("content-type", json)],
+        br#"{"model": "mistral-7b"}"#,
+    )
+    .expect("an answer");
+    assert_eq!(response.header("x-served-by"), Some("web"), "{response:?}");
+
+    // GET /v1/models, in the OpenAI list shape, answered by Envoy.
+    let response = request(gateway.port, "GET", "/v1/models", &[], b"").expect("an answer");
+    assert_eq!(response.status, 200);
+    let list = json_body(&response);
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [LLAMA, QWEN]);
+}
