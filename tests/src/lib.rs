@@ -592,6 +592,57 @@ pub fn request_at(
     })
 }
 
+/// One request over cleartext HTTP/2 (prior knowledge, as gRPC and many
+/// HTTP/2 clients connect) to 127.0.0.1:`port`.
+pub fn request_h2c(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    use http_body_util::BodyExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://example.com{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+            .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    })
+}
+
 /// An HTTP/1.1 client that keeps its connection between requests and
 /// opens a new one only before its first request or after the server said
 /// `connection: close`; it never retries. A server that drops a kept

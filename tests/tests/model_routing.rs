@@ -11,7 +11,7 @@ use std::time::Duration;
 use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
 use infergate_e2e::{
     NamedServer, Process, Response, Standalone, TempDir, epp, free_port, gateway_yaml,
-    request, service_yaml, wait_until,
+    request, request_h2c, service_yaml, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -329,6 +329,25 @@ fn bodies_that_name_no_served_model_get_an_openai_error_and_other_routes_still_a
     let response = gateway.post(json, big.as_bytes(), &[]);
     assert_eq!(response.status, 413, "{response:?}");
     assert_eq!(json_body(&response)["error"]["code"], "request_too_large");
+    // HTTP/2 too (Envoy bounds it by the stream's window, not the
+    // listener's buffer), and a body under the bound still passes.
+    let h2 = |body: &str| {
+        request_h2c(
+            gateway.port,
+            "POST",
+            "/v1/completions",
+            &[("content-type", json)],
+            body.as_bytes(),
+        )
+        .expect("an HTTP/2 answer")
+    };
+    let response = h2(&big);
+    assert_eq!(response.status, 413, "HTTP/2: {response:?}");
+    assert_eq!(json_body(&response)["error"]["code"], "request_too_large");
+    let under = json!({"model": QWEN, "prompt": "x".repeat(200_000), "max_tokens": 1}).to_string();
+    let response = h2(&under);
+    assert_eq!(response.status, 200, "HTTP/2 under the bound: {response:?}");
+    assert!(response.header("x-served-by").unwrap().starts_with("qwen-"));
 
     // A route without a model match takes any body, JSON or not.
     let response = request(
