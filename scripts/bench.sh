@@ -20,6 +20,9 @@ echo
 echo "== latency added by the endpoint picker"
 "$bench" picker
 echo
+echo "== latency added by routing by model (1 KB and 300 KB bodies)"
+"$bench" model-routing
+echo
 echo "== component swaps"
 "$bench" swap --other "$CARGO_TARGET_DIR/test-components/infergate-test-misbehaving.wasm"
 echo

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 mod kube;
+mod models;
 mod plot;
 mod schedule;
 
@@ -55,6 +56,21 @@ enum Command {
         /// e.g. 204800 measures what a 200 KB prompt costs it.
         #[arg(long, default_value_t = 0)]
         prompt_bytes: usize,
+    },
+    /// Latency routing by model adds: the same completions on a listener
+    /// whose routes match X-Gateway-Model-Name (Envoy reads each JSON body
+    /// first) and on one whose routes do not, to a Service and to an
+    /// InferencePool with its picker, interleaved at a fixed rate.
+    ModelRouting {
+        /// Requests per path and body size.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Requests per second, all paths together.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Prompt sizes in bytes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1024,307200")]
+        prompt_bytes: Vec<usize>,
     },
     /// Component swaps: compiling a component, the fixed cost of a
     /// translation (fresh Store, instantiation), and file change -> Envoy
@@ -179,6 +195,11 @@ fn main() -> anyhow::Result<()> {
             rate,
             prompt_bytes,
         } => picker(requests, rate, prompt_bytes),
+        Command::ModelRouting {
+            requests,
+            rate,
+            prompt_bytes,
+        } => models::run(requests, rate, &prompt_bytes),
         Command::Schedule {
             servers,
             rates,

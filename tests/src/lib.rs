@@ -607,7 +607,9 @@ pub fn request_h2c(
         .build()
         .ok()?;
     runtime.block_on(async {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         let (mut sender, connection) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             hyper_util::rt::TokioIo::new(stream),
@@ -622,7 +624,9 @@ pub fn request_h2c(
             request = request.header(*k, *v);
         }
         let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+            .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+                body,
+            )))
             .ok()?;
         let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
             .await

@@ -84,4 +84,3 @@ pub fn sims(prefix: &str, addresses: &[String], work: &Path, extra: &[&str]) -> 
 pub fn addresses(ips: &[&str], port: u16) -> Vec<String> {
     ips.iter().map(|ip| format!("{ip}:{port}")).collect()
 }
-

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
 use infergate_e2e::{
-    NamedServer, Process, Response, Standalone, TempDir, epp, free_port, gateway_yaml,
-    request, request_h2c, service_yaml, wait_until,
+    NamedServer, Process, Response, Standalone, TempDir, epp, free_port, gateway_yaml, request,
+    request_h2c, service_yaml, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -86,7 +86,12 @@ spec:
 "
             .to_string(),
             model_rule("llama", "Exact", LLAMA, "llama"),
-            model_rule("adapters", "RegularExpression", "llama-3-70b-.*-lora", "llama"),
+            model_rule(
+                "adapters",
+                "RegularExpression",
+                "llama-3-70b-.*-lora",
+                "llama",
+            ),
             model_rule("qwen", "Exact", QWEN, "qwen"),
             service_yaml("web", web.port),
             "---
@@ -158,8 +163,7 @@ fn python() -> std::path::PathBuf {
 }
 
 fn json_body(response: &Response) -> Value {
-    serde_json::from_str(&response.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"))
+    serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"))
 }
 
 /// Which simulators of a pool served, as the client saw it.
@@ -289,7 +293,10 @@ fn bodies_that_name_no_served_model_get_an_openai_error_and_other_routes_still_a
         let body = json_body(response);
         assert_eq!(body["error"]["code"], "model_not_found", "{what}: {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{what}");
-        assert!(response.header("x-served-by").is_none(), "{what}: Envoy answered");
+        assert!(
+            response.header("x-served-by").is_none(),
+            "{what}: Envoy answered"
+        );
         body
     };
     let json = "application/json";
@@ -302,7 +309,10 @@ fn bodies_that_name_no_served_model_get_an_openai_error_and_other_routes_still_a
         &gateway.post("text/plain", br#"{"model": "llama-3-70b"}"#, &[]),
         "not declared JSON: not read",
     );
-    let named = no_route(&gateway.post(json, br#"{"model": "mistral-7b"}"#, &[]), "unknown");
+    let named = no_route(
+        &gateway.post(json, br#"{"model": "mistral-7b"}"#, &[]),
+        "unknown",
+    );
     assert!(
         named["error"]["message"]
             .as_str()
