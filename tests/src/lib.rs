@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kube;
+pub mod models;
 pub mod netns;
 pub mod pools;
 

@@ -660,7 +660,7 @@ spec:
   parentRefs: [{{name: gw}}]
   rules: [{{backendRefs: [{{name: web, port: 80}}]}}]
 "#,
-        deployment = sim_deployment("web", "default", 2, &image("infergate-sim")),
+        deployment = sim_deployment("web", "default", 2, &image("infergate-sim"), &[]),
     ));
     cluster.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
 
@@ -1092,7 +1092,16 @@ fn the_host_check_sees_a_change() {
 
 /// A Deployment of `replicas` simulated model servers labelled
 /// `app: <name>`, each answering as its Pod, ready when /health says so.
-fn sim_deployment(name: &str, namespace: &str, replicas: u32, image: &str) -> String {
+/// A Deployment of `replicas` simulators `name`, each named after its Pod,
+/// with `args` besides (`--model`, say).
+fn sim_deployment(
+    name: &str,
+    namespace: &str,
+    replicas: u32,
+    image: &str,
+    args: &[&str],
+) -> String {
+    let args: String = args.iter().map(|a| format!(", {a:?}")).collect();
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -1107,7 +1116,7 @@ spec:
       - name: sim
         image: {image}
         imagePullPolicy: Never
-        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"]
+        args: [--bind, "0.0.0.0:8000", --name, "$(POD_NAME)"{args}]
         env:
         - name: POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -1220,7 +1229,13 @@ spec:
   listeners: [{{name: http, protocol: HTTP, port: 80}}]
 ---
 {route}"#,
-        deployment = sim_deployment("vllm", "llm", 2, &image_reference(&images, "infergate-sim")),
+        deployment = sim_deployment(
+            "vllm",
+            "llm",
+            2,
+            &image_reference(&images, "infergate-sim"),
+            &[]
+        ),
     ));
     cluster.kubectl(&[
         "rollout",
@@ -1488,6 +1503,150 @@ spec:
         "the picker outlived its pool: {}",
         cluster.diagnose("llm")
     );
+
+    cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
+    cluster.down_and_check_host();
+}
+
+/// Two models behind one Gateway on the real cluster, installed by the
+/// chart: Deployments of simulators serving llama-3-70b (with LoRA
+/// adapters) and qwen-2.5, an InferencePool over each with the picker the
+/// controller deploys, and an HTTPRoute by model. The OpenAI client gets
+/// each model from its own pool only, through the Gateway's Envoy, by every
+/// API (the same checks as the standalone test).
+#[test]
+fn two_models_behind_one_gateway_each_reach_only_their_pool() {
+    use infergate_e2e::models::{LLAMA, LLAMA_ADAPTERS, QWEN};
+    let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = RealCluster::up(INDEX);
+    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim", "infergate-epp"]);
+    let epp = image_reference(&images, "infergate-epp");
+    let (epp_repository, epp_tag) = epp.rsplit_once(':').unwrap();
+    install_chart(
+        &cluster,
+        &images,
+        &[
+            "inferenceExtension.enabled=true",
+            &format!(
+                "inferenceExtension.managedPicker.image.repository={epp_repository},inferenceExtension.managedPicker.image.tag={epp_tag},inferenceExtension.managedPicker.image.pullPolicy=Never"
+            ),
+        ],
+    );
+    let sim = image_reference(&images, "infergate-sim");
+    let pool = |name: &str| {
+        format!(
+            "apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: {name}, namespace: models}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  targetPorts: [{{number: 8000}}]
+---
+"
+        )
+    };
+    let rule = |kind: &str, model: &str, pool: &str| {
+        format!(
+            "  - matches:
+    - path: {{type: PathPrefix, value: /v1}}
+      headers: [{{type: {kind}, name: X-Gateway-Model-Name, value: \"{model}\"}}]
+    backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: {pool}}}]
+"
+        )
+    };
+    cluster.apply(&format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: models}}
+---
+{llama}---
+{qwen}---
+{llama_pool}{qwen_pool}apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: models}}
+spec:
+  gatewayClassName: infergate
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: llm, namespace: models}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+{llama_rule}{adapters_rule}{qwen_rule}",
+        llama = sim_deployment(
+            "llama",
+            "models",
+            2,
+            &sim,
+            &["--model", LLAMA, "--lora", LLAMA_ADAPTERS]
+        ),
+        qwen = sim_deployment("qwen", "models", 1, &sim, &["--model", QWEN]),
+        llama_pool = pool("llama"),
+        qwen_pool = pool("qwen"),
+        llama_rule = rule("Exact", LLAMA, "llama"),
+        adapters_rule = rule("RegularExpression", "llama-3-70b-.*-lora", "llama"),
+        qwen_rule = rule("Exact", QWEN, "qwen"),
+    ));
+    for deployment in ["llama", "qwen", "infergate-epp-llama", "infergate-epp-qwen"] {
+        assert!(
+            wait_until(Duration::from_secs(90), || cluster.get_lossy(
+                "deployment",
+                "models",
+                deployment,
+                "{.status.readyReplicas}"
+            ) == cluster.get_lossy(
+                "deployment",
+                "models",
+                deployment,
+                "{.spec.replicas}"
+            ) && !cluster
+                .get_lossy("deployment", "models", deployment, "{.spec.replicas}")
+                .is_empty()),
+            "{deployment} is not ready:\n{}\n{}",
+            cluster.diagnose("models"),
+            cluster.diagnose("infergate-system")
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || cluster.get(
+            "gateway",
+            "models",
+            "gw",
+            "{.status.conditions[?(@.type==\"Programmed\")].status}"
+        ) == "True"),
+        "the Gateway is not Programmed: {}",
+        cluster.diagnose("models")
+    );
+    let gateway_ip = cluster.get("gateway", "models", "gw", "{.status.addresses[0].value}");
+    let body = |model: &str| format!(r#"{{"model":"{model}","prompt":"hi","max_tokens":1}}"#);
+    for model in [LLAMA, QWEN] {
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                infergate_e2e::request_at(
+                    &gateway_ip,
+                    80,
+                    "example.com",
+                    "POST",
+                    "/v1/completions",
+                    &[],
+                    body(model).as_bytes(),
+                )
+                .is_some_and(|r| r.status == 200)
+            }),
+            "{model} is not served through the Gateway: {}\n{}",
+            cluster.diagnose("models"),
+            cluster.diagnose("infergate-system")
+        );
+    }
+    infergate_e2e::models::check_openai_client(&format!("{gateway_ip}:80"), || {
+        format!(
+            "{}\n{}",
+            cluster.diagnose("models"),
+            cluster.diagnose("infergate-system")
+        )
+    });
 
     cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
     cluster.down_and_check_host();

@@ -5,7 +5,6 @@
 //! Called with the official OpenAI client as an application would, and with
 //! raw HTTP for what a client library would not send.
 
-use std::path::Path;
 use std::time::Duration;
 
 use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
@@ -15,8 +14,7 @@ use infergate_e2e::{
 };
 use serde_json::{Value, json};
 
-const LLAMA: &str = "llama-3-70b";
-const QWEN: &str = "qwen-2.5";
+use infergate_e2e::models::{LLAMA, LLAMA_ADAPTERS, QWEN};
 
 /// Gateway `gw` with two pools behind one path: `llama` (two simulators of
 /// llama-3-70b with two LoRA adapters, a FailClose picker) and `qwen` (two
@@ -42,12 +40,7 @@ impl ModelGateway {
             "llama",
             &llama,
             &work.0,
-            &[
-                "--model",
-                LLAMA,
-                "--lora",
-                "llama-3-70b-sql-lora,llama-3-70b-chat-lora",
-            ],
+            &["--model", LLAMA, "--lora", LLAMA_ADAPTERS],
         );
         processes.extend(sims("qwen", &qwen, &work.0, &["--model", QWEN]));
         let (llama_epp, qwen_epp) = (free_port(), free_port());
@@ -152,92 +145,18 @@ spec:
     }
 }
 
-fn python() -> std::path::PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh (it installs the OpenAI client library)",
-        python.display()
-    );
-    python
-}
-
 fn json_body(response: &Response) -> Value {
     serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("not JSON ({e}): {response:?}"))
 }
 
-/// Which simulators of a pool served, as the client saw it.
-fn pool_of(served_by: &Value) -> String {
-    let name = served_by.as_str().unwrap_or_default();
-    name.split('-').next().unwrap_or_default().to_string()
-}
-
+/// Pools `llama` (llama-3-70b and its adapters) and `qwen` (qwen-2.5)
+/// behind one path: see [`infergate_e2e::models::check_openai_client`].
 #[test]
 fn each_model_reaches_only_its_pool_through_the_openai_client() {
     let gateway = ModelGateway::start("model-client", &[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/model_routing_client.py");
-    let output = std::process::Command::new(python())
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{}/v1", gateway.port))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the OpenAI client failed:\n{}\ninfergate's log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
+    infergate_e2e::models::check_openai_client(&format!("127.0.0.1:{}", gateway.port), || {
         gateway.infergate.log_text()
-    );
-    let got: Value = serde_json::from_slice(&output.stdout).unwrap();
-    for (model, pool) in [
-        (LLAMA, "llama"),
-        (QWEN, "qwen"),
-        ("llama-3-70b-sql-lora", "llama"),
-    ] {
-        let calls = got[model].as_object().expect("the model's calls");
-        assert_eq!(calls.len(), 7, "{model}: {calls:?}");
-        for (call, answer) in calls {
-            match call.as_str() {
-                "chat_stream" | "completion_stream" | "response_stream" => {
-                    let servers = answer["served_by"].as_array().unwrap();
-                    assert_eq!(servers.len(), 1, "{model} {call}: one server {answer}");
-                    assert_eq!(pool_of(&servers[0]), pool, "{model} {call}: {answer}");
-                }
-                _ => {
-                    assert_eq!(pool_of(&answer["served_by"]), pool, "{model} {call}");
-                    assert_eq!(answer["model"], model, "{model} {call}");
-                }
-            }
-        }
-        assert_eq!(calls["chat_stream"]["text"], " token1 token2 token3");
-        assert_eq!(calls["completion_stream"]["text"], " token1 token2 token3");
-        assert_eq!(
-            calls["response_stream"]["types"].as_array().unwrap().last(),
-            Some(&json!("response.incomplete")),
-            "{model}: the responses stream ran to its end"
-        );
-    }
-    assert_eq!(pool_of(&got["big_prompt"]["served_by"]), "llama");
-    assert_eq!(
-        got["big_prompt"]["prompt_tokens"],
-        300_000 / 4,
-        "the server got the whole 300 KB prompt"
-    );
-    assert_eq!(
-        pool_of(&got["forged_header"]["served_by"]),
-        "qwen",
-        "the body's model decides, not a header the client set"
-    );
-    assert_eq!(got["models"], json!([LLAMA, QWEN]), "GET /v1/models");
-    assert_eq!(got["unknown_model"]["status"], 404);
-    assert_eq!(got["unknown_model"]["code"], "model_not_found");
-    assert!(
-        got["unknown_model"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("gpt-unknown"),
-        "{}",
-        got["unknown_model"]
-    );
+    });
 }
 
 #[test]

@@ -1,6 +1,6 @@
 """Calls a Gateway that routes by model with the official OpenAI client, as
 an application would, and prints what each call came back with (one JSON
-object) for tests/model_routing.rs to check: which simulator served it
+object) for tests/src/models.rs to check: which simulator served it
 (`served_by`), the model the answer names, and the errors the gateway gave.
 Any answer the library cannot parse makes this script fail."""
 
