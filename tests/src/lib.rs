@@ -455,16 +455,18 @@ pub fn epp_with(port: u16, endpoints: &[String], work: &Path, extra: &[&str]) ->
         "127.0.0.1",
         "--grpc-port",
         &port.to_string(),
-        "--grpc-health-port",
-        "0",
-        "--metrics-port",
-        "0",
         "--endpoints",
         &endpoints.join(","),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Off unless `extra` says otherwise.
+    for flag in ["--grpc-health-port", "--metrics-port"] {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), "0".to_string()]);
+        }
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let process = Process::start(
         &workspace_binary("infergate-epp"),
@@ -578,19 +580,47 @@ pub fn request_at(
             Err(_) => return None,
         }
     }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = &raw[split + 4..];
     let mut lines = head.lines();
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
     Some(Response {
         status,
         headers,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// A chunked HTTP/1.1 body's content (what a client library would give);
+/// chunk extensions and trailers are dropped.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let line = String::from_utf8_lossy(&body[..line_end]);
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16);
+        let rest = &body[line_end + 2..];
+        match size {
+            Ok(size) if size > 0 && rest.len() >= size => {
+                out.extend_from_slice(&rest[..size]);
+                body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// One request over cleartext HTTP/2 (prior knowledge, as gRPC and many

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use infergate_e2e::pools::{addresses, picker_service, pods, pool, pool_ref, sims};
 use infergate_e2e::{
-    NamedServer, Process, Response, Standalone, TempDir, epp, free_port, gateway_yaml, request,
-    request_h2c, service_yaml, wait_until,
+    NamedServer, Process, Response, Standalone, TempDir, epp, epp_with, free_port, gateway_yaml,
+    request, request_h2c, service_yaml, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -26,6 +26,8 @@ struct ModelGateway {
     _work: TempDir,
     infergate: Standalone,
     port: u16,
+    /// The llama pool picker's /metrics port.
+    llama_metrics: u16,
     _processes: Vec<Process>,
     _web: NamedServer,
 }
@@ -46,7 +48,17 @@ impl ModelGateway {
         let (llama_epp, qwen_epp) = (free_port(), free_port());
         // Test mode: a request may name its endpoint, and the picker says
         // on the response which endpoint served (so a test sees it ran).
-        processes.push(epp(llama_epp, &llama, &work.0));
+        let llama_metrics = free_port();
+        processes.push(epp_with(
+            llama_epp,
+            &llama,
+            &work.0,
+            &[
+                "--test-header-steering",
+                "--metrics-port",
+                &llama_metrics.to_string(),
+            ],
+        ));
         processes.push(epp(qwen_epp, &qwen, &work.0));
         let web = NamedServer::start("web");
         let port = free_port();
@@ -110,6 +122,7 @@ spec:
             _work: work,
             infergate,
             port,
+            llama_metrics,
             _processes: processes,
             _web: web,
         };
@@ -311,4 +324,136 @@ fn bodies_that_name_no_served_model_get_an_openai_error_and_other_routes_still_a
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [LLAMA, QWEN]);
+}
+
+/// The llama picker's per-model series: (labels, value) of `name`.
+fn series(gateway: &ModelGateway, name: &str) -> Vec<(String, f64)> {
+    let (status, _, body) =
+        infergate_e2e::get(gateway.llama_metrics, "/metrics", &[]).expect("the picker's metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels[name.len()..].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `name` with labels containing every one of `labels`.
+fn value(gateway: &ModelGateway, name: &str, labels: &[&str]) -> f64 {
+    series(gateway, name)
+        .into_iter()
+        .filter(|(l, _)| labels.iter().all(|want| l.contains(want)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn the_picker_counts_requests_tokens_and_times_per_model() {
+    let gateway = ModelGateway::start("model-metrics", &[]);
+    let llama = r#"model_name="llama-3-70b",target_model_name="llama-3-70b""#;
+    // The warm-up requests counted already: figures are compared to these.
+    let llama_series = [
+        "inference_objective_request_total",
+        "inference_objective_input_tokens_sum",
+        "inference_objective_output_tokens_sum",
+        "inference_objective_output_tokens_count",
+        "inference_objective_request_ttft_seconds_count",
+        "inference_objective_request_tpot_seconds_count",
+        "inference_objective_request_duration_seconds_count",
+    ];
+    let before: Vec<f64> = llama_series
+        .iter()
+        .map(|name| value(&gateway, name, &[llama]))
+        .collect();
+    let send = |body: Value| gateway.post("application/json", body.to_string().as_bytes(), &[]);
+    // Three whole completions of 2 tokens, prompt "Hello" (2 tokens of 4 bytes).
+    for _ in 0..3 {
+        let response = send(json!({"model": LLAMA, "prompt": "Hello", "max_tokens": 2}));
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    // Two streamed chats of 3 tokens that did not ask for the usage: the
+    // picker asks for it and takes its chunk out again.
+    for _ in 0..2 {
+        let response = send(json!({"model": LLAMA, "max_tokens": 3, "stream": true,
+                                   "messages": [{"role": "user", "content": "Hello"}]}));
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(response.body.contains("data: [DONE]"), "{}", response.body);
+        assert!(
+            !response.body.contains("\"usage\""),
+            "a usage chunk the client did not ask for: {}",
+            response.body
+        );
+    }
+    // One that asked: it keeps its usage chunk.
+    let response = send(json!({"model": LLAMA, "max_tokens": 3, "stream": true,
+                               "stream_options": {"include_usage": true},
+                               "messages": [{"role": "user", "content": "Hello"}]}));
+    assert!(
+        response.body.contains("\"completion_tokens\":3"),
+        "{}",
+        response.body
+    );
+    // An adapter reached by the regular expression: labelled "other".
+    let response =
+        send(json!({"model": "llama-3-70b-sql-lora", "prompt": "Hello", "max_tokens": 1}));
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let added: Vec<f64> = llama_series
+        .iter()
+        .zip(&before)
+        .map(|(name, before)| value(&gateway, name, &[llama]) - before)
+        .collect();
+    assert_eq!(
+        added,
+        [
+            6.0,
+            // Prompts: 3 x "Hello" (2 tokens of 4 bytes), 3 x "user: Hello\n" (3).
+            3.0 * 2.0 + 3.0 * 3.0,
+            3.0 * 2.0 + 3.0 * 3.0,
+            6.0,
+            // Times to the first token and per output token: streamed only.
+            3.0,
+            3.0,
+            6.0,
+        ],
+        "{llama_series:?}"
+    );
+    assert_eq!(
+        value(
+            &gateway,
+            "inference_objective_request_total",
+            &[r#"model_name="other",target_model_name="other""#]
+        ),
+        1.0,
+        "the adapter, which no route names"
+    );
+    assert_eq!(
+        value(&gateway, "inference_objective_request_error_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(&gateway, "inference_objective_running_requests", &[]),
+        0.0
+    );
+
+    // A model the server refuses: an error, by its status.
+    let response = gateway.post(
+        "application/json",
+        br#"{"model": "llama-3-70b-nope-lora", "prompt": "Hello"}"#,
+        &[],
+    );
+    assert_eq!(
+        response.status, 404,
+        "the simulator's own 404: {response:?}"
+    );
+    assert_eq!(
+        value(
+            &gateway,
+            "inference_objective_request_error_total",
+            &[r#"error_code="404""#]
+        ),
+        1.0
+    );
 }

@@ -39,6 +39,15 @@ pub mod picker {
     /// Request headers of the protocol that a client must never set: the
     /// gateway removes them before the picker runs.
     pub const PROTOCOL_HEADERS: [&str; 3] = [DESTINATION, SUBSET, SERVED];
+    /// gRPC metadata of the picker's ext_proc stream, set per route by the
+    /// gateway: the models the route names exactly, a JSON list of strings
+    /// (ASCII, other characters escaped as `\uXXXX`). The picker's
+    /// per-model metrics label other models "other".
+    pub const ROUTE_MODELS: &str = "x-infergate-route-models";
+    /// gRPC metadata, per route: the pool's model rewrites, a JSON object
+    /// from a model a request names to `[[served name, weight], ...]`
+    /// (ASCII, as [`ROUTE_MODELS`]).
+    pub const MODEL_REWRITES: &str = "x-infergate-model-rewrites";
 }
 
 /// Routing by the model a request names: the OpenAI APIs name it in the

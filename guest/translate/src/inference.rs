@@ -193,6 +193,8 @@ pub fn picker(
         EndpointPickerIr {
             cluster: cluster.name.clone(),
             fail_open: r.failure_mode == FailureMode::FailOpen,
+            models: Vec::new(),
+            model_rewrites: Vec::new(),
         },
         cluster,
     )))
@@ -230,6 +232,8 @@ fn managed_picker(
         EndpointPickerIr {
             cluster: cluster.name.clone(),
             fail_open: false,
+            models: Vec::new(),
+            model_rewrites: Vec::new(),
         },
         cluster,
     )

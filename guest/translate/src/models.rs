@@ -39,6 +39,18 @@ pub fn split(m: &RouteMatch) -> (RouteMatch, Option<ModelMatch>) {
     (rest, Some(model))
 }
 
+/// The models `matches` name exactly (a header match on the model header
+/// of type Exact), sorted, each once: the labels of the picker's metrics.
+pub fn named_exactly(matches: &[RouteMatch]) -> Vec<String> {
+    let names: BTreeSet<&str> = matches
+        .iter()
+        .flat_map(|m| &m.headers)
+        .filter(|h| h.name.eq_ignore_ascii_case(HEADER) && h.match_type == StringMatchType::Exact)
+        .map(|h| h.value.as_str())
+        .collect();
+    names.into_iter().map(str::to_string).collect()
+}
+
 /// Whether any of `routes` matches a model.
 pub fn routes_by_model(routes: &[RouteIr]) -> bool {
     routes.iter().any(|r| r.model.is_some())

@@ -359,8 +359,9 @@ fn compile_rule<'a>(
                 }
             }
             Ok(resolved) => {
-                let picker = resolved.picker.map(|(picker, cluster)| {
+                let picker = resolved.picker.map(|(mut picker, cluster)| {
                     clusters.push(cluster);
+                    picker.models = crate::models::named_exactly(&rule.matches);
                     picker
                 });
                 if backend.weight > 0 {

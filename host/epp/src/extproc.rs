@@ -9,8 +9,15 @@
 //! the headers are answered at once, and the pick rides on the body reply.
 //!
 //! Response path: headers are answered at once (in test mode with the
-//! served endpoint echoed), full-duplex body chunks are streamed back as they
-//! come, so streamed completions reach the client token by token.
+//! served endpoint echoed); body chunks go back as they come (full duplex,
+//! or chunk for chunk), read on the way for the per-model metrics, with a
+//! rewritten model's name put back (`response_body`), so streamed
+//! completions reach the client token by token.
+//!
+//! The request's model may be served under another name (the route's
+//! rewrites, gRPC metadata of the stream): the body goes on renamed, and a
+//! streamed completion that did not ask for its usage is asked for it
+//! (`request_body`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,8 +30,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
     TrailersResponse, body_mutation, processing_request, processing_response,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -33,6 +40,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::models::{ModelChoice, RouteModels};
+use crate::request_body::RequestFacts;
+use crate::response_body::ResponseBody;
 use crate::scheduler::{Filter, Pick, PickError, Scheduler};
 
 pub use infergate_names::picker::{
@@ -73,10 +83,19 @@ impl ExternalProcessor for Picker {
     ) -> Result<Response<ResponseStream>, Status> {
         let (tx, rx) = mpsc::channel(32);
         let picker = self.clone();
+        // What the gateway says of the route; a value the picker cannot
+        // read costs the request its per-model labels and rewrites, not
+        // its pick.
+        let route = RouteModels::from_metadata(request.metadata()).unwrap_or_else(|error| {
+            tracing::warn!("ignoring the route's model metadata: {error}");
+            RouteModels::default()
+        });
         let inbound = request.into_inner();
         tokio::spawn(async move {
-            let mut exchange = Exchange::new(picker, tx.clone());
-            if let Err(status) = exchange.run(inbound).await {
+            let mut exchange = Exchange::new(picker, tx.clone(), route);
+            let result = exchange.run(inbound).await;
+            exchange.end();
+            if let Err(status) = result {
                 exchange.picker.counters.protocol_errors.inc();
                 tracing::warn!("ext_proc stream ended with an error: {}", status.message());
                 let _ = tx.send(Err(status)).await;
@@ -103,6 +122,22 @@ struct Exchange {
     decided: bool,
     /// The endpoint chosen first, when one was.
     chosen: Option<std::net::SocketAddr>,
+    /// What the gateway said of the route.
+    route: RouteModels,
+    /// When the request reached the picker.
+    started: std::time::Instant,
+    /// The request's model and the name it is served under, once picked.
+    choice: Option<ModelChoice>,
+    /// The body to send on instead of the client's (renamed model, usage
+    /// asked for).
+    new_body: Option<Vec<u8>>,
+    /// The picker asked for the usage on the client's behalf.
+    usage_asked: bool,
+    /// The response: its status, and its body as read so far.
+    status: Option<u16>,
+    response: Option<ResponseBody>,
+    /// The response has ended and was counted.
+    counted: bool,
 }
 
 enum Outcome {
@@ -111,7 +146,11 @@ enum Outcome {
 }
 
 impl Exchange {
-    fn new(picker: Picker, tx: mpsc::Sender<Result<ProcessingResponse, Status>>) -> Self {
+    fn new(
+        picker: Picker,
+        tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
+        route: RouteModels,
+    ) -> Self {
         Exchange {
             picker,
             tx,
@@ -122,7 +161,46 @@ impl Exchange {
             headers_answered: false,
             decided: false,
             chosen: None,
+            route,
+            started: std::time::Instant::now(),
+            choice: None,
+            new_body: None,
+            usage_asked: false,
+            status: None,
+            response: None,
+            counted: false,
         }
+    }
+
+    /// The stream is over: a request sent on whose response did not end
+    /// is counted as broken (or as without a response).
+    fn end(&mut self) {
+        let broken = self.status.is_some();
+        self.count(broken);
+    }
+
+    /// Count the request in the per-model metrics, once.
+    fn count(&mut self, broken: bool) {
+        let Some(choice) = &self.choice else { return };
+        if self.counted {
+            return;
+        }
+        self.counted = true;
+        let body = self.response.as_ref();
+        // Token times mean something for streamed answers only.
+        let streamed = body.filter(|b| b.is_stream());
+        let first = streamed.and_then(|b| b.first_token);
+        let end = crate::metrics::Finished {
+            status: self.status,
+            broken,
+            duration: self.started.elapsed(),
+            usage: body.and_then(|b| b.usage),
+            time_to_first_token: first.map(|t| t - self.started),
+            decode_time: first
+                .zip(streamed.and_then(|b| b.last_token))
+                .map(|(a, b)| b - a),
+        };
+        self.picker.counters.models.finished(choice, &end);
     }
 
     async fn send(&self, response: processing_response::Response) -> Result<(), Status> {
@@ -201,19 +279,24 @@ impl Exchange {
                     ))
                     .await?;
                 }
-                Some(R::ResponseHeaders(_)) => self.response_headers(&message).await?,
-                Some(R::ResponseBody(body)) => {
-                    let reply = if self.response_mode == BodySendMode::FullDuplexStreamed {
-                        BodyResponse {
-                            response: Some(streamed(body.body, body.end_of_stream)),
-                        }
-                    } else {
-                        BodyResponse::default()
-                    };
-                    self.send(processing_response::Response::ResponseBody(reply))
-                        .await?;
+                Some(R::ResponseHeaders(headers)) => {
+                    self.response_headers(&message, &headers).await?
                 }
+                Some(R::ResponseBody(body)) => self.response_body(body).await?,
                 Some(R::ResponseTrailers(_)) => {
+                    // The trailers end the body: what was held goes on.
+                    if let Some(reader) = self.response.as_mut() {
+                        let rest = reader.push(&[], true, std::time::Instant::now());
+                        if !rest.is_empty()
+                            && self.response_mode == BodySendMode::FullDuplexStreamed
+                        {
+                            self.send(processing_response::Response::ResponseBody(BodyResponse {
+                                response: Some(streamed(rest, false)),
+                            }))
+                            .await?;
+                        }
+                    }
+                    self.count(false);
                     self.send(processing_response::Response::ResponseTrailers(
                         TrailersResponse::default(),
                     ))
@@ -243,6 +326,7 @@ impl Exchange {
         }
         let end_of_stream = headers.end_of_stream;
         self.headers = Some(headers);
+        self.started = std::time::Instant::now();
         if end_of_stream {
             // No body: pick now.
             return self.decide(message, false).await;
@@ -283,13 +367,19 @@ impl Exchange {
             decided_by = pick.decided_by.name(),
             "picked"
         );
+        if let Some(choice) = &self.choice {
+            counters.models.started(choice);
+        }
         let metadata = Some(lb_metadata(&destination));
         let mut set = vec![header(DESTINATION_HEADER, &destination)];
         let has_body = !self.body.is_empty() || !self.headers_end_of_stream();
-        if self.full_duplex() && has_body {
+        let new_body = self.new_body.take();
+        if let Some(body) = &new_body {
+            set.push(header("content-length", &body.len().to_string()));
+        } else if self.full_duplex() && has_body {
             set.push(header("content-length", &self.body.len().to_string()));
         }
-        let common = CommonResponse {
+        let mut common = CommonResponse {
             clear_route_cache: true,
             header_mutation: Some(HeaderMutation {
                 set_headers: set,
@@ -297,6 +387,15 @@ impl Exchange {
             }),
             ..Default::default()
         };
+        if let Some(body) = new_body {
+            if self.full_duplex() {
+                self.body = body;
+            } else {
+                common.body_mutation = Some(BodyMutation {
+                    mutation: Some(body_mutation::Mutation::Body(body)),
+                });
+            }
+        }
         if !self.headers_answered {
             self.headers_answered = true;
             self.send_with(
@@ -344,22 +443,29 @@ impl Exchange {
         Ok(())
     }
 
-    fn outcome(&self, message: &ProcessingRequest) -> Outcome {
-        let headers = self.headers.as_ref();
+    fn outcome(&mut self, message: &ProcessingRequest) -> Outcome {
         let mut request = crate::scheduler::Request::default();
         if !self.body.is_empty() {
             // An OpenAI request: it must be JSON naming a model.
-            match serde_json::from_slice::<serde_json::Value>(&self.body) {
-                Ok(json) if json.get("model").and_then(|m| m.as_str()).is_some() => {
-                    request.model = json
-                        .get("model")
-                        .and_then(|m| m.as_str())
-                        .map(str::to_string);
-                    if let Some(prompt) = infergate_serving::prompt::prompt_text(&json) {
+            let json = serde_json::from_slice::<serde_json::Value>(&self.body);
+            match json.as_ref().map(|j| (j, RequestFacts::of(j))) {
+                Ok((json, Some(facts))) => {
+                    let choice = self.route.choose(&facts.model, fastrand::f64());
+                    // The server (and LoRA affinity) sees the served name.
+                    request.model = Some(choice.served.clone());
+                    if let Some(prompt) = infergate_serving::prompt::prompt_text(json) {
                         request.blocks = infergate_serving::prompt::block_hashes(&prompt);
                     }
+                    self.usage_asked = facts.needs_usage_asked();
+                    self.new_body = crate::request_body::prepare(
+                        &self.body,
+                        json,
+                        choice.rewritten().then_some(choice.served.as_str()),
+                        self.usage_asked,
+                    );
+                    self.choice = Some(choice);
                 }
-                Ok(_) => {
+                Ok((_, None)) => {
                     self.picker.counters.bad_request.inc();
                     return Outcome::Refuse(400, "the request body has no \"model\" field".into());
                 }
@@ -369,6 +475,7 @@ impl Exchange {
                 }
             }
         }
+        let headers = self.headers.as_ref();
         let mut filter = Filter::All;
         if let Some(subset) = subset_hint(message) {
             filter = Filter::Subset(subset);
@@ -382,6 +489,7 @@ impl Exchange {
         match self.picker.scheduler.pick_for(&filter, &request) {
             Ok(pick) => Outcome::Picked(pick),
             Err(error) => {
+                self.choice = None;
                 self.picker.counters.no_endpoint.inc();
                 let text = error.to_string();
                 match error {
@@ -414,7 +522,74 @@ impl Exchange {
         .await
     }
 
-    async fn response_headers(&mut self, message: &ProcessingRequest) -> Result<(), Status> {
+    /// A chunk of the response body: read, changed where it must be, and
+    /// sent on (in full duplex, held back while an event is not whole).
+    async fn response_body(&mut self, body: HttpBody) -> Result<(), Status> {
+        let end = body.end_of_stream;
+        let full_duplex = self.response_mode == BodySendMode::FullDuplexStreamed;
+        let reply = match self.response.as_mut() {
+            None if full_duplex => Some(streamed(body.body, end)),
+            None => Some(CommonResponse::default()),
+            Some(reader) => {
+                let out = reader.push(&body.body, end, std::time::Instant::now());
+                if full_duplex {
+                    (!out.is_empty() || end).then(|| streamed(out, end))
+                } else if out == body.body {
+                    Some(CommonResponse::default())
+                } else {
+                    // Streamed mode: each chunk's reply replaces that chunk.
+                    Some(CommonResponse {
+                        body_mutation: Some(BodyMutation {
+                            mutation: Some(if out.is_empty() {
+                                body_mutation::Mutation::ClearBody(true)
+                            } else {
+                                body_mutation::Mutation::Body(out)
+                            }),
+                        }),
+                        ..Default::default()
+                    })
+                }
+            }
+        };
+        if end {
+            self.count(false);
+        }
+        match reply {
+            Some(common) => {
+                let response = BodyResponse {
+                    response: (common != CommonResponse::default()).then_some(common),
+                };
+                self.send(processing_response::Response::ResponseBody(response))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn response_headers(
+        &mut self,
+        message: &ProcessingRequest,
+        headers: &HttpHeaders,
+    ) -> Result<(), Status> {
+        self.status = header_value(headers, ":status").and_then(|s| s.parse().ok());
+        let mut remove = vec![];
+        if let Some(choice) = &self.choice {
+            let rename = choice
+                .rewritten()
+                .then(|| (choice.served.clone(), choice.asked.clone()));
+            let reader = ResponseBody::new(
+                header_value(headers, "content-type").as_deref(),
+                rename,
+                self.usage_asked,
+            );
+            if reader.changes_length() {
+                remove.push("content-length".to_string());
+            }
+            self.response = Some(reader);
+        }
+        if headers.end_of_stream {
+            self.count(false);
+        }
         // Served by a fallback: the gateway's retry left the chosen one.
         if let (Some(chosen), Some(served)) = (
             self.chosen,
@@ -436,10 +611,10 @@ impl Exchange {
             set.push(header(TEST_SERVED_HEADER, &served));
         }
         let response = HeadersResponse {
-            response: (!set.is_empty()).then(|| CommonResponse {
+            response: (!set.is_empty() || !remove.is_empty()).then(|| CommonResponse {
                 header_mutation: Some(HeaderMutation {
                     set_headers: set,
-                    remove_headers: vec![],
+                    remove_headers: remove,
                 }),
                 ..Default::default()
             }),

@@ -6,7 +6,7 @@
 use super::clusters::{metadata_key, policy};
 use super::seconds;
 use envoy_types::pb::envoy::config::cluster::v3::LoadBalancingPolicy;
-use envoy_types::pb::envoy::config::core::v3::{GrpcService, grpc_service};
+use envoy_types::pb::envoy::config::core::v3::{GrpcService, HeaderValue, grpc_service};
 use envoy_types::pb::envoy::config::route::v3::{self as route, FilterConfig};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
     ExtProcOverrides, ExtProcPerRoute, ExternalProcessor, MetadataOptions, ProcessingMode,
@@ -24,7 +24,8 @@ use infergate_model as ir;
 pub const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 /// The dynamic metadata namespace of the endpoint picker protocol.
 pub use infergate_names::picker::{
-    LB_NAMESPACE, PROTOCOL_HEADERS, SERVED as SERVED_KEY, SUBSET_NAMESPACE as SUBSET_HINT_NAMESPACE,
+    LB_NAMESPACE, MODEL_REWRITES, PROTOCOL_HEADERS, ROUTE_MODELS, SERVED as SERVED_KEY,
+    SUBSET_NAMESPACE as SUBSET_HINT_NAMESPACE,
 };
 /// How long Envoy waits for the picker's answer to one message.
 pub(super) const PICKER_MESSAGE_TIMEOUT_SECONDS: i64 = 2;
@@ -87,23 +88,85 @@ pub(super) fn grpc_service(cluster: &str) -> GrpcService {
 /// What Envoy sends the picker. FailClose pools stream the request body
 /// full-duplex (the reference setup); FailOpen pools buffer it, because
 /// Envoy 1.40 does not fail open with a full-duplex body (measured: 500 with
-/// FULL_DUPLEX_STREAMED, a pool endpoint with BUFFERED). Response headers go
-/// to the picker (with the served endpoint); the response body does not, so
-/// streamed completions are not held up.
+/// FULL_DUPLEX_STREAMED, a pool endpoint with BUFFERED). Response headers
+/// go to the picker (with the served endpoint), and the response body too,
+/// chunk by chunk as it comes (streamed completions token by token): the
+/// picker reads the usage and timing for its per-model metrics and puts a
+/// rewritten model's name back. Full duplex for FailClose pools; FailOpen
+/// pools stream it chunk for chunk (STREAMED), which fails open.
 pub(super) fn processing_mode(picker: &ir::EndpointPickerIr) -> ProcessingMode {
     use processing_mode::{BodySendMode, HeaderSendMode};
+    let (request_body, response_body) = if picker.fail_open {
+        (BodySendMode::Buffered, BodySendMode::Streamed)
+    } else {
+        (
+            BodySendMode::FullDuplexStreamed,
+            BodySendMode::FullDuplexStreamed,
+        )
+    };
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: HeaderSendMode::Send as i32,
-        request_body_mode: if picker.fail_open {
-            BodySendMode::Buffered as i32
-        } else {
-            BodySendMode::FullDuplexStreamed as i32
-        },
-        response_body_mode: BodySendMode::None as i32,
+        request_body_mode: request_body as i32,
+        response_body_mode: response_body as i32,
         request_trailer_mode: HeaderSendMode::Send as i32,
-        response_trailer_mode: HeaderSendMode::Skip as i32,
+        // Envoy takes full-duplex bodies only with their trailers.
+        response_trailer_mode: if picker.fail_open {
+            HeaderSendMode::Skip as i32
+        } else {
+            HeaderSendMode::Send as i32
+        },
     }
+}
+
+/// What the picker learns of the route it serves, as gRPC metadata of its
+/// stream ([`infergate_names::picker::ROUTE_MODELS`], `MODEL_REWRITES`).
+fn route_metadata(picker: &ir::EndpointPickerIr) -> Vec<HeaderValue> {
+    let mut metadata = vec![];
+    if !picker.models.is_empty() {
+        metadata.push(HeaderValue {
+            key: ROUTE_MODELS.into(),
+            value: ascii_json(&serde_json::json!(picker.models)),
+            ..Default::default()
+        });
+    }
+    if !picker.model_rewrites.is_empty() {
+        let rewrites: serde_json::Map<String, serde_json::Value> = picker
+            .model_rewrites
+            .iter()
+            .map(|r| {
+                let targets: Vec<(&str, u32)> = r
+                    .targets
+                    .iter()
+                    .map(|t| (t.model.as_str(), t.weight))
+                    .collect();
+                (r.model.clone(), serde_json::json!(targets))
+            })
+            .collect();
+        metadata.push(HeaderValue {
+            key: MODEL_REWRITES.into(),
+            value: ascii_json(&serde_json::Value::Object(rewrites)),
+            ..Default::default()
+        });
+    }
+    metadata
+}
+
+/// JSON in printable ASCII, as gRPC metadata must be: every other
+/// character (they occur only inside strings) escaped as `\uXXXX`.
+fn ascii_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for c in value.to_string().chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 pub(super) fn ext_proc(picker: &ir::EndpointPickerIr) -> ExternalProcessor {
@@ -140,6 +203,7 @@ pub(super) fn ext_proc_per_route(picker: Option<&ir::EndpointPickerIr>) -> Any {
                 failure_mode_allow: Some(BoolValue {
                     value: picker.fail_open,
                 }),
+                grpc_initial_metadata: route_metadata(picker),
                 ..Default::default()
             })),
         })
