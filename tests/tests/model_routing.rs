@@ -34,6 +34,11 @@ struct ModelGateway {
 
 impl ModelGateway {
     fn start(tag: &str, flags: &[&str]) -> ModelGateway {
+        Self::start_with(tag, flags, "")
+    }
+
+    /// With `extra` YAML in the configuration besides.
+    fn start_with(tag: &str, flags: &[&str], extra: &str) -> ModelGateway {
         let work = TempDir::new(tag);
         let sim_port = free_port();
         let llama = addresses(&["127.0.30.1", "127.0.30.2"], sim_port);
@@ -110,6 +115,7 @@ spec:
     backendRefs: [{name: web, port: 80}]
 "
             .to_string(),
+            extra.to_string(),
         ]
         .concat();
         let config = TempDir::new(&format!("{tag}-config"));
@@ -455,5 +461,152 @@ fn the_picker_counts_requests_tokens_and_times_per_model() {
             &[r#"error_code="404""#]
         ),
         1.0
+    );
+}
+
+/// Public names served under others (InferenceModelRewrite): `assistant`
+/// on the llama pool as llama-3-70b 90% and its sql adapter 10% (the
+/// picker's split); `chat` split 90/10 across the two pools by the route
+/// (Envoy's split), each pool serving it under its own model.
+const REWRITES: &str = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: aliases}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /v1}
+      headers: [{name: X-Gateway-Model-Name, value: assistant}]
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: llama}]
+  - matches:
+    - path: {type: PathPrefix, value: /v1}
+      headers: [{name: X-Gateway-Model-Name, value: chat}]
+    backendRefs:
+    - {group: inference.networking.k8s.io, kind: InferencePool, name: llama, weight: 90}
+    - {group: inference.networking.k8s.io, kind: InferencePool, name: qwen, weight: 10}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: llama-names}
+spec:
+  poolRef: {name: llama}
+  rules:
+  - matches: [{model: {value: assistant}}]
+    targets:
+    - {modelRewrite: llama-3-70b, weight: 90}
+    - {modelRewrite: llama-3-70b-sql-lora, weight: 10}
+  - matches: [{model: {value: chat}}]
+    targets: [{modelRewrite: llama-3-70b}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {name: qwen-names}
+spec:
+  poolRef: {name: qwen}
+  rules:
+  - matches: [{model: {value: chat}}]
+    targets: [{modelRewrite: qwen-2.5}]
+";
+
+/// `requests` completions for `model` through the gateway, 8 at a time:
+/// every answer, in no order.
+fn many(gateway: &ModelGateway, model: &str, requests: usize, stream: bool) -> Vec<Response> {
+    let body =
+        json!({"model": model, "prompt": "Hello", "max_tokens": 2, "stream": stream}).to_string();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let body = &body;
+                s.spawn(move || {
+                    (t..requests)
+                        .step_by(8)
+                        .map(|_| gateway.post("application/json", body.as_bytes(), &[]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn a_public_name_is_served_under_its_rewrites_and_answered_under_its_own() {
+    let gateway = ModelGateway::start_with("model-rewrites", &[], REWRITES);
+    let served = |labels: &str| {
+        value(
+            &gateway,
+            "inference_objective_request_total",
+            &[r#"model_name="assistant""#, labels],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || gateway
+            .complete("assistant", "Hello")
+            .is_some_and(|r| r.status == 200)),
+        "assistant is not served: {:?}\n{}",
+        gateway.complete("assistant", "Hello"),
+        gateway.infergate.log_text()
+    );
+    let (base_before, lora_before) = (
+        served(r#"target_model_name="llama-3-70b""#),
+        served(r#"target_model_name="llama-3-70b-sql-lora""#),
+    );
+    // The picker's split: 1,000 requests, every answer naming the model asked for.
+    for response in many(&gateway, "assistant", 1000, false) {
+        assert_eq!(response.status, 200, "{response:?}");
+        let body = json_body(&response);
+        assert_eq!(
+            body["model"], "assistant",
+            "the response names the model asked for"
+        );
+        assert!(
+            response
+                .header("x-served-by")
+                .unwrap()
+                .starts_with("llama-")
+        );
+    }
+    let base = served(r#"target_model_name="llama-3-70b""#) - base_before;
+    let lora = served(r#"target_model_name="llama-3-70b-sql-lora""#) - lora_before;
+    assert_eq!(base + lora, 1000.0);
+    assert!(
+        (lora / 1000.0 - 0.10).abs() <= 0.02,
+        "the sql adapter served {lora} of 1,000 (weight 10 of 100)"
+    );
+    // Streamed, every event names the model asked for.
+    for response in many(&gateway, "assistant", 40, true) {
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(response.body.contains("data: [DONE]"), "{}", response.body);
+        assert!(!response.body.contains("llama-3-70b"), "{}", response.body);
+        assert_eq!(
+            response.body.matches(r#""model":"assistant""#).count(),
+            3,
+            "two tokens and the finish: {}",
+            response.body
+        );
+    }
+    // The route's split across pools, each serving `chat` under its own name.
+    let responses = many(&gateway, "chat", 1000, false);
+    let mut llama = 0;
+    for response in &responses {
+        assert_eq!(response.status, 200, "{response:?}");
+        assert_eq!(json_body(response)["model"], "chat");
+        if response
+            .header("x-served-by")
+            .unwrap()
+            .starts_with("llama-")
+        {
+            llama += 1;
+        }
+    }
+    // Envoy picks a weighted cluster at random: 900 expected, standard
+    // deviation 9.5; 4.5 of them either way.
+    assert!(
+        (857..=943).contains(&llama),
+        "llama served {llama} of 1,000 (weight 90 of 100)"
     );
 }

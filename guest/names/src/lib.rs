@@ -18,6 +18,15 @@ pub mod inference_pool {
     pub const PLURAL: &str = "inferencepools";
 }
 
+/// The InferenceModelRewrite of the Gateway API Inference Extension (v1.5;
+/// its experimental group): models of a pool served under other names.
+pub mod model_rewrite {
+    pub const GROUP: &str = "inference.networking.x-k8s.io";
+    pub const VERSION: &str = "v1alpha2";
+    pub const KIND: &str = "InferenceModelRewrite";
+    pub const PLURAL: &str = "inferencemodelrewrites";
+}
+
 /// The endpoint picker protocol (Gateway API Inference Extension): how the
 /// picker names the endpoint it chose, to Envoy and back.
 pub mod picker {
@@ -44,9 +53,10 @@ pub mod picker {
     /// (ASCII, other characters escaped as `\uXXXX`). The picker's
     /// per-model metrics label other models "other".
     pub const ROUTE_MODELS: &str = "x-infergate-route-models";
-    /// gRPC metadata, per route: the pool's model rewrites, a JSON object
-    /// from a model a request names to `[[served name, weight], ...]`
-    /// (ASCII, as [`ROUTE_MODELS`]).
+    /// gRPC metadata, per route: the pool's model rewrites in precedence
+    /// order, a JSON list of `[model, [[served name, weight], ...]]` where
+    /// `model` is the name a request gives, or null for every model no
+    /// other entry names (ASCII, as [`ROUTE_MODELS`]).
     pub const MODEL_REWRITES: &str = "x-infergate-model-rewrites";
 }
 

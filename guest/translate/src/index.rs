@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use infergate_model::{
-    EndpointSlice, InferencePool, Label, Namespace, Pod, ReferenceGrant, Service, ServicePort,
-    Snapshot, SocketAddress, TlsSecret,
+    EndpointSlice, InferenceModelRewrite, InferencePool, Label, Namespace, Pod, RefKind,
+    ReferenceGrant, Service, ServicePort, Snapshot, SocketAddress, TlsSecret,
 };
 
 pub use infergate_model::{GATEWAY_GROUP, INFERENCE_GROUP};
@@ -20,6 +20,8 @@ pub struct Index<'a> {
     pools: HashMap<Key<'a>, &'a InferencePool>,
     pods: HashMap<&'a str, Vec<&'a Pod>>,
     tls_secrets: HashMap<Key<'a>, &'a TlsSecret>,
+    /// InferenceModelRewrites by pool, oldest first.
+    rewrites: HashMap<Key<'a>, Vec<&'a InferenceModelRewrite>>,
 }
 
 /// One side of a cross-namespace reference, for ReferenceGrant checks.
@@ -58,7 +60,24 @@ impl<'a> Index<'a> {
                 .iter()
                 .map(|s| ((s.meta.namespace.as_str(), s.meta.name.as_str()), s))
                 .collect(),
+            rewrites: HashMap::new(),
         };
+        for rewrite in &snapshot.inference_model_rewrites {
+            if rewrite.pool_kind == RefKind::InferencePool {
+                index
+                    .rewrites
+                    .entry((rewrite.meta.namespace.as_str(), rewrite.pool_name.as_str()))
+                    .or_default()
+                    .push(rewrite);
+            }
+        }
+        for rewrites in index.rewrites.values_mut() {
+            // Unset creation times (files) before any, as for routes.
+            rewrites.sort_by(|a, b| {
+                (a.meta.creation_timestamp, &a.meta.name)
+                    .cmp(&(b.meta.creation_timestamp, &b.meta.name))
+            });
+        }
         for pod in &snapshot.pods {
             index
                 .pods
@@ -94,6 +113,14 @@ impl<'a> Index<'a> {
 
     pub fn inference_pool(&self, namespace: &str, name: &str) -> Option<&'a InferencePool> {
         self.pools.get(&(namespace, name)).copied()
+    }
+
+    /// The InferenceModelRewrites of a pool, oldest first.
+    pub fn rewrites_of(&self, namespace: &str, pool: &str) -> Vec<&'a InferenceModelRewrite> {
+        self.rewrites
+            .get(&(namespace, pool))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Pods of a namespace.

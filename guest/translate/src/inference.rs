@@ -56,7 +56,10 @@ impl BackendKind for InferencePoolBackend {
                     ),
                 )
             })?;
-        let picker = picker(index, pool);
+        let mut picker = picker(index, pool);
+        if let Ok(Some((picker, _))) = &mut picker {
+            picker.model_rewrites = crate::rewrites::for_pool(index, namespace, &pool.meta.name);
+        }
         Ok(Resolved {
             cluster: pool_cluster(index, pool, matches!(picker, Ok(Some(_)))),
             unservable: picker.is_err(),

@@ -17,7 +17,8 @@
 //! 4. [`assemble`]: listeners, virtual hosts and routes in precedence order,
 //!    with routing by the model a request body names ([`models`]);
 //! 5. statuses: Gateways and routes from the stages above, InferencePools
-//!    from the uses attachment recorded ([`inference::pool_statuses`]).
+//!    from the uses attachment recorded ([`inference::pool_statuses`]), and
+//!    the pools' InferenceModelRewrites ([`rewrites`]).
 
 pub mod assemble;
 pub mod backends;
@@ -28,6 +29,7 @@ pub mod index;
 pub mod inference;
 pub mod models;
 pub mod refs;
+pub mod rewrites;
 pub mod routes;
 pub mod selector;
 pub mod services;
@@ -58,19 +60,22 @@ pub fn translate(snapshot: &Snapshot) -> Result<Output, TranslateError> {
         snapshot.settings.model_routing_max_body_bytes,
     );
 
-    let (inference_pools, managed_pickers) = if snapshot.settings.inference_extension {
-        (
-            inference::pool_statuses(&index, &routes.backend_uses, &routes.clusters),
-            inference::managed_pickers(&index, &routes.backend_uses),
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let (inference_pools, managed_pickers, inference_model_rewrites) =
+        if snapshot.settings.inference_extension {
+            (
+                inference::pool_statuses(&index, &routes.backend_uses, &routes.clusters),
+                inference::managed_pickers(&index, &routes.backend_uses),
+                rewrites::statuses(&index, &routes.backend_uses),
+            )
+        } else {
+            (Vec::new(), Vec::new(), Vec::new())
+        };
     let statuses = Statuses {
         gateway_classes: gateways.class_statuses.clone(),
         gateways: gateways.gateways.iter().map(|g| g.status()).collect(),
         http_routes: routes.statuses,
         inference_pools,
+        inference_model_rewrites,
     };
     Ok(Output {
         gateways: gateway_irs,

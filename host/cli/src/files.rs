@@ -178,13 +178,14 @@ macro_rules! for_each_kind {
             endpoint_slices = 6,
             pods = 7,
             inference_pools = 8,
-            tls_secrets = 9
+            tls_secrets = 9,
+            inference_model_rewrites = 10
         )
     };
 }
 
 /// How many objects of each kind a file holds.
-type Counts = [usize; 10];
+type Counts = [usize; 11];
 
 fn counts(part: &Snapshot) -> Counts {
     macro_rules! count {

@@ -27,8 +27,8 @@ use std::fmt;
 
 use infergate_model::{
     Condition, ConditionStatus, ConditionType, EndpointSlice, Gateway, GatewayClass, GatewayStatus,
-    HttpRoute, HttpRouteStatus, InferencePool, InferencePoolStatus, Namespace, Pod, ReferenceGrant,
-    Service, Snapshot, Statuses, TlsSecret,
+    HttpRoute, HttpRouteStatus, InferenceModelRewrite, InferencePool, InferencePoolStatus,
+    Namespace, Pod, ReferenceGrant, Service, Snapshot, Statuses, TlsSecret,
 };
 use infergate_translate::conditions::set;
 use infergate_xds::Verdict;
@@ -47,6 +47,7 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     InferencePool,
+    InferenceModelRewrite,
     Secret,
 }
 
@@ -62,6 +63,7 @@ impl fmt::Display for Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::InferencePool => "InferencePool",
+            Kind::InferenceModelRewrite => "InferenceModelRewrite",
             Kind::Secret => "Secret",
         })
     }
@@ -124,6 +126,7 @@ namespaced!(
     EndpointSlice => EndpointSlice,
     Pod => Pod,
     InferencePool => InferencePool,
+    InferenceModelRewrite => InferenceModelRewrite,
     TlsSecret => Secret,
 );
 
@@ -157,6 +160,7 @@ macro_rules! every_list {
         $each!(pods);
         $each!(inference_pools);
         $each!(tls_secrets);
+        $each!(inference_model_rewrites);
     };
 }
 
@@ -734,6 +738,7 @@ mod tests {
             gateways: vec![],
             http_routes: vec![],
             inference_pools: vec![],
+            inference_model_rewrites: vec![],
         };
         let mut sent = guard.input(input).clone();
         let mut steps = 1;
@@ -891,6 +896,7 @@ mod tests {
                 .collect(),
             http_routes: vec![],
             inference_pools: vec![],
+            inference_model_rewrites: vec![],
         };
         guard.input(snapshot(vec![namespace("a", "1", true)]));
         assert!(guard.verdict(Verdict::Accepted, &statuses(false)).is_none());
@@ -960,6 +966,7 @@ mod tests {
             gateways: vec![],
             http_routes: vec![route_status(ConditionStatus::True)],
             inference_pools: vec![],
+            inference_model_rewrites: vec![],
         };
         guard.quarantine(key, &refusal, &translated);
         let mut reported = translated.clone();

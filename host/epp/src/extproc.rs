@@ -61,6 +61,8 @@ pub use crate::metrics::Counters;
 pub struct Picker {
     pub scheduler: Arc<Scheduler>,
     pub counters: Arc<Counters>,
+    /// The turns of the model rewrites' weighted splits.
+    pub splits: Arc<crate::models::Splits>,
     pub test_header_steering: bool,
     pub max_body_bytes: usize,
 }
@@ -450,7 +452,7 @@ impl Exchange {
             let json = serde_json::from_slice::<serde_json::Value>(&self.body);
             match json.as_ref().map(|j| (j, RequestFacts::of(j))) {
                 Ok((json, Some(facts))) => {
-                    let choice = self.route.choose(&facts.model, fastrand::f64());
+                    let choice = self.route.choose(&facts.model, &self.picker.splits);
                     // The server (and LoRA affinity) sees the served name.
                     request.model = Some(choice.served.clone());
                     if let Some(prompt) = infergate_serving::prompt::prompt_text(json) {

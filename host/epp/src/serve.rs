@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<Handle> {
     let picker = Picker {
         scheduler: scheduler.clone(),
         counters: counters.clone(),
+        splits: Default::default(),
         test_header_steering: config.test_header_steering,
         max_body_bytes: config.max_body_bytes,
     };

@@ -3,6 +3,7 @@
 //! picker as users bound to exactly these, so a missing or surplus rule shows.
 
 use infergate_names::inference_pool as pool;
+use infergate_names::model_rewrite as rewrite;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -85,6 +86,13 @@ pub fn controller_rules(needs: Needs) -> Vec<PolicyRule> {
             &["patch"],
         ));
         rules.push(rule("", &["pods"], READ));
+        // Models served under other names; their Accepted condition.
+        rules.push(rule(rewrite::GROUP, &[rewrite::PLURAL], READ));
+        rules.push(rule(
+            rewrite::GROUP,
+            &[&format!("{}/status", rewrite::PLURAL)],
+            &["patch"],
+        ));
     }
     if needs.manage_pickers && needs.deploy_envoys && needs.inference_extension {
         // Deployments, Services and Secrets are the Envoy deployer's rules.

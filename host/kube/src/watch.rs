@@ -5,7 +5,10 @@
 //! The InferencePool watch (and the Pod watch, which only pools need) runs
 //! only while the inference extension is enabled and the API server serves
 //! `inference.networking.k8s.io/v1` InferencePools; API discovery is polled so
-//! that a CRD installed later is picked up, and one removed is noticed.
+//! that a CRD installed later is picked up, and one removed is noticed. The
+//! same goes, on its own, for InferenceModelRewrites
+//! (`inference.networking.x-k8s.io/v1alpha2`, a CRD of GIE v1.5 that later
+//! bundles leave out).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +18,7 @@ use gateway_api::apis::standard::{
     gatewayclasses::GatewayClass, gateways::Gateway, httproutes::HttpRoute,
     referencegrants::ReferenceGrant,
 };
-use infergate_resources::{InferencePool, ResourceError, Resources, Source};
+use infergate_resources::{InferenceModelRewrite, InferencePool, ResourceError, Resources, Source};
 
 use crate::status::Observed;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
@@ -42,18 +45,35 @@ pub fn pool_api_resource() -> ApiResource {
     )
 }
 
+/// The InferenceModelRewrite API resource (`inference.networking.x-k8s.io/v1alpha2`).
+pub fn rewrite_api_resource() -> ApiResource {
+    use infergate_names::model_rewrite::{GROUP, KIND, PLURAL, VERSION};
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), PLURAL)
+}
+
 /// Whether the API server serves InferencePools now.
 pub async fn pools_served(client: &Client) -> Result<bool, kube::Error> {
-    match client
-        .list_api_group_resources(&format!("{POOL_GROUP}/{POOL_VERSION}"))
-        .await
-    {
-        Ok(list) => Ok(list
-            .resources
-            .iter()
-            .any(|r| r.name == infergate_names::inference_pool::PLURAL)),
+    served(client, &pool_api_resource()).await
+}
+
+/// Whether the API server serves the resource now.
+async fn served(client: &Client, resource: &ApiResource) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(&resource.api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == resource.plural)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// The InferenceModelRewrite watch, while they are served.
+struct RewriteWatch {
+    rewrites: Store<DynamicObject>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RewriteWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -68,6 +88,7 @@ pub struct Watches {
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
     pools: Arc<Mutex<Option<PoolWatch>>>,
+    rewrites: Arc<Mutex<Option<RewriteWatch>>>,
     tasks: Vec<JoinHandle<()>>,
     /// Woken on every change of any watched object.
     pub changed: Arc<Notify>,
@@ -142,6 +163,7 @@ impl Watches {
 
         let (pools_watched_tx, pools_watched) = watch::channel(false);
         let pools = Arc::new(Mutex::new(None));
+        let rewrites = Arc::new(Mutex::new(None));
         let watches = Watches {
             namespaces,
             classes,
@@ -152,6 +174,7 @@ impl Watches {
             slices,
             secrets,
             pools: pools.clone(),
+            rewrites: rewrites.clone(),
             tasks,
             changed: changed.clone(),
             pools_watched,
@@ -172,6 +195,7 @@ impl Watches {
             // The first check is done here so that the first snapshot has the
             // pools if they are served.
             let first = discover_pools(&client, &pools, &changed, &pools_watched_tx, None).await;
+            let first_rewrites = discover_rewrites(&client, &rewrites, &changed, None).await;
             let stores = pools
                 .lock()
                 .expect("pool watch lock")
@@ -181,13 +205,24 @@ impl Watches {
                 let _ = pool_store.wait_until_ready().await;
                 let _ = pod_store.wait_until_ready().await;
             }
+            let rewrite_store = rewrites
+                .lock()
+                .expect("rewrite watch lock")
+                .as_ref()
+                .map(|w| w.rewrites.clone());
+            if let Some(store) = rewrite_store {
+                let _ = store.wait_until_ready().await;
+            }
             watches.tasks.push(tokio::spawn(poll_pools(
                 client,
-                pools,
-                changed,
-                pools_watched_tx,
+                Discovered {
+                    pools,
+                    rewrites,
+                    changed,
+                    pools_watched: pools_watched_tx,
+                },
                 config.discovery_interval,
-                first,
+                (first, first_rewrites),
             )));
         } else {
             tracing::info!(
@@ -223,8 +258,19 @@ impl Watches {
         if let Some(pool_watch) = self.pools.lock().expect("pool watch lock").as_ref() {
             resources.pods = all(&pool_watch.pods);
             for object in pool_watch.pools.state() {
-                match decode_pool(&object) {
+                match decode::<InferencePool>(&object, infergate_names::inference_pool::KIND) {
                     Ok(pool) => resources.inference_pools.push(std::sync::Arc::new(pool)),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        if let Some(watch) = self.rewrites.lock().expect("rewrite watch lock").as_ref() {
+            for object in watch.rewrites.state() {
+                match decode::<InferenceModelRewrite>(&object, infergate_names::model_rewrite::KIND)
+                {
+                    Ok(rewrite) => resources
+                        .inference_model_rewrites
+                        .push(std::sync::Arc::new(rewrite)),
                     Err(e) => errors.push(e),
                 }
             }
@@ -249,6 +295,7 @@ impl Watches {
             endpoint_slices,
             pods,
             inference_pools,
+            inference_model_rewrites,
             secrets
         );
         if errors.is_empty() {
@@ -289,6 +336,7 @@ impl Watches {
         let gateways = self.gateways.clone();
         let routes = self.routes.clone();
         let pools = self.pools.clone();
+        let rewrites = self.rewrites.clone();
         move || Observed {
             gateway_classes: classes.state(),
             gateways: gateways.state(),
@@ -299,13 +347,19 @@ impl Watches {
                 .as_ref()
                 .map(|p| p.pools.state())
                 .unwrap_or_default(),
+            inference_model_rewrites: rewrites
+                .lock()
+                .expect("rewrite watch lock")
+                .as_ref()
+                .map(|r| r.rewrites.state())
+                .unwrap_or_default(),
         }
     }
 }
 
 // The error path is cold and its errors end up in a Vec anyway.
 #[allow(clippy::result_large_err)]
-fn decode_pool(object: &DynamicObject) -> Result<InferencePool, ResourceError> {
+fn decode<T: DeserializeOwned>(object: &DynamicObject, kind: &str) -> Result<T, ResourceError> {
     let name = format!(
         "{}/{}",
         object.metadata.namespace.clone().unwrap_or_default(),
@@ -318,31 +372,93 @@ fn decode_pool(object: &DynamicObject) -> Result<InferencePool, ResourceError> {
             serde_json::to_value(&object.metadata).unwrap_or_default(),
         );
     }
-    serde_path_to_error::deserialize::<_, InferencePool>(value).map_err(|e| {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
         ResourceError::new(
             Source::Api,
-            Some(("InferencePool".into(), Some(name))),
+            Some((kind.into(), Some(name))),
             Some(path),
             e.into_inner().to_string(),
         )
     })
 }
 
-/// Re-check API discovery for InferencePools every `interval`; start or stop
-/// the pool and Pod watches when the answer changes.
+/// The watches that run while API discovery says their kinds are served.
+struct Discovered {
+    pools: Arc<Mutex<Option<PoolWatch>>>,
+    rewrites: Arc<Mutex<Option<RewriteWatch>>>,
+    changed: Arc<Notify>,
+    pools_watched: watch::Sender<bool>,
+}
+
+/// Re-check API discovery for InferencePools and InferenceModelRewrites
+/// every `interval`; start or stop their watches when the answer changes.
 async fn poll_pools(
     client: Client,
-    pools: Arc<Mutex<Option<PoolWatch>>>,
-    changed: Arc<Notify>,
-    watched: watch::Sender<bool>,
+    watches: Discovered,
     interval: Duration,
-    mut last: Option<bool>,
+    (mut pools, mut rewrites): (Option<bool>, Option<bool>),
 ) {
+    let w = &watches;
     loop {
         tokio::time::sleep(interval).await;
-        last = discover_pools(&client, &pools, &changed, &watched, last).await;
+        pools = discover_pools(&client, &w.pools, &w.changed, &w.pools_watched, pools).await;
+        rewrites = discover_rewrites(&client, &w.rewrites, &w.changed, rewrites).await;
     }
+}
+
+/// One discovery check for InferenceModelRewrites. Returns what it found
+/// (None: the API could not be asked).
+async fn discover_rewrites(
+    client: &Client,
+    rewrites: &Arc<Mutex<Option<RewriteWatch>>>,
+    changed: &Arc<Notify>,
+    last: Option<bool>,
+) -> Option<bool> {
+    let ar = rewrite_api_resource();
+    let served = match served(client, &ar).await {
+        Ok(served) => served,
+        Err(e) => {
+            tracing::warn!(
+                "API discovery for InferenceModelRewrites failed: {e}; asking again later"
+            );
+            return last;
+        }
+    };
+    if Some(served) == last {
+        return last;
+    }
+    let mut slot = rewrites.lock().expect("rewrite watch lock");
+    if served && slot.is_none() {
+        tracing::info!(
+            "InferenceModelRewrites ({}) are served: watching them",
+            ar.api_version
+        );
+        let (store, task) = reflect_dynamic(
+            Api::all_with(client.clone(), &ar),
+            ar.clone(),
+            changed.clone(),
+        );
+        *slot = Some(RewriteWatch {
+            rewrites: store,
+            task,
+        });
+    } else if !served {
+        if last.is_some() {
+            tracing::warn!(
+                "the API server no longer serves {} InferenceModelRewrites: models are served under their own names",
+                ar.api_version
+            );
+        } else {
+            tracing::info!(
+                "the API server does not serve {} InferenceModelRewrites (a CRD of the Inference Extension v1.5): no model is served under another name; checking again every few seconds",
+                ar.api_version
+            );
+        }
+        *slot = None;
+        changed.notify_one();
+    }
+    Some(served)
 }
 
 /// One discovery check. Returns what it found (None: the API could not be asked).
@@ -507,13 +623,18 @@ fn reflect_dynamic(
     ar: ApiResource,
     changed: Arc<Notify>,
 ) -> (Store<DynamicObject>, JoinHandle<()>) {
+    let kind: &'static str = if ar.kind == infergate_names::model_rewrite::KIND {
+        infergate_names::model_rewrite::KIND
+    } else {
+        infergate_names::inference_pool::KIND
+    };
     let writer = reflector::store::Writer::new(ar);
     let store = writer.as_reader();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(strip_meta::<DynamicObject>);
     let task = tokio::spawn(run_reflector(
-        "InferencePool",
+        kind,
         reflector::reflector(writer, stream),
         changed,
     ));

@@ -123,6 +123,7 @@ pub fn empty_snapshot(settings: m::Settings) -> m::Snapshot {
         pods: vec![],
         inference_pools: vec![],
         tls_secrets: vec![],
+        inference_model_rewrites: vec![],
     }
 }
 
@@ -375,6 +376,16 @@ pub fn snapshot(r: &Resources, settings: m::Settings) -> Result<m::Snapshot, Vec
         };
         s.inference_pools.push(inference_pool(&mut cx, pool));
     }
+    for rewrite in &r.inference_model_rewrites {
+        let mut cx = Ctx {
+            resources: r,
+            kind: "InferenceModelRewrite",
+            meta: &rewrite.metadata,
+            errors: &mut errors,
+        };
+        s.inference_model_rewrites
+            .push(inference_model_rewrite(&mut cx, rewrite));
+    }
     s.tls_secrets = r
         .secrets
         .iter()
@@ -619,6 +630,64 @@ fn filter(cx: &mut Ctx, i: usize, j: usize, f: &HttpRouteRulesFilters) -> m::Rou
             None => missing("URLRewrite"),
         },
         ref other => m::RouteFilter::Unsupported(wire_name(other)),
+    }
+}
+
+fn inference_model_rewrite(
+    cx: &mut Ctx,
+    rewrite: &crate::InferenceModelRewrite,
+) -> m::InferenceModelRewrite {
+    let spec = &rewrite.spec;
+    let rules = spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let models = rule
+                .matches
+                .iter()
+                .enumerate()
+                .filter_map(|(j, m)| {
+                    let model = m.model.as_ref()?;
+                    if let Some(other) = model.match_type.as_deref().filter(|t| *t != "Exact") {
+                        cx.error(
+                            format!("spec.rules[{i}].matches[{j}].model.type"),
+                            format!("{other:?} is not supported: Exact is the only type"),
+                        );
+                    }
+                    Some(model.value.clone())
+                })
+                .collect();
+            let targets = rule
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(j, t)| m::WeightedModel {
+                    model: t.model_rewrite.clone(),
+                    weight: t.weight.map(|w| {
+                        u32::try_from(w).unwrap_or_else(|_| {
+                            cx.error(
+                                format!("spec.rules[{i}].targets[{j}].weight"),
+                                format!("{w} is negative"),
+                            );
+                            0
+                        })
+                    }),
+                })
+                .collect();
+            m::ModelRewriteRule { models, targets }
+        })
+        .collect();
+    m::InferenceModelRewrite {
+        meta: meta(&rewrite.metadata, true),
+        pool_kind: ref_kind(
+            &spec.pool_ref.group,
+            &spec.pool_ref.kind,
+            infergate_names::inference_pool::GROUP,
+            infergate_names::inference_pool::KIND,
+        ),
+        pool_name: spec.pool_ref.name.clone(),
+        rules,
     }
 }
 

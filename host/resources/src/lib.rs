@@ -9,6 +9,7 @@ pub mod certificates;
 mod convert;
 mod errors;
 mod inference_pool;
+mod model_rewrite;
 mod names;
 pub mod schema;
 
@@ -18,6 +19,10 @@ pub use errors::{ResourceError, Source};
 pub use inference_pool::{
     EndpointPickerRef, InferencePool, InferencePoolSpec, LabelSelector as PoolSelector, PickerPort,
     TargetPort,
+};
+pub use model_rewrite::{
+    InferenceModelRewrite, InferenceModelRewriteSpec, ModelMatch, PoolRef, RewriteMatch,
+    RewriteRule, TargetModel,
 };
 
 use gateway_api::apis::standard::{
@@ -44,6 +49,7 @@ pub struct Resources {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
     pub inference_pools: Vec<Arc<InferencePool>>,
+    pub inference_model_rewrites: Vec<Arc<InferenceModelRewrite>>,
     /// Secrets that listeners may take certificates from (in a cluster, those
     /// of type kubernetes.io/tls only).
     pub secrets: Vec<Arc<Secret>>,
@@ -76,6 +82,10 @@ const KINDS: &[(&str, &[&str])] = &[
     ("EndpointSlice", &["discovery.k8s.io/v1"]),
     ("Pod", &["v1"]),
     ("InferencePool", &["inference.networking.k8s.io/v1"]),
+    (
+        "InferenceModelRewrite",
+        &["inference.networking.x-k8s.io/v1alpha2"],
+    ),
     ("Secret", &["v1"]),
 ];
 
@@ -189,7 +199,9 @@ impl Resources {
             return Ok(());
         };
         if !versions.contains(&api_version) {
-            let hint = if api_version.starts_with("inference.networking.x-k8s.io") {
+            let hint = if kind_name == "InferencePool"
+                && api_version.starts_with("inference.networking.x-k8s.io")
+            {
                 "; the v1alpha2 InferencePool was removed upstream in GIE v1.5.0"
             } else {
                 ""
@@ -263,6 +275,7 @@ impl Resources {
             "EndpointSlice" => push!(endpoint_slices),
             "Pod" => push!(pods),
             "InferencePool" => push!(inference_pools),
+            "InferenceModelRewrite" => push!(inference_model_rewrites),
             "Secret" => push!(secrets),
             _ => unreachable!("KINDS lists only the kinds matched here"),
         }
@@ -279,6 +292,8 @@ impl Resources {
         self.endpoint_slices.extend(other.endpoint_slices);
         self.pods.extend(other.pods);
         self.inference_pools.extend(other.inference_pools);
+        self.inference_model_rewrites
+            .extend(other.inference_model_rewrites);
         self.secrets.extend(other.secrets);
         self.skipped.extend(other.skipped);
         self.origins.extend(other.origins);

@@ -46,6 +46,12 @@ const CRDS: &[(&str, &str)] = &[
             "../../../crds/inference-v1.6.0/inference.networking.k8s.io_inferencepools.yaml"
         ),
     ),
+    (
+        "inference-x-v1.5.0/inference.networking.x-k8s.io_inferencemodelrewrites.yaml",
+        include_str!(
+            "../../../crds/inference-x-v1.5.0/inference.networking.x-k8s.io_inferencemodelrewrites.yaml"
+        ),
+    ),
 ];
 
 /// One problem: the field path (`spec.rules[0].matches[0].path`) and what
@@ -643,6 +649,10 @@ spec:
                 ("gateway.networking.k8s.io/v1beta1", "HTTPRoute"),
                 ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
                 ("inference.networking.k8s.io/v1", "InferencePool"),
+                (
+                    "inference.networking.x-k8s.io/v1alpha2",
+                    "InferenceModelRewrite"
+                ),
             ]
             .map(|(v, k)| (v.to_string(), k.to_string()))
         );

@@ -233,6 +233,7 @@ impl StatusWriter {
             Kind::Gateway => ApiResource::erase::<Gateway>(&()),
             Kind::HttpRoute => ApiResource::erase::<HttpRoute>(&()),
             Kind::InferencePool => pool_api_resource(),
+            Kind::InferenceModelRewrite => crate::watch::rewrite_api_resource(),
         };
         match &patch.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),

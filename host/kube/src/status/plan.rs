@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
-use crate::watch::pool_api_resource;
+use crate::watch::{pool_api_resource, rewrite_api_resource};
 
 /// The objects whose status we write, as the watches have them.
 #[derive(Clone, Debug, Default)]
@@ -25,6 +25,8 @@ pub struct Observed {
     pub http_routes: Vec<Arc<HttpRoute>>,
     /// Empty while InferencePools are not watched.
     pub inference_pools: Vec<Arc<DynamicObject>>,
+    /// Empty while InferenceModelRewrites are not watched.
+    pub inference_model_rewrites: Vec<Arc<DynamicObject>>,
 }
 
 /// The kinds whose status we write.
@@ -34,6 +36,7 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     InferencePool,
+    InferenceModelRewrite,
 }
 
 impl Kind {
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::InferencePool => infergate_names::inference_pool::KIND,
+            Kind::InferenceModelRewrite => infergate_names::model_rewrite::KIND,
         }
     }
 }
@@ -90,7 +94,70 @@ pub fn plan(
     gateways(observed, statuses, now, &mut patches);
     http_routes(observed, statuses, controller_name, now, &mut patches);
     inference_pools(observed, statuses, controller_name, now, &mut patches);
+    inference_model_rewrites(observed, statuses, now, &mut patches);
     patches
+}
+
+/// An InferenceModelRewrite's own conditions (it has no parents): written
+/// only for the rewrites the translation judged (those of our pools), and
+/// only the condition types it judged, so another controller's stay.
+fn inference_model_rewrites(
+    observed: &Observed,
+    statuses: &Statuses,
+    now: &str,
+    out: &mut Vec<StatusPatch>,
+) {
+    let ar = rewrite_api_resource();
+    let current: HashMap<(&str, &str), &Arc<DynamicObject>> = observed
+        .inference_model_rewrites
+        .iter()
+        .filter_map(|r| {
+            Some((
+                (
+                    r.metadata.namespace.as_deref()?,
+                    r.metadata.name.as_deref()?,
+                ),
+                r,
+            ))
+        })
+        .collect();
+    for status in &statuses.inference_model_rewrites {
+        let key = &status.rewrite;
+        let Some(current) = current.get(&(key.namespace.as_str(), key.name.as_str())) else {
+            continue;
+        };
+        let old = current.data.get("status").and_then(|s| s.get("conditions"));
+        let conditions = conditions(&status.conditions, old, now);
+        // Only ours: a condition of another type is left out of the apply
+        // (server-side apply keeps what other managers own).
+        let old_ours: Vec<Value> = old
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                status.conditions.iter().any(|o| {
+                    c.get("type").and_then(Value::as_str) == Some(o.condition_type.as_str())
+                })
+            })
+            .cloned()
+            .collect();
+        if same(Some(&Value::Array(old_ours)), Some(&conditions)) {
+            continue;
+        }
+        out.push(StatusPatch {
+            kind: Kind::InferenceModelRewrite,
+            body: json!({
+                "apiVersion": ar.api_version,
+                "kind": ar.kind,
+                "metadata": { "name": key.name, "namespace": key.namespace },
+                "status": { "conditions": conditions },
+            }),
+            problems: problems(&status.conditions),
+            reference: current.object_ref(&ar),
+            namespace: Some(key.namespace.clone()),
+            name: key.name.clone(),
+        });
+    }
 }
 
 fn gateway_classes(
@@ -540,6 +607,7 @@ mod tests {
             gateways: vec![],
             http_routes: vec![],
             inference_pools: vec![],
+            inference_model_rewrites: vec![],
         }
     }
 

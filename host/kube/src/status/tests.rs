@@ -44,6 +44,7 @@ fn statuses() -> Statuses {
             }],
         }],
         inference_pools: vec![],
+        inference_model_rewrites: vec![],
     }
 }
 

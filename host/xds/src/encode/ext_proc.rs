@@ -131,7 +131,7 @@ fn route_metadata(picker: &ir::EndpointPickerIr) -> Vec<HeaderValue> {
         });
     }
     if !picker.model_rewrites.is_empty() {
-        let rewrites: serde_json::Map<String, serde_json::Value> = picker
+        let rewrites: Vec<serde_json::Value> = picker
             .model_rewrites
             .iter()
             .map(|r| {
@@ -140,12 +140,12 @@ fn route_metadata(picker: &ir::EndpointPickerIr) -> Vec<HeaderValue> {
                     .iter()
                     .map(|t| (t.model.as_str(), t.weight))
                     .collect();
-                (r.model.clone(), serde_json::json!(targets))
+                serde_json::json!([r.model, targets])
             })
             .collect();
         metadata.push(HeaderValue {
             key: MODEL_REWRITES.into(),
-            value: ascii_json(&serde_json::Value::Object(rewrites)),
+            value: ascii_json(&serde_json::Value::Array(rewrites)),
             ..Default::default()
         });
     }
