@@ -71,7 +71,7 @@ pub struct Cluster {
 impl Cluster {
     /// Start etcd and kube-apiserver; returns once the API server is ready
     /// and the Gateway API and Inference Extension CRDs are established
-    /// (`with_pool_crd: false` leaves out the InferencePool CRD).
+    /// (`with_pool_crd: false` leaves out the Inference Extension's CRDs).
     pub async fn start(tag: &str, with_pool_crd: bool) -> Cluster {
         let tools = tools_dir();
         let netns = Netns::create();
@@ -311,11 +311,18 @@ impl Cluster {
     async fn install_crds(&self, with_pool_crd: bool) {
         let crds = crds_dir();
         let mut files = vec![];
-        for sub in ["gateway-api-v1.6.1", "inference-v1.6.0"] {
+        let mut subs: Vec<String> = std::fs::read_dir(&crds)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", crds.display()))
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        subs.sort();
+        for sub in subs {
             if sub.starts_with("inference") && !with_pool_crd {
                 continue;
             }
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(crds.join(sub))
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(crds.join(&sub))
                 .unwrap_or_else(|e| panic!("reading CRDs in {}: {e}", crds.join(sub).display()))
                 .map(|e| e.unwrap().path())
                 .collect();
@@ -464,6 +471,13 @@ impl Cluster {
             Some(namespace),
         )
         .await
+    }
+
+    /// InferenceModelRewrites of a namespace, as the admin.
+    pub async fn model_rewrites(&self, namespace: &str) -> Api<DynamicObject> {
+        use infergate_names::model_rewrite::{GROUP, KIND, PLURAL, VERSION};
+        self.dynamic(GROUP, VERSION, KIND, PLURAL, Some(namespace))
+            .await
     }
 
     /// Grant a test user the given rules (a ClusterRole and binding, or a

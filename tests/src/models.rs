@@ -36,9 +36,10 @@ fn pool_of(served_by: &Value) -> String {
 /// Run the OpenAI client against the Gateway at `address` (ip:port) and
 /// check every answer: each model reached only its pool, by every API,
 /// streamed or not; a 300 KB prompt arrived whole; a forged
-/// X-Gateway-Model-Name did not steer; /v1/models lists both models; an
-/// unknown model got a 404 that names it. `logs` explains a failure.
-pub fn check_openai_client(address: &str, logs: impl Fn() -> String) {
+/// X-Gateway-Model-Name did not steer; /v1/models lists both models (and
+/// `also_listed`, sorted with them); an unknown model got a 404 that names
+/// it. `logs` explains a failure.
+pub fn check_openai_client(address: &str, also_listed: &[&str], logs: impl Fn() -> String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/model_routing_client.py");
     let output = std::process::Command::new(python())
         .arg(script)
@@ -91,7 +92,10 @@ pub fn check_openai_client(address: &str, logs: impl Fn() -> String) {
         "qwen",
         "the body's model decides, not a header the client set"
     );
-    assert_eq!(got["models"], json!([LLAMA, QWEN]), "GET /v1/models");
+    let mut listed = vec![LLAMA, QWEN];
+    listed.extend_from_slice(also_listed);
+    listed.sort();
+    assert_eq!(got["models"], json!(listed), "GET /v1/models");
     assert_eq!(got["unknown_model"]["status"], 404);
     assert_eq!(got["unknown_model"]["code"], "model_not_found");
     assert!(

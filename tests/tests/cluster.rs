@@ -1513,7 +1513,8 @@ spec:
 /// adapters) and qwen-2.5, an InferencePool over each with the picker the
 /// controller deploys, and an HTTPRoute by model. The OpenAI client gets
 /// each model from its own pool only, through the Gateway's Envoy, by every
-/// API (the same checks as the standalone test).
+/// API (the same checks as the standalone test); a public name is served
+/// under another by an InferenceModelRewrite, which is Accepted.
 #[test]
 fn two_models_behind_one_gateway_each_reach_only_their_pool() {
     use infergate_e2e::models::{LLAMA, LLAMA_ADAPTERS, QWEN};
@@ -1561,7 +1562,16 @@ metadata: {{name: models}}
 ---
 {llama}---
 {qwen}---
-{llama_pool}{qwen_pool}apiVersion: gateway.networking.k8s.io/v1
+{llama_pool}{qwen_pool}apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: {{name: assistant, namespace: models}}
+spec:
+  poolRef: {{name: llama}}
+  rules:
+  - matches: [{{model: {{value: assistant}}}}]
+    targets: [{{modelRewrite: {LLAMA}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: models}}
 spec:
@@ -1574,7 +1584,7 @@ metadata: {{name: llm, namespace: models}}
 spec:
   parentRefs: [{{name: gw}}]
   rules:
-{llama_rule}{adapters_rule}{qwen_rule}",
+{llama_rule}{adapters_rule}{qwen_rule}{assistant_rule}",
         llama = sim_deployment(
             "llama",
             "models",
@@ -1588,6 +1598,7 @@ spec:
         llama_rule = rule("Exact", LLAMA, "llama"),
         adapters_rule = rule("RegularExpression", "llama-3-70b-.*-lora", "llama"),
         qwen_rule = rule("Exact", QWEN, "qwen"),
+        assistant_rule = rule("Exact", "assistant", "llama"),
     ));
     for deployment in ["llama", "qwen", "infergate-epp-llama", "infergate-epp-qwen"] {
         assert!(
@@ -1640,13 +1651,47 @@ spec:
             cluster.diagnose("infergate-system")
         );
     }
-    infergate_e2e::models::check_openai_client(&format!("{gateway_ip}:80"), || {
+    infergate_e2e::models::check_openai_client(&format!("{gateway_ip}:80"), &["assistant"], || {
         format!(
             "{}\n{}",
             cluster.diagnose("models"),
             cluster.diagnose("infergate-system")
         )
     });
+    // A public name served under another by the managed picker, and named
+    // back in the answer; the rewrite is Accepted.
+    let response = infergate_e2e::request_at(
+        &gateway_ip,
+        80,
+        "example.com",
+        "POST",
+        "/v1/completions",
+        &[],
+        body("assistant").as_bytes(),
+    )
+    .expect("an answer");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response.body.contains(r#""model":"assistant""#),
+        "{}",
+        response.body
+    );
+    assert!(
+        response
+            .header("x-served-by")
+            .unwrap()
+            .starts_with("llama-")
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.get(
+            "inferencemodelrewrite",
+            "models",
+            "assistant",
+            "{.status.conditions[?(@.type==\"Accepted\")].status}"
+        ) == "True"),
+        "the rewrite is not Accepted: {}",
+        cluster.get("inferencemodelrewrite", "models", "assistant", "{.status}")
+    );
 
     cluster.helm(&["uninstall", "infergate", "-n", "infergate-system", "--wait"]);
     cluster.down_and_check_host();

@@ -139,6 +139,91 @@ async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
     assert!(!controller.log_text().contains("panicked"));
 }
 
+/// InferenceModelRewrites are watched and judged with the permissions
+/// `infergate rbac` prints: a rewrite of a pool our route uses is Accepted
+/// (the message says what it applies), one naming a pool that does not
+/// exist says so; a condition another controller wrote stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_rewrites_get_their_accepted_condition() {
+    let cluster = Cluster::start("rewrites", true).await;
+    grant_printed_rbac(&cluster, "default", true).await;
+    let listener = free_port();
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(listener)).await;
+    cluster
+        .apply_yaml(&pool_and_route("llm", "/v1", false))
+        .await;
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: { name: names, namespace: default }
+spec:
+  poolRef: { name: llm }
+  rules:
+  - matches: [{ model: { value: chat } }]
+    targets: [{ modelRewrite: llama-3-70b, weight: 9 }, { modelRewrite: llama-3.1-70b, weight: 1 }]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModelRewrite
+metadata: { name: typo, namespace: default }
+spec:
+  poolRef: { name: lm }
+  rules:
+  - targets: [{ modelRewrite: llama-3-70b }]
+"#,
+        )
+        .await;
+    let rewrites = cluster.model_rewrites("default").await;
+    // Another controller's condition, of a type we do not write.
+    let theirs = json!({ "type": "Reconciled", "status": "True", "reason": "Done", "message": "theirs",
+                         "lastTransitionTime": "2026-01-01T00:00:00Z" });
+    rewrites
+        .patch_status(
+            "names",
+            &PatchParams::apply("example.com/other-controller"),
+            &Patch::Apply(json!({
+                "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+                "kind": "InferenceModelRewrite",
+                "status": { "conditions": [theirs.clone()] },
+            })),
+        )
+        .await
+        .expect("writing the other controller's condition");
+    let controller = Controller::start(&cluster, "rewrites", &["--enable-inference-extension"]);
+    let condition = |object: &serde_json::Value, kind: &str| {
+        object["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == kind)
+            .cloned()
+    };
+    let names = wait_for_object(&rewrites, "names", Duration::from_secs(30), |r| {
+        condition(r, "Accepted").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let accepted = condition(&names, "Accepted").unwrap();
+    assert_eq!(accepted["reason"], "Accepted");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#""chat" -> llama-3-70b (9), llama-3.1-70b (1)"#),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&names, "Reconciled"),
+        Some(theirs),
+        "another controller's condition was lost:\n{names:#}"
+    );
+    let typo = wait_for_object(&rewrites, "typo", Duration::from_secs(30), |r| {
+        condition(r, "Accepted").is_some_and(|c| c["reason"] == "PoolNotFound")
+    })
+    .await;
+    assert_eq!(condition(&typo, "Accepted").unwrap()["status"], "False");
+    assert!(!controller.log_text().contains("panicked"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_pool_crd_installed_later_and_the_feature_switched_off() {
     let cluster = Cluster::start("crd-later", false).await;

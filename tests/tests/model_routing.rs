@@ -173,7 +173,7 @@ fn json_body(response: &Response) -> Value {
 #[test]
 fn each_model_reaches_only_its_pool_through_the_openai_client() {
     let gateway = ModelGateway::start("model-client", &[]);
-    infergate_e2e::models::check_openai_client(&format!("127.0.0.1:{}", gateway.port), || {
+    infergate_e2e::models::check_openai_client(&format!("127.0.0.1:{}", gateway.port), &[], || {
         gateway.infergate.log_text()
     });
 }
