@@ -659,6 +659,52 @@ fn completion_body(bytes: usize) -> Vec<u8> {
     .expect("a JSON body")
 }
 
+/// One model server at `ip:port` behind both a Service `direct` and an
+/// InferencePool `pool` (its Pod `bench`), whose picker Service `epp` is
+/// served at 127.0.0.1:`epp_port`.
+fn server_and_pool_yaml(ip: &str, port: u16, epp_port: u16) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: direct}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: direct-1, labels: {{kubernetes.io/service-name: direct}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [{ip}]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: bench, labels: {{app: bench}}}}
+status: {{podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: pool}}
+spec:
+  selector: {{matchLabels: {{app: bench}}}}
+  targetPorts: [{{number: {port}}}]
+  endpointPickerRef: {{name: epp, port: {{number: 9002}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: epp}}
+spec: {{ports: [{{name: grpc, port: 9002}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: epp-1, labels: {{kubernetes.io/service-name: epp}}}}
+addressType: IPv4
+ports: [{{name: grpc, port: {epp_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    )
+}
+
 /// The picker's own work on one request body, in process: JSON, the prompt,
 /// its block hashes (the median of `runs`).
 fn picker_work(body: &[u8], runs: usize) -> Duration {
@@ -697,44 +743,7 @@ fn picker(requests: usize, rate: u32, prompt_bytes: usize) -> anyhow::Result<()>
     let _epp = epp(epp_port, std::slice::from_ref(&address), &work.0);
     let listener = free_port();
     let yaml = format!(
-        "{gateway}---
-apiVersion: v1
-kind: Service
-metadata: {{name: direct}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: direct-1, labels: {{kubernetes.io/service-name: direct}}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: [127.0.0.70]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: bench, labels: {{app: bench}}}}
-status: {{podIP: 127.0.0.70, conditions: [{{type: Ready, status: \"True\"}}]}}
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {{name: pool}}
-spec:
-  selector: {{matchLabels: {{app: bench}}}}
-  targetPorts: [{{number: {port}}}]
-  endpointPickerRef: {{name: epp, port: {{number: 9002}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: epp}}
-spec: {{ports: [{{name: grpc, port: 9002}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: epp-1, labels: {{kubernetes.io/service-name: epp}}}}
-addressType: IPv4
-ports: [{{name: grpc, port: {epp_port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
+        "{gateway}{backends}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: routes}}
@@ -746,7 +755,8 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /v1}}, headers: [{{name: x-path, value: picked}}]}}]
     backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: pool}}]
 ",
-        gateway = infergate_e2e::gateway_yaml(listener)
+        gateway = infergate_e2e::gateway_yaml(listener),
+        backends = server_and_pool_yaml("127.0.0.70", port, epp_port),
     );
     std::fs::write(config.0.join("all.yaml"), yaml)?;
     let mut infergate = Standalone::start(

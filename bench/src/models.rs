@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use infergate_e2e::{Standalone, TempDir, epp, free_port, sim};
 
-use crate::{completion_body, ms};
+use crate::{completion_body, ms, server_and_pool_yaml};
 
 /// The four ways to the same server, in the order they are sent.
 const PATHS: [(&str, &str); 4] = [
@@ -194,44 +194,7 @@ spec:
   listeners:
   - {{name: plain, port: {plain}, protocol: HTTP}}
   - {{name: models, port: {by_model}, protocol: HTTP}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: direct}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: direct-1, labels: {{kubernetes.io/service-name: direct}}}}
-addressType: IPv4
-ports: [{{name: http, port: {server}}}]
-endpoints: [{{addresses: [127.0.0.71]}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: bench, labels: {{app: bench}}}}
-status: {{podIP: 127.0.0.71, conditions: [{{type: Ready, status: \"True\"}}]}}
----
-apiVersion: inference.networking.k8s.io/v1
-kind: InferencePool
-metadata: {{name: pool}}
-spec:
-  selector: {{matchLabels: {{app: bench}}}}
-  targetPorts: [{{number: {server}}}]
-  endpointPickerRef: {{name: epp, port: {{number: 9002}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: epp}}
-spec: {{ports: [{{name: grpc, port: 9002}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: epp-1, labels: {{kubernetes.io/service-name: epp}}}}
-addressType: IPv4
-ports: [{{name: grpc, port: {epp}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
+{backends}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: plain}}
@@ -247,6 +210,7 @@ spec:
   rules:
 {}",
         rules(false),
-        rules(true)
+        rules(true),
+        backends = server_and_pool_yaml("127.0.0.71", server, epp),
     )
 }

@@ -1162,6 +1162,26 @@ fn install_chart(cluster: &RealCluster, images: &[(std::path::PathBuf, String)],
     assert!(install.contains("STATUS: deployed"), "{install}");
 }
 
+/// The test cluster with infergate installed by its chart, the inference
+/// extension on and the pickers managed (their image loaded too).
+fn with_managed_pickers() -> (RealCluster, Vec<(std::path::PathBuf, String)>) {
+    let cluster = RealCluster::up(INDEX);
+    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim", "infergate-epp"]);
+    let epp = image_reference(&images, "infergate-epp");
+    let (epp_repository, epp_tag) = epp.rsplit_once(':').unwrap();
+    install_chart(
+        &cluster,
+        &images,
+        &[
+            "inferenceExtension.enabled=true",
+            &format!(
+                "inferenceExtension.managedPicker.image.repository={epp_repository},inferenceExtension.managedPicker.image.tag={epp_tag},inferenceExtension.managedPicker.image.pullPolicy=Never"
+            ),
+        ],
+    );
+    (cluster, images)
+}
+
 fn chart_path() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../charts/infergate")
@@ -1180,20 +1200,7 @@ fn chart_path() -> String {
 #[test]
 fn the_managed_picker_is_deployed_per_pool_verified_confined_and_removed_with_it() {
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = RealCluster::up(INDEX);
-    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim", "infergate-epp"]);
-    let epp = image_reference(&images, "infergate-epp");
-    let (epp_repository, epp_tag) = epp.rsplit_once(':').unwrap();
-    install_chart(
-        &cluster,
-        &images,
-        &[
-            "inferenceExtension.enabled=true",
-            &format!(
-                "inferenceExtension.managedPicker.image.repository={epp_repository},inferenceExtension.managedPicker.image.tag={epp_tag},inferenceExtension.managedPicker.image.pullPolicy=Never"
-            ),
-        ],
-    );
+    let (cluster, images) = with_managed_pickers();
     let route = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -1519,20 +1526,7 @@ spec:
 fn two_models_behind_one_gateway_each_reach_only_their_pool() {
     use infergate_e2e::models::{LLAMA, LLAMA_ADAPTERS, QWEN};
     let _one_cluster_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let cluster = RealCluster::up(INDEX);
-    let images = cluster.load_images(&["infergate", "envoy", "infergate-sim", "infergate-epp"]);
-    let epp = image_reference(&images, "infergate-epp");
-    let (epp_repository, epp_tag) = epp.rsplit_once(':').unwrap();
-    install_chart(
-        &cluster,
-        &images,
-        &[
-            "inferenceExtension.enabled=true",
-            &format!(
-                "inferenceExtension.managedPicker.image.repository={epp_repository},inferenceExtension.managedPicker.image.tag={epp_tag},inferenceExtension.managedPicker.image.pullPolicy=Never"
-            ),
-        ],
-    );
+    let (cluster, images) = with_managed_pickers();
     let sim = image_reference(&images, "infergate-sim");
     let pool = |name: &str| {
         format!(

@@ -51,20 +51,26 @@ spec:
     )
 }
 
+/// A test API server with the printed RBAC for the controller, our
+/// GatewayClass, Gateway `gw` and the pool `llm` with its route on /v1.
+async fn with_pool(tag: &str) -> Cluster {
+    let cluster = Cluster::start(tag, true).await;
+    grant_printed_rbac(&cluster, "default", true).await;
+    cluster.apply_yaml(CLASS).await;
+    cluster.apply_yaml(&gateway(free_port())).await;
+    cluster
+        .apply_yaml(&pool_and_route("llm", "/v1", false))
+        .await;
+    cluster
+}
+
 fn accepted(object: &serde_json::Value, parent: &str) -> bool {
     parent_condition(object, parent, "Accepted") == Some(("True".into(), "Accepted".into()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
-    let cluster = Cluster::start("parents", true).await;
-    grant_printed_rbac(&cluster, "default", true).await;
-    let listener = free_port();
-    cluster.apply_yaml(CLASS).await;
-    cluster.apply_yaml(&gateway(listener)).await;
-    cluster
-        .apply_yaml(&pool_and_route("llm", "/v1", false))
-        .await;
+    let cluster = with_pool("parents").await;
     // Another implementation's entry, written before infergate starts.
     let pools = cluster.pools("default").await;
     let other = json!({
@@ -145,14 +151,7 @@ async fn pool_parents_follow_routes_and_other_controllers_entries_survive() {
 /// exist says so; a condition another controller wrote stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_rewrites_get_their_accepted_condition() {
-    let cluster = Cluster::start("rewrites", true).await;
-    grant_printed_rbac(&cluster, "default", true).await;
-    let listener = free_port();
-    cluster.apply_yaml(CLASS).await;
-    cluster.apply_yaml(&gateway(listener)).await;
-    cluster
-        .apply_yaml(&pool_and_route("llm", "/v1", false))
-        .await;
+    let cluster = with_pool("rewrites").await;
     cluster
         .apply_yaml(
             r#"
