@@ -56,6 +56,11 @@ enum Command {
         /// e.g. 204800 measures what a 200 KB prompt costs it.
         #[arg(long, default_value_t = 0)]
         prompt_bytes: usize,
+        /// Stream completions of this many tokens (the simulator sends one
+        /// every 2 ms) and measure the gaps between tokens at the client
+        /// instead: every streamed token passes through the picker.
+        #[arg(long, default_value_t = 0)]
+        stream_tokens: usize,
     },
     /// Latency routing by model adds: the same completions on a listener
     /// whose routes match X-Gateway-Model-Name (Envoy reads each JSON body
@@ -194,7 +199,13 @@ fn main() -> anyhow::Result<()> {
             requests,
             rate,
             prompt_bytes,
+            stream_tokens: 0,
         } => picker(requests, rate, prompt_bytes),
+        Command::Picker {
+            requests,
+            stream_tokens,
+            ..
+        } => token_gaps(requests, stream_tokens),
         Command::ModelRouting {
             requests,
             rate,
@@ -721,26 +732,25 @@ fn picker_work(body: &[u8], runs: usize) -> Duration {
     middle(times)
 }
 
-fn picker(requests: usize, rate: u32, prompt_bytes: usize) -> anyhow::Result<()> {
+/// One simulator (its delays from `sim_flags`) behind a Service and behind
+/// an InferencePool with a picker, on one listener: the header `x-path`
+/// says which (`direct`, `picked`). Returns once both answer.
+struct PickerSetup {
+    listener: u16,
+    infergate: Standalone,
+    _processes: Vec<infergate_e2e::Process>,
+    _dirs: (TempDir, TempDir),
+}
+
+fn picker_setup(sim_flags: &[&str]) -> anyhow::Result<PickerSetup> {
     use infergate_e2e::{epp, sim};
-    let body = completion_body(prompt_bytes);
-    let complete = |port: u16, path: &str, headers: &[(&str, &str)]| {
-        let mut with_type = headers.to_vec();
-        with_type.push(("content-type", "application/json"));
-        infergate_e2e::request(port, "POST", path, &with_type, &body)
-    };
     let work = TempDir::new("bench-picker");
     let config = TempDir::new("bench-picker-config");
     let port = free_port();
     let address = format!("127.0.0.70:{port}");
-    let _sim = sim(
-        &address,
-        "bench",
-        &work.0,
-        &["--ttft-ms", "0", "--inter-token-ms", "0"],
-    );
+    let sim = sim(&address, "bench", &work.0, sim_flags);
     let epp_port = free_port();
-    let _epp = epp(epp_port, std::slice::from_ref(&address), &work.0);
+    let epp = epp(epp_port, std::slice::from_ref(&address), &work.0);
     let listener = free_port();
     let yaml = format!(
         "{gateway}{backends}---
@@ -759,19 +769,43 @@ spec:
         backends = server_and_pool_yaml("127.0.0.70", port, epp_port),
     );
     std::fs::write(config.0.join("all.yaml"), yaml)?;
-    let mut infergate = Standalone::start(
+    let infergate = Standalone::start(
         &config.0,
         &work.0,
         free_port(),
         &["--enable-inference-extension"],
     );
+    let body = completion_body(0);
     for path in ["direct", "picked"] {
         let ok = infergate_e2e::wait_until(Duration::from_secs(60), || {
-            complete(listener, "/v1/completions", &[("x-path", path)])
-                .is_some_and(|r| r.status == 200)
+            infergate_e2e::request(
+                listener,
+                "POST",
+                "/v1/completions",
+                &[("x-path", path), ("content-type", "application/json")],
+                &body,
+            )
+            .is_some_and(|r| r.status == 200)
         });
         anyhow::ensure!(ok, "{path} never answered 200:\n{}", infergate.log_text());
     }
+    Ok(PickerSetup {
+        listener,
+        infergate,
+        _processes: vec![sim, epp],
+        _dirs: (work, config),
+    })
+}
+
+fn picker(requests: usize, rate: u32, prompt_bytes: usize) -> anyhow::Result<()> {
+    let body = completion_body(prompt_bytes);
+    let complete = |port: u16, path: &str, headers: &[(&str, &str)]| {
+        let mut with_type = headers.to_vec();
+        with_type.push(("content-type", "application/json"));
+        infergate_e2e::request(port, "POST", path, &with_type, &body)
+    };
+    let setup = picker_setup(&["--ttft-ms", "0", "--inter-token-ms", "0"])?;
+    let (listener, mut infergate) = (setup.listener, setup.infergate);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let mut times: [Vec<Duration>; 2] = [vec![], vec![]];
     let mut next = Instant::now();
@@ -823,6 +857,78 @@ spec:
         "the picker's own work on this body (JSON, prompt, block hashes), in process, median of 50: {}",
         ms(picker_work(&body, 50))
     );
+    Ok(())
+}
+
+/// The gaps between streamed tokens at the client, straight to the server
+/// and through the picker (which every token of a pool's response passes),
+/// `requests` streams of `tokens` tokens per path, interleaved.
+fn token_gaps(requests: usize, tokens: usize) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let setup = picker_setup(&[
+        "--ttft-ms",
+        "0",
+        "--inter-token-ms",
+        "2",
+        "--max-num-seqs",
+        "64",
+    ])?;
+    let body = serde_json::json!({"model": "sim-model", "prompt": "Hello", "max_tokens": tokens, "stream": true})
+        .to_string();
+    let stream = |path: &str| -> anyhow::Result<Vec<Duration>> {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", setup.listener))?;
+        socket.set_nodelay(true)?;
+        write!(
+            socket,
+            "POST /v1/completions HTTP/1.1\r\nhost: example.com\r\nx-path: {path}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let (mut gaps, mut last, mut buffer) = (vec![], None, [0u8; 65536]);
+        loop {
+            let n = socket.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            // A read that holds exactly one event: the time since the last.
+            let events = buffer[..n].windows(6).filter(|w| w == b"data: ").count();
+            if let Some(last) = last
+                && events == 1
+            {
+                gaps.push(now - last);
+            }
+            last = Some(now);
+        }
+        Ok(gaps)
+    };
+    let mut gaps: [Vec<Duration>; 2] = [vec![], vec![]];
+    for _ in 0..requests {
+        for (which, path) in ["direct", "picked"].iter().enumerate() {
+            gaps[which].extend(stream(path)?);
+        }
+    }
+    println!(
+        "streamed completions through Envoy, {requests} per path of {tokens} tokens, the simulator sending one every 2 ms: gaps between tokens at the client"
+    );
+    println!(
+        "{:>22} | {:>9} | {:>9} | {:>9} | {:>6}",
+        "path", "p50", "p99", "mean", "gaps"
+    );
+    for (which, name) in ["straight to the server", "through the picker"]
+        .iter()
+        .enumerate()
+    {
+        let g = &mut gaps[which];
+        g.sort();
+        let mean = g.iter().sum::<Duration>() / g.len().max(1) as u32;
+        println!(
+            "{name:>22} | {:>9} | {:>9} | {:>9} | {:>6}",
+            format!("{:.3} ms", g[g.len() / 2].as_secs_f64() * 1000.0),
+            format!("{:.3} ms", g[g.len() * 99 / 100].as_secs_f64() * 1000.0),
+            format!("{:.3} ms", mean.as_secs_f64() * 1000.0),
+            g.len()
+        );
+    }
     Ok(())
 }
 
